@@ -1,0 +1,182 @@
+"""Write phantom cases as (a) a labelled nnU-Net raw dataset, (b) an unlabelled multi-source
+pretraining corpus, (c) a graded classification dataset. Each output is reproducible from a seed.
+
+Layout under ``raw_dir`` (nnU-Net's ``nnUNet_raw``)::
+
+    Dataset{seg_id}_PhantomBraTS/   imagesTr, labelsTr, imagesTs, labelsTs, dataset.json
+    Dataset{cls_id}_PhantomGrade/   imagesTr, labelsTr, dataset.json, classes.csv (case,label,grade)
+    Dataset{corpus_id}_PhantomCorpus/  manifest.json, images/  (see corpus.manifest)
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+from nnunet_mmpretrain import modalities as mod
+from nnunet_mmpretrain.corpus.manifest import CorpusCase, CorpusManifest, save_manifest
+from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json, atomic_write_text
+from nnunet_mmpretrain.synthetic.phantom import make_case
+
+SEG_MODALITIES = ("t1", "t1c", "t2", "flair")
+#: BraTS-2023 convention: 1 non-enhancing core / necrosis, 2 edema, 3 enhancing
+BRATS_LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [1, 3], "enhancing tumor": [3]}
+BRATS_REGIONS_CLASS_ORDER = [2, 1, 3]
+
+#: corpus sources: name -> (modalities, has tumour, scanner gain per modality)
+CORPUS_SOURCES: Dict[str, Tuple[Tuple[str, ...], bool, Dict[str, float]]] = {
+    "phantom_brats": (("t1", "t1c", "t2", "flair"), True, {}),
+    "phantom_ixi": (("t1", "t2", "pd"), False, {"t1": 0.7, "t2": 1.3, "pd": 1.0}),
+}
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def _save(array_xyz: np.ndarray, affine: np.ndarray, path: str) -> None:
+    import nibabel as nib
+    img = nib.Nifti1Image(array_xyz, affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def _case_seed(seed: int, kind: int, i: int) -> int:
+    return int(np.random.SeedSequence([seed, kind, i]).generate_state(1)[0])
+
+
+# ---- worker jobs (top level so they pickle) ----
+def _job_seg(args):
+    folder, img_dir, lab_dir, case_id, cseed, spacing, tumour = args
+    c = make_case(cseed, spacing, SEG_MODALITIES, tumour=tumour)
+    for ch, m in enumerate(SEG_MODALITIES):
+        _save(c["images"][m], c["affine"], os.path.join(folder, img_dir, f"{case_id}_{ch:04d}.nii.gz"))
+    _save(c["label"], c["affine"], os.path.join(folder, lab_dir, f"{case_id}.nii.gz"))
+    return case_id, c["grade"]
+
+
+def _job_corpus(args):
+    folder, case_id, cseed, spacing, source = args
+    mods, tumour, gain = CORPUS_SOURCES[source]
+    c = make_case(cseed, spacing, mods, tumour="random" if tumour else None, source_gain=gain)
+    files = {}
+    for m in mods:
+        rel = os.path.join("images", f"{case_id}_{m}.nii.gz")
+        _save(c["images"][m], c["affine"], os.path.join(folder, rel))
+        files[m] = rel
+    return case_id, source, files
+
+
+def _run(fn, jobs, num_processes: int, desc: str):
+    if num_processes <= 1:
+        return [fn(j) for j in tqdm(jobs, desc=desc)]
+    with get_context("spawn").Pool(num_processes) as pool:
+        return list(tqdm(pool.imap(fn, jobs), total=len(jobs), desc=desc))
+
+
+def _prepare(folder: str, overwrite: bool) -> None:
+    if os.path.isdir(folder) and os.listdir(folder):
+        if not overwrite:
+            raise FileExistsError(
+                f"output folder {folder} exists and is not empty: choose another dataset id / "
+                f"output, or pass --overwrite to replace it.")
+        shutil.rmtree(folder)
+    os.makedirs(folder, exist_ok=True)
+
+
+def _dataset_json(folder, name, n_train, labels, description, extra=None):
+    dj = {
+        "channel_names": {str(i): mod.display_name(m) for i, m in enumerate(SEG_MODALITIES)},
+        "labels": labels,
+        "numTraining": n_train,
+        "file_ending": ".nii.gz",
+        "name": name,
+        "description": description,
+        "reference": "nnunet-mmpretrain synthetic phantoms (ICBM 2009a anatomy from nilearn)",
+        "licence": "CC-BY 4.0 (generated data)",
+    }
+    if isinstance(next(iter(labels.values()), None), list) or any(isinstance(v, list) for v in labels.values()):
+        dj["regions_class_order"] = BRATS_REGIONS_CLASS_ORDER
+    dj.update(extra or {})
+    atomic_write_json(dj, os.path.join(folder, "dataset.json"))
+
+
+def make_segmentation_dataset(raw_dir: str, dataset_id: int = 990, num_train: int = 10,
+                              num_test: int = 2, spacing: float = 2.0, seed: int = 0,
+                              num_processes: int = 2, overwrite: bool = False,
+                              name: str = "PhantomBraTS") -> str:
+    """Labelled 4-channel (T1, T1ce, T2, FLAIR) dataset with BraTS regions. Returns its folder."""
+    folder = os.path.join(raw_dir, dataset_folder_name(dataset_id, name))
+    _prepare(folder, overwrite)
+    jobs = [(folder, "imagesTr", "labelsTr", f"phantom_{i:04d}", _case_seed(seed, 1, i), spacing, "random")
+            for i in range(num_train)]
+    jobs += [(folder, "imagesTs", "labelsTs", f"phantom_{num_train + i:04d}", _case_seed(seed, 1, num_train + i),
+              spacing, "random") for i in range(num_test)]
+    _run(_job_seg, jobs, num_processes, f"phantoms {os.path.basename(folder)}")
+    _dataset_json(folder, name, num_train, BRATS_LABELS,
+                  f"BraTS-like phantoms, {spacing} mm, seed {seed}; labels BraTS-2023 convention "
+                  f"(1 non-enhancing core, 2 edema, 3 enhancing)")
+    return folder
+
+
+def make_classification_dataset(raw_dir: str, dataset_id: int = 991, num_cases: int = 12,
+                                spacing: float = 2.0, seed: int = 0, num_processes: int = 2,
+                                overwrite: bool = False, name: str = "PhantomGrade") -> str:
+    """Balanced high/low-grade phantoms. ``classes.csv`` holds (case, label, grade) with label 1 =
+    high grade (enhancing); the grade is only visible in the T1ce channel. Segmentations are
+    written too (nnU-Net's preprocessing needs them)."""
+    folder = os.path.join(raw_dir, dataset_folder_name(dataset_id, name))
+    _prepare(folder, overwrite)
+    jobs = [(folder, "imagesTr", "labelsTr", f"grade_{i:04d}", _case_seed(seed, 2, i), spacing,
+             "high" if i % 2 == 0 else "low") for i in range(num_cases)]
+    res = _run(_job_seg, jobs, num_processes, f"phantoms {os.path.basename(folder)}")
+    rows = "case,label,grade\n" + "".join(f"{cid},{int(g == 'high')},{g}\n" for cid, g in res)
+    atomic_write_text(rows, os.path.join(folder, "classes.csv"))
+    _dataset_json(folder, name, num_cases, BRATS_LABELS,
+                  "graded phantoms: classes.csv label 1 = high grade (enhancing rim), 0 = low grade",
+                  {"classification": {"file": "classes.csv", "classes": {"0": "low grade", "1": "high grade"}}})
+    return folder
+
+
+def make_corpus(raw_dir: str, dataset_id: int = 992, cases_per_source: int = 6,
+                spacing: float = 2.0, seed: int = 0, num_processes: int = 2,
+                overwrite: bool = False, sources: Sequence[str] = tuple(CORPUS_SOURCES),
+                name: str = "PhantomCorpus") -> str:
+    """Unlabelled corpus of several sources with different modality sets (manifest.json)."""
+    folder = os.path.join(raw_dir, dataset_folder_name(dataset_id, name))
+    _prepare(folder, overwrite)
+    jobs = []
+    for s_i, src in enumerate(sources):
+        if src not in CORPUS_SOURCES:
+            raise ValueError(f"unknown phantom source {src!r}; known: {', '.join(CORPUS_SOURCES)}")
+        jobs += [(folder, f"{src.replace('phantom_', '')}_{i:04d}", _case_seed(seed, 10 + s_i, i), spacing, src)
+                 for i in range(cases_per_source)]
+    res = _run(_job_corpus, jobs, num_processes, f"phantoms {os.path.basename(folder)}")
+    cases = [CorpusCase(case_id=cid, images=files, subject=cid, session="ses-1", source=src)
+             for cid, src, files in res]
+    manifest = CorpusManifest(
+        name=name, cases=cases, atlas_registered=True,
+        sources={s: {"modalities": list(CORPUS_SOURCES[s][0]),
+                     "description": "tumour phantoms" if CORPUS_SOURCES[s][1] else "healthy phantoms"}
+                 for s in sources})
+    save_manifest(manifest, folder)
+    return folder
+
+
+@dataclass
+class PhantomSuite:
+    """What ``make_all`` wrote."""
+    raw_dir: str
+    segmentation: Optional[str] = None
+    classification: Optional[str] = None
+    corpus: Optional[str] = None
+    ids: Dict[str, int] = field(default_factory=dict)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Shared set-up for scripts/demo.sh and scripts/test.sh (sourced, not run).
+# Creates .venv in the repository (once), installs the package with its pinned dependencies
+# (only when setup.cfg changed since the last install), and exports the nnU-Net folders.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MMPRETRAIN_VENV:-$REPO/.venv}"
+PY_BOOT="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment $VENV"
+  "$PY_BOOT" -m venv "$VENV"
+fi
+STAMP="$VENV/.mmpretrain-installed"
+WANT="$(cat "$REPO/setup.cfg" "$REPO/pyproject.toml" | sha256sum | cut -c1-16)"
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ] || ! "$VENV/bin/python" -c "import nnunet_mmpretrain" 2>/dev/null; then
+  echo "[setup] installing nnunet-mmpretrain and its pinned dependencies (first run: a few minutes, ~6 GB)"
+  # torch and torchvision first, as the matching pair pinned in setup.cfg (see REFERENCE.md)
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "is ignored: it is neither" || true
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO[test]" 2>&1 | grep -v "is ignored: it is neither" || true
+  "$VENV/bin/python" -c "import torch, torchvision, nnunetv2, nnunet_mmpretrain; import torchvision.ops; print('[setup] torch', torch.__version__, 'torchvision', torchvision.__version__)"
+  echo "$WANT" > "$STAMP"
+else
+  echo "[setup] environment up to date ($VENV)"
+fi
+export PATH="$VENV/bin:$PATH"
+# nnU-Net finds our trainers through this folder (nnunetv2 >= 2.8.0)
+export nnUNet_extTrainer="$("$VENV/bin/python" -m nnunet_mmpretrain.cli.ext_trainer_path)"
+# 2 cores: keep nnU-Net's worker pools small
+export nnUNet_def_n_proc="${nnUNet_def_n_proc:-2}"
+export nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-2}"
