@@ -25,7 +25,8 @@ else
 fi
 export PATH="$VENV/bin:$PATH"
 # nnU-Net finds our trainers through this folder (nnunetv2 >= 2.8.0)
-export nnUNet_extTrainer="$("$VENV/bin/python" -m nnunet_mmpretrain.cli.ext_trainer_path)"
+_ext_line="$("$VENV/bin/python" -m nnunet_mmpretrain.cli.ext_trainer_path)"
+eval "$_ext_line"
 # 2 cores: keep nnU-Net's worker pools small
 export nnUNet_def_n_proc="${nnUNet_def_n_proc:-2}"
 export nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-2}"

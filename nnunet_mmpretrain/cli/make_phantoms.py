@@ -1,0 +1,97 @@
+"""``nnUNetv2_mmpretrain_make_phantoms``: write the built-in synthetic data.
+
+Writes, under the nnU-Net raw folder (``--raw-dir``, default ``$nnUNet_raw``):
+a labelled BraTS-like segmentation dataset, an unlabelled multi-source pretraining corpus and a
+graded classification dataset. Everything follows from ``--seed``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from nnunet_mmpretrain.cli._common import die
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnUNetv2_mmpretrain_make_phantoms",
+        description="Make BraTS-like multi-modal brain MRI phantoms (ICBM 2009a anatomy shipped "
+                    "with nilearn): a labelled nnU-Net dataset, an unlabelled multi-source "
+                    "pretraining corpus and a graded classification dataset.")
+    p.add_argument("--raw-dir", default=os.environ.get("nnUNet_raw"),
+                   help="nnU-Net raw folder to write into (default: $nnUNet_raw)")
+    p.add_argument("--what", default="seg,corpus,cls",
+                   help="comma-separated subset of seg,corpus,cls (default: all three)")
+    p.add_argument("--seg-id", type=int, default=990, help="dataset id of the segmentation dataset")
+    p.add_argument("--cls-id", type=int, default=991, help="dataset id of the classification dataset")
+    p.add_argument("--corpus-id", type=int, default=992, help="dataset id of the pretraining corpus")
+    p.add_argument("--num-train", type=int, default=10, help="labelled training cases")
+    p.add_argument("--num-test", type=int, default=2, help="labelled test cases (imagesTs/labelsTs)")
+    p.add_argument("--corpus-cases", type=int, default=6, help="corpus cases per source")
+    p.add_argument("--cls-cases", type=int, default=12, help="classification cases (half high grade)")
+    p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (default 2; 1 for full resolution)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-np", "--num-processes", type=int, default=2)
+    p.add_argument("--overwrite", action="store_true", help="replace existing non-empty dataset folders")
+    return p
+
+
+def validate_args(a) -> None:
+    if not a.raw_dir:
+        die("no output folder: set nnUNet_raw or pass --raw-dir FOLDER.")
+    what = {w.strip() for w in a.what.split(",") if w.strip()}
+    bad = what - {"seg", "corpus", "cls"}
+    if bad or not what:
+        die(f"--what takes a comma-separated subset of seg,corpus,cls, got {a.what!r}.")
+    a.what = what
+    if not a.spacing > 0:
+        die(f"--spacing must be a positive number of mm, got {a.spacing}.")
+    if a.spacing < 0.5 or a.spacing > 8:
+        die(f"--spacing {a.spacing} mm is outside the supported 0.5-8 mm range.")
+    for name in ("num_train", "corpus_cases", "cls_cases"):
+        v = getattr(a, name)
+        if v < 1:
+            die(f"--{name.replace('_', '-')} must be at least 1, got {v}.")
+    if a.num_test < 0:
+        die(f"--num-test cannot be negative, got {a.num_test}.")
+    if "cls" in what and a.cls_cases < 2:
+        die("--cls-cases must be at least 2 (one high-grade and one low-grade case).")
+    if a.num_processes < 1:
+        die(f"-np must be at least 1, got {a.num_processes}.")
+    ids = [getattr(a, f"{w}_id") for w in ("seg", "cls", "corpus") if w in what]
+    if len(set(ids)) != len(ids):
+        die(f"dataset ids must differ, got {ids}.")
+    for i in ids:
+        if not 1 <= i <= 999:
+            die(f"dataset ids are 1..999 in nnU-Net, got {i}.")
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    validate_args(a)
+    from nnunet_mmpretrain.synthetic import datasets as ds
+
+    t0 = time.time()
+    made = []
+    try:
+        if "seg" in a.what:
+            made.append(ds.make_segmentation_dataset(a.raw_dir, a.seg_id, a.num_train, a.num_test, a.spacing,
+                                                     a.seed, a.num_processes, a.overwrite))
+        if "corpus" in a.what:
+            made.append(ds.make_corpus(a.raw_dir, a.corpus_id, a.corpus_cases, a.spacing, a.seed,
+                                       a.num_processes, a.overwrite))
+        if "cls" in a.what:
+            made.append(ds.make_classification_dataset(a.raw_dir, a.cls_id, a.cls_cases, a.spacing, a.seed,
+                                                       a.num_processes, a.overwrite))
+    except FileExistsError as e:
+        die(str(e))
+    for m in made:
+        print(f"wrote {m}")
+    print(f"done in {time.time() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

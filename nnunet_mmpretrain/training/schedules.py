@@ -1,0 +1,48 @@
+"""Short training schedules as a mixin, so a variant is a few lines over any nnU-Net trainer.
+
+nnU-Net's own short trainers (``nnUNetTrainer_5epochs``, ...) still run 250 training and 50
+validation iterations per epoch and mirror at inference, which is far too slow for tests and the
+demo on 2 CPU cores. ``ShortSchedule`` sets all of it from one class attribute::
+
+    class nnUNetTrainerMMSmoke(ShortSchedule, nnUNetTrainer):
+        schedule = Schedule(epochs=2, iterations=4, val_iterations=2)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Schedule:
+    epochs: int
+    iterations: int
+    val_iterations: int
+    mirroring: bool = False      # training mirroring augmentation and test-time mirroring
+    save_every: int = 50
+    initial_lr: float | None = None
+
+
+class ShortSchedule:
+    """Mixin (put it before the nnU-Net trainer class) applying :attr:`schedule`."""
+
+    schedule: Schedule = Schedule(epochs=2, iterations=4, val_iterations=2)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        s = self.schedule
+        self.num_epochs = s.epochs
+        self.num_iterations_per_epoch = s.iterations
+        self.num_val_iterations_per_epoch = s.val_iterations
+        self.save_every = s.save_every
+        if s.initial_lr is not None:
+            self.initial_lr = s.initial_lr
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rot, dummy_2d, initial_patch, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.schedule.mirroring:
+            mirror_axes = None
+            self.inference_allowed_mirroring_axes = None
+        return rot, dummy_2d, initial_patch, mirror_axes

@@ -1,0 +1,1 @@
+"""Folder named by ``nnUNet_extTrainer``; see ``mmpretrain_trainers.py``."""

@@ -1,0 +1,7 @@
+"""Shim for nnU-Net's trainer lookup (``nnUNet_extTrainer`` points at this folder).
+
+nnU-Net imports every module here as a top-level module and looks for the requested class by
+name, so this module re-exports the plugin's trainers from the installed package (relative
+imports would break). Add new trainer modules to the list below.
+"""
+from nnunet_mmpretrain.training.smoke import *  # noqa: F401,F403
