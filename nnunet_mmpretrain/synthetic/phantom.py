@@ -69,7 +69,7 @@ def _nilearn_maps():
 
 
 @lru_cache(maxsize=4)
-def atlas_grid(spacing: float = 2.0, margin_mm: float = 4.0) -> Atlas:
+def atlas_grid(spacing: float = 2.0, margin_mm: float = 16.0) -> Atlas:
     """The atlas resampled to an isotropic ``spacing`` grid cropped to the brain (+ margin)."""
     if not spacing > 0:
         raise ValueError(f"spacing must be positive, got {spacing}")

@@ -1,0 +1,64 @@
+"""``nnUNetv2_mmpretrain_plan_and_preprocess``: validate, fingerprint, plan and preprocess an
+unlabelled pretraining corpus (``$nnUNet_raw/DatasetID_Name/manifest.json``) in nnU-Net's space.
+
+Writes ``$nnUNet_preprocessed/DatasetID_Name/mmPretrainPlans.json`` and the preprocessed cases;
+then ``nnUNetv2_train ID 3d_fullres all -tr nnUNetTrainerMMPretrain -p mmPretrainPlans`` pretrains.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from nnunet_mmpretrain.cli._common import die
+
+
+def main(argv=None) -> int:
+    from nnunet_mmpretrain.planning.pretrain_planner import PRESETS
+    p = argparse.ArgumentParser(prog="nnUNetv2_mmpretrain_plan_and_preprocess", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", type=int, required=True, help="dataset id of the corpus")
+    p.add_argument("-pl", default="ResEncM", choices=sorted(PRESETS),
+                   help="nnU-Net ResEnc preset the topology follows (default ResEncM)")
+    p.add_argument("--like", metavar="PLANS_JSON", help="copy patch, spacing and architecture from this "
+                   "downstream plans file instead (the encoder then fits it exactly)")
+    p.add_argument("--like-config", default="3d_fullres", help="configuration of --like (default 3d_fullres)")
+    p.add_argument("--resample", action="store_true",
+                   help="put the modalities of a session on the grid of its first modality (IXI needs it)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out cases that fail validation (default: stop)")
+    p.add_argument("--plan-only", action="store_true", help="validate, fingerprint and plan; no preprocessing")
+    p.add_argument("-gpu_memory_target", type=float, default=None, help="VRAM target of the planner in GB")
+    p.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
+    a = p.parse_args(argv)
+    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
+        if not os.environ.get(var):
+            die(f"{var} is not set: export it (see nnU-Net's documentation/setting_up_paths.md).")
+    if a.np < 1:
+        die("-np must be at least 1.")
+    from nnunet_mmpretrain.corpus.manifest import ManifestError
+    from nnunet_mmpretrain.corpus.preprocess import plan_and_preprocess_corpus
+    from nnunet_mmpretrain.modalities import UnknownModalityError
+    from nnunet_mmpretrain.planning.pretrain_planner import load_like
+    try:
+        like = load_like(a.like, a.like_config) if a.like else None
+        r = plan_and_preprocess_corpus(a.d, a.pl, like, a.resample, a.skip_bad, a.np, a.plan_only,
+                                       a.gpu_memory_target)
+    except (ManifestError, UnknownModalityError, ValueError, FileNotFoundError) as e:
+        die(str(e))
+    except RuntimeError as e:
+        if "Could not find a dataset with the ID" in str(e) or "dataset" in str(e).lower():
+            die(f"{e} (is the corpus in $nnUNet_raw as DatasetXXX_Name with a manifest.json?)")
+        raise
+    print(f"plans: {r.plans_file}")
+    if not a.plan_only:
+        n = r.done + r.skipped
+        rate = r.done / r.seconds_preprocessing if r.done and r.seconds_preprocessing > 0 else float("nan")
+        print(f"preprocessed {r.done} cases ({r.skipped} already done) into {r.data_folder} "
+              f"in {r.seconds_preprocessing:.1f} s ({rate:.2f} cases/s); {n} cases in total")
+    if r.left_out:
+        print(f"left out {len(r.left_out)} bad case(s): {', '.join(sorted(r.left_out))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

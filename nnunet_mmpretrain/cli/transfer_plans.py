@@ -1,0 +1,50 @@
+"""``nnUNetv2_mmpretrain_transfer_plans``: give a downstream dataset the pretraining topology.
+
+Writes ``$nnUNet_preprocessed/<downstream>/<plans>.json`` with the pretraining configuration's
+spacing, patch and architecture and the downstream dataset's own channels and normalisation;
+``--preprocess`` then runs nnU-Net's preprocessing for it (same as
+``nnUNetv2_preprocess -d ID -plans_name PLANS -c 3d_fullres``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from nnunet_mmpretrain.cli._common import die
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="nnUNetv2_mmpretrain_transfer_plans", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-s", type=int, required=True, help="pretraining corpus dataset id")
+    p.add_argument("-t", type=int, required=True, help="downstream dataset id")
+    p.add_argument("-sp", default="mmPretrainPlans", help="pretraining plans identifier (default mmPretrainPlans)")
+    p.add_argument("-tp", default=None, help="downstream plans identifier (default: same as -sp)")
+    p.add_argument("-c", nargs="+", default=["3d_fullres"], help="configurations to transfer")
+    p.add_argument("--check-against", metavar="PLANS", default=None,
+                   help="refuse unless this existing downstream plans identifier has the same topology")
+    p.add_argument("--preprocess", action="store_true", help="also preprocess the downstream dataset")
+    p.add_argument("-np", type=int, default=2)
+    a = p.parse_args(argv)
+    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
+        if not os.environ.get(var):
+            die(f"{var} is not set: export it (see nnU-Net's documentation/setting_up_paths.md).")
+    from nnunet_mmpretrain.planning.transfer import transfer_plans
+    try:
+        path = transfer_plans(a.s, a.t, a.sp, a.tp, a.c, a.np, a.check_against)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        die(str(e).strip("'\""))
+    except RuntimeError as e:
+        die(str(e))
+    print(f"plans: {path}")
+    if a.preprocess:
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
+        ident = os.path.basename(path)[: -len(".json")]
+        preprocess_dataset(a.t, ident, tuple(a.c), [a.np] * len(a.c), show_progress_bar=False)
+        print(f"preprocessed dataset {a.t} with {ident}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Transfer pretraining plans to a downstream dataset.
+
+The downstream plans keep the pretraining configuration's spacing, patch size and architecture
+(so the encoder's weights fit) and take the downstream dataset's own channels, normalisation,
+intensity properties, reader/writer and median shape. Compare nnU-Net's
+``nnUNetv2_move_plans_between_datasets``, which keeps the source's channel-dependent entries.
+"""
+from __future__ import annotations
+
+import json
+import os
+from copy import deepcopy
+from typing import List, Optional, Sequence
+
+from nnunet_mmpretrain.io_utils import atomic_write_json
+
+#: architecture arguments that decide whether encoder weights fit (input channels are the stem's
+#: business and handled by stem adaptation)
+TOPOLOGY_KEYS = ("n_stages", "features_per_stage", "kernel_sizes", "strides", "n_blocks_per_stage",
+                 "n_conv_per_stage", "conv_op", "norm_op", "conv_bias")
+
+
+class IncompatiblePlansError(ValueError):
+    """Pretraining and downstream topologies cannot share encoder weights."""
+
+
+def resolved_configuration(plans: dict, name: str) -> dict:
+    """A configuration with its ``inherits_from`` chain merged (as nnU-Net's PlansManager does)."""
+    confs = plans["configurations"]
+    if name not in confs:
+        raise KeyError(f"plans {plans.get('plans_name', '?')} have no configuration {name!r} "
+                       f"(have {', '.join(confs)})")
+    c = deepcopy(confs[name])
+    if "inherits_from" in c:
+        parent = resolved_configuration(plans, c.pop("inherits_from"))
+        parent.update(c)
+        c = parent
+    return c
+
+
+def topology_differences(pre_arch: dict, down_arch: dict) -> List[str]:
+    """Human-readable differences between two plans ``architecture`` blocks, per stage where
+    possible (e.g. ``"stage 2 stride: pretraining [2, 2, 2] vs downstream [2, 2, 1]"``)."""
+    out = []
+    if pre_arch["network_class_name"] != down_arch["network_class_name"]:
+        out.append(f"network class: pretraining {pre_arch['network_class_name']} vs downstream "
+                   f"{down_arch['network_class_name']}")
+    a, b = pre_arch["arch_kwargs"], down_arch["arch_kwargs"]
+    for k in TOPOLOGY_KEYS:
+        va, vb = a.get(k), b.get(k)
+        if va == vb:
+            continue
+        if isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple)):
+            if len(va) != len(vb):
+                out.append(f"{k}: {len(va)} stages in pretraining vs {len(vb)} downstream ({va} vs {vb})")
+                continue
+            for i, (x, y) in enumerate(zip(va, vb)):
+                if x != y:
+                    out.append(f"stage {i} {k}: pretraining {x} vs downstream {y}")
+        else:
+            out.append(f"{k}: pretraining {va} vs downstream {vb}")
+    return out
+
+
+def check_compatible(pre_arch: dict, down_arch: dict, what: str = "") -> None:
+    diffs = topology_differences(pre_arch, down_arch)
+    if diffs:
+        raise IncompatiblePlansError(
+            f"the pretrained encoder does not fit {what or 'the downstream plans'}:\n  - " + "\n  - ".join(diffs) +
+            "\nFine-tune with the transferred plans (nnUNetv2_mmpretrain_transfer_plans without --check-against), or pretrain with "
+            "--like pointing at the downstream plans file.")
+
+
+def transfer_plans(source_dataset: int, target_dataset: int, source_plans: str = "mmPretrainPlans",
+                   target_plans: Optional[str] = None, configurations: Sequence[str] = ("3d_fullres",),
+                   num_processes: int = 2, check_against: Optional[str] = None) -> str:
+    """Write ``$nnUNet_preprocessed/<target>/<target_plans>.json``; returns its path.
+
+    ``check_against``: an existing downstream plans identifier whose topology must equal the
+    pretraining one (raises :class:`IncompatiblePlansError` naming each differing stage).
+    """
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunet_mmpretrain.planning.nnunet_plan import fingerprint
+
+    src_name = convert_id_to_dataset_name(source_dataset)
+    dst_name = convert_id_to_dataset_name(target_dataset)
+    target_plans = target_plans or source_plans
+    src_file = os.path.join(str(nnUNet_preprocessed), src_name, source_plans + ".json")
+    if not os.path.isfile(src_file):
+        raise FileNotFoundError(f"pretraining plans {src_file} do not exist: run "
+                                f"nnUNetv2_mmpretrain_plan_and_preprocess -d {source_dataset} first.")
+    with open(src_file) as f:
+        src = json.load(f)
+    dst_dir = os.path.join(str(nnUNet_preprocessed), dst_name)
+    if not os.path.isfile(os.path.join(dst_dir, "dataset_fingerprint.json")):
+        fingerprint(target_dataset, num_processes)
+    with open(os.path.join(dst_dir, "dataset_fingerprint.json")) as f:
+        fp = json.load(f)
+    with open(os.path.join(str(nnUNet_raw), dst_name, "dataset.json")) as f:
+        dj = json.load(f)
+
+    if check_against is not None:
+        other_file = os.path.join(dst_dir, check_against + ".json")
+        with open(other_file) as f:
+            other = json.load(f)
+        for c in configurations:
+            check_compatible(resolved_configuration(src, c)["architecture"],
+                             resolved_configuration(other, c)["architecture"], f"{other_file} ({c})")
+
+    planner = ExperimentPlanner(target_dataset)    # nnU-Net's own channel-wise normalisation rules
+    schemes, use_mask = planner.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
+    cases = get_filenames_of_train_images_and_targets(os.path.join(str(nnUNet_raw), dst_name), dj)
+    example = cases[next(iter(cases))]["images"][0]
+    rw = determine_reader_writer_from_dataset_json(dj, example, allow_nonmatching_filename=True, verbose=False)
+
+    out = deepcopy(src)
+    block = out.pop("mmpretrain", {})
+    out["dataset_name"] = dst_name
+    out["plans_name"] = target_plans
+    out["image_reader_writer"] = rw.__name__
+    out["foreground_intensity_properties_per_channel"] = fp["foreground_intensity_properties_per_channel"]
+    out["configurations"] = {}
+    import numpy as np
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+    for c in configurations:
+        conf = resolved_configuration(src, c)
+        if len(conf["patch_size"]) == 3 and any(len(s) < 3 for s in fp["shapes_after_crop"]):
+            raise IncompatiblePlansError(f"{dst_name} holds 2D images but the pretraining configuration {c} is 3D")
+        conf["data_identifier"] = f"{target_plans}_{c}"
+        conf["normalization_schemes"] = schemes
+        conf["use_mask_for_norm"] = use_mask
+        tf, tb = out["transpose_forward"], out["transpose_backward"]
+        target_spacing = [conf["spacing"][i] for i in tb]          # back to the images' axis order
+        shapes = np.array([compute_new_shape(sh, sp, target_spacing)
+                           for sh, sp in zip(fp["shapes_after_crop"], fp["spacings"])])
+        conf["median_image_size_in_voxels"] = [float(v) for v in np.median(shapes, 0)[tf]]
+        out["configurations"][c] = conf
+    med_sp = np.median(np.array(fp["spacings"]), 0)
+    med_sh = np.median(np.array(fp["shapes_after_crop"]), 0)
+    out["original_median_spacing_after_transp"] = [float(med_sp[i]) for i in out["transpose_forward"]]
+    out["original_median_shape_after_transp"] = [int(round(med_sh[i])) for i in out["transpose_forward"]]
+    out["mmpretrain_transfer"] = {
+        "source_dataset": src_name, "source_plans": source_plans, "configurations": list(configurations),
+        "pretraining_modalities": block.get("modalities"), "vocabulary": block.get("vocabulary"),
+        "downstream_channels": dj["channel_names"],
+    }
+    path = os.path.join(dst_dir, target_plans + ".json")
+    atomic_write_json(out, path)
+    return path
