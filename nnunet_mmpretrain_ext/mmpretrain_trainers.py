@@ -5,3 +5,6 @@ name, so this module re-exports the plugin's trainers from the installed package
 imports would break). Add new trainer modules to the list below.
 """
 from nnunet_mmpretrain.training.smoke import *  # noqa: F401,F403
+from nnunet_mmpretrain.training.pretrain import (  # noqa: F401
+    nnUNetTrainerMMPretrain, nnUNetTrainerMMPretrain_5epochs, nnUNetTrainerMMPretrain_demo,
+    nnUNetTrainerMMPretrain_tau02)

@@ -1,0 +1,86 @@
+"""Patch sampling from a preprocessed corpus for pretraining.
+
+Each sample is one random case, one random patch position and one (target m, partner n != m)
+pair drawn from the modalities *that case has* (its properties list them in channel order), so
+no channel is ever invented. A case smaller than the patch is zero-padded (0 is the background
+after nnU-Net's z-score on the brain mask). The patch's position on the canonical (atlas) grid
+follows from nnU-Net's crop box, the resampling factor and the patch offset.
+
+Batch (numpy): ``target`` / ``partner`` float32 (B, 1, X, Y, Z) (partner zeros where the case has
+a single modality), ``m_idx`` / ``n_idx`` int64 (B,) vocabulary slots (-1: no partner),
+``starts`` int64 (B, 3) grid position of the patch's first voxel, ``subject`` and ``keys`` lists.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.data_loader import DataLoader
+
+from nnunet_mmpretrain.modalities import MODALITIES
+from nnunet_mmpretrain.pretrain.cross_modal import draw_pairs
+
+
+def grid_geometry(props: dict, transpose_forward: Sequence[int], target_spacing: Sequence[float]
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """(offset of the cropped, resampled case on the grid (3,), grid shape of the full image (3,)),
+    in the preprocessed (transposed, resampled) voxel space."""
+    orig = np.array([props["spacing"][i] for i in transpose_forward], dtype=float)
+    scale = orig / np.asarray(target_spacing, dtype=float)
+    bbox_start = np.array([b[0] for b in props["bbox_used_for_cropping"]], dtype=float)
+    full = np.array(props["shape_before_cropping"], dtype=float)
+    return np.round(bbox_start * scale).astype(np.int64), np.round(full * scale).astype(np.int64)
+
+
+class CorpusPatchLoader(DataLoader):
+    """batchgenerators DataLoader (works with nnU-Net's multi-threaded augmenters)."""
+
+    def __init__(self, dataset, identifiers: Sequence[str], properties: Dict[str, dict], batch_size: int,
+                 patch_size: Sequence[int], transpose_forward: Sequence[int], target_spacing: Sequence[float],
+                 allow_single: bool = True, seed: Optional[int] = None):
+        super().__init__(list(identifiers), batch_size, 1, None, True, False, True)
+        self.dataset = dataset
+        self.identifiers = list(identifiers)
+        self.props = properties
+        self.patch = np.array(patch_size, dtype=np.int64)
+        self.tf = list(transpose_forward)
+        self.spacing = list(target_spacing)
+        self.allow_single = allow_single
+        self.rng = np.random.default_rng(seed)
+        self.torch_gen = torch.Generator().manual_seed(int(self.rng.integers(2 ** 31)))
+        self.offsets = {k: grid_geometry(self.props[k], self.tf, self.spacing)[0] for k in self.identifiers}
+
+    def generate_train_batch(self):
+        keys = [self.identifiers[i] for i in self.rng.integers(len(self.identifiers), size=self.batch_size)]
+        mods = [self.props[k]["modalities"] for k in keys]
+        pairs = draw_pairs(mods, self.torch_gen, allow_single=self.allow_single, case_ids=keys)
+        P = tuple(int(p) for p in self.patch)
+        target = np.zeros((len(keys), 1) + P, np.float32)
+        partner = np.zeros_like(target)
+        starts = np.zeros((len(keys), 3), np.int64)
+        for b, (k, (m, n)) in enumerate(zip(keys, pairs)):
+            data = self.dataset.load_case(k)[0]
+            shape = np.array(data.shape[1:])
+            lo = np.array([self.rng.integers(0, max(s - p, 0) + 1) for s, p in zip(shape, self.patch)])
+            hi = np.minimum(lo + self.patch, shape)
+            pad = (self.patch - (hi - lo)) // 2   # centre a case smaller than the patch
+            src = tuple(slice(int(a), int(c)) for a, c in zip(lo, hi))
+            dst = tuple(slice(int(d), int(d + c - a)) for d, a, c in zip(pad, lo, hi))
+            ch = mods[b]
+            target[(b, 0) + dst] = data[(ch.index(m),) + src]
+            if n is not None:
+                partner[(b, 0) + dst] = data[(ch.index(n),) + src]
+            starts[b] = self.offsets[k] + lo - pad
+        return {
+            "target": target, "partner": partner, "starts": starts, "keys": keys,
+            "m_idx": np.array([MODALITIES.index(m) for m, _ in pairs], np.int64),
+            "n_idx": np.array([MODALITIES.index(n) if n is not None else -1 for _, n in pairs], np.int64),
+            "subject": [self.props[k].get("subject", k) for k in keys],
+        }
+
+
+def template_grid_shape(properties: Dict[str, dict], transpose_forward, target_spacing) -> List[int]:
+    """The canonical grid: the largest full (uncropped) image of the corpus in preprocessed space."""
+    shapes = np.stack([grid_geometry(p, transpose_forward, target_spacing)[1] for p in properties.values()])
+    return [int(s) for s in shapes.max(0)]

@@ -1,0 +1,102 @@
+"""The pretraining network: the plans' own encoder, one stem per vocabulary modality, a light
+skip-free reconstruction decoder, the modality templates and a projection head.
+
+Key contract (dynamic-network-architectures): the nnU-Net network built from the plans names its
+encoder ``key_to_encoder`` (``encoder.stages``) and its stem ``key_to_stem`` (``encoder.stem``
+for ResEnc, ``encoder.stages.0`` for PlainConv). Here the stem slot inside the encoder is an
+``nn.Identity`` and the real stems live in ``stems[slot]`` (slot = index in
+:data:`nnunet_mmpretrain.modalities.MODALITIES`), so
+
+* ``encoder.*`` keys are exactly the nnU-Net network's ``encoder.*`` keys minus the stem,
+* ``stems.<slot>.*`` are the stem's keys for one modality (``key_to_stem`` + the rest).
+
+Running modality m through its own stem tells the network which modality it must rebuild from a
+patch whose masked blocks hold another modality (DESIGN.md: without it the target is ambiguous).
+"""
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from nnunet_mmpretrain.modalities import MODALITIES
+from nnunet_mmpretrain.pretrain.contrastive import ProjectionHead, pool_features
+from nnunet_mmpretrain.pretrain.heads import ReconstructionDecoder
+from nnunet_mmpretrain.pretrain.templates import ModalityTemplates
+
+
+def _get(module: nn.Module, dotted: str) -> nn.Module:
+    for part in dotted.split("."):
+        module = getattr(module, part) if not part.isdigit() else module[int(part)]
+    return module
+
+
+def _set(module: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_key, _, last = dotted.rpartition(".")
+    parent = _get(module, parent_key) if parent_key else module
+    if last.isdigit():
+        parent[int(last)] = new
+    else:
+        setattr(parent, last, new)
+
+
+class MMPretrainNetwork(nn.Module):
+    """Args:
+        nnunet_net: the network nnU-Net builds from the plans (1 input channel); only its encoder
+            and stem are kept.
+        template_grid: (GX, GY, GZ) of the canonical grid, or None for no templates.
+        strides: the plans' per-stage strides (for the decoder).
+        proj_dim: projection head output size (0: contrastive term on pooled features directly).
+        position_free: template crop mode when patches carry no atlas position.
+    """
+
+    def __init__(self, nnunet_net: nn.Module, template_grid: Optional[Sequence[int]],
+                 strides: Sequence, proj_dim: int = 128, position_free: str = "random"):
+        super().__init__()
+        self.key_to_encoder: str = nnunet_net.key_to_encoder
+        self.key_to_stem: str = nnunet_net.key_to_stem
+        self.keys_to_in_proj = tuple(getattr(nnunet_net, "keys_to_in_proj", ()))
+        if not self.key_to_stem.startswith("encoder."):
+            raise ValueError(f"stem {self.key_to_stem!r} is not inside the encoder")
+        encoder = nnunet_net.encoder
+        stem = _get(nnunet_net, self.key_to_stem)
+        self.stems = nn.ModuleList([deepcopy(stem) for _ in MODALITIES])
+        _set(encoder, self.key_to_stem[len("encoder."):], nn.Identity())
+        encoder.return_skips = False
+        self.encoder = encoder
+        bottleneck = int(encoder.output_channels[-1])
+        self.decoder = ReconstructionDecoder(bottleneck, strides)
+        self.proj = ProjectionHead(bottleneck, max(bottleneck, 128), proj_dim) if proj_dim else None
+        self.templates = ModalityTemplates(template_grid, position_free=position_free) if template_grid else None
+
+    def stem_forward(self, x: torch.Tensor, modality_idx: torch.Tensor) -> torch.Tensor:
+        """x (B, 1, X, Y, Z), modality_idx (B,) vocabulary slots -> stem features (B, F0, X', Y', Z')."""
+        out = None
+        for m in torch.unique(modality_idx).tolist():
+            sel = (modality_idx == m).nonzero(as_tuple=True)[0]
+            y = self.stems[m](x[sel])
+            if out is None:
+                out = y.new_empty((x.shape[0],) + tuple(y.shape[1:]))
+            out[sel] = y
+        return out
+
+    def forward(self, x: torch.Tensor, modality_idx: torch.Tensor):
+        """x (B, 1, X, Y, Z) -> (reconstruction (B, 1, X, Y, Z), bottleneck (B, C, x, y, z),
+        embedding (B, D) for the contrastive term)."""
+        feat = self.encoder(self.stem_forward(x, modality_idx))
+        if isinstance(feat, (list, tuple)):
+            feat = feat[-1]
+        pooled = pool_features(feat)
+        z = self.proj(pooled) if self.proj is not None else pooled
+        return self.decoder(feat), feat, z
+
+    def encoder_state_dict(self) -> dict:
+        """The encoder without its stem, keyed as in the nnU-Net network (``encoder.*``)."""
+        return {f"encoder.{k}": v.detach().cpu().clone() for k, v in self.encoder.state_dict().items()}
+
+    def stem_state_dicts(self) -> dict:
+        """modality -> stem state dict keyed as in the nnU-Net network (``key_to_stem.*``)."""
+        return {m: {f"{self.key_to_stem}.{k}": v.detach().cpu().clone() for k, v in s.state_dict().items()}
+                for m, s in zip(MODALITIES, self.stems)}
