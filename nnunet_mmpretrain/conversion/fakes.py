@@ -1,0 +1,336 @@
+"""Tiny fake public releases with the real folder and file naming, for the tests and for trying
+the converters without downloading anything.
+
+Every volume is 12 x 12 x 10 voxels (SimpleITK x, y, z). Tumour labels follow one known pattern
+(:func:`tumour_label`) written in each release's own label codes, with a voxel of each class at a
+known position (:data:`KNOWN_VOXELS`), so a test can check the label mapping voxel by voxel.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+SHAPE_ZYX = (10, 12, 12)
+#: (z, y, x) array index of a voxel of each tumour class in :func:`tumour_label`
+KNOWN_VOXELS = {"background": (0, 0, 0), "edema": (2, 2, 2), "enhancing": (3, 4, 4), "necrosis": (5, 6, 6)}
+#: release label codes per tumour class
+CODES = {
+    "brats2021": {"necrosis": 1, "edema": 2, "enhancing": 4},
+    "brats2023": {"necrosis": 1, "edema": 2, "enhancing": 3},
+    "msd": {"edema": 1, "necrosis": 2, "enhancing": 3},
+    "ours": {"necrosis": 1, "edema": 2, "enhancing": 3},
+}
+#: a BraTS-like geometry (flipped x/y axes, non-zero origin) to check that geometry is kept
+BRATS_GEOMETRY = dict(spacing=(1.0, 1.0, 1.0), origin=(11.0, 11.0, -4.0),
+                      direction=(-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
+
+
+def write(path: str, arr: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+          direction=None) -> str:
+    """Write an array indexed (z, y, x) (or (t, z, y, x) for 4D) with SimpleITK."""
+    import SimpleITK as sitk
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=False)
+    dim = img.GetDimension()
+    sp, org = list(spacing), list(origin)
+    if dim == 4:
+        sp, org = sp + [1.0], org + [0.0]
+    img.SetSpacing(sp)
+    img.SetOrigin(org)
+    if direction is not None:
+        d = list(direction)
+        if dim == 4:
+            d = d[0:3] + [0] + d[3:6] + [0] + d[6:9] + [0, 0, 0, 0, 1]
+        img.SetDirection(d)
+    sitk.WriteImage(img, path, path.endswith(".gz"))
+    return path
+
+
+def tumour_regions(shape=SHAPE_ZYX) -> Dict[str, np.ndarray]:
+    ed = np.zeros(shape, bool)
+    et = np.zeros(shape, bool)
+    ncr = np.zeros(shape, bool)
+    ed[2:8, 2:10, 2:10] = True
+    et[3:7, 4:8, 4:8] = True
+    ncr[4:6, 5:7, 5:7] = True
+    return {"edema": ed & ~et, "enhancing": et & ~ncr, "necrosis": ncr}
+
+
+def tumour_label(codes: Dict[str, int], shape=SHAPE_ZYX) -> np.ndarray:
+    out = np.zeros(shape, np.uint8)
+    for role, m in tumour_regions(shape).items():
+        out[m] = codes[role]
+    return out
+
+
+def noise_image(seed: int, level: float, shape=SHAPE_ZYX, dtype=np.float32) -> np.ndarray:
+    """Noise around ``level`` with a brighter enhancing region (a stand-in for an MR image)."""
+    rng = np.random.default_rng(seed)
+    a = level + 10 * rng.standard_normal(shape)
+    a[tumour_regions(shape)["enhancing"]] += 50
+    return np.clip(a, 0, None).astype(dtype)
+
+
+def fake_brats2021(root: str, n: int = 2, with_seg: bool = True, omit: Optional[Dict[int, str]] = None) -> List[str]:
+    """``root/RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021/BraTS2021_0000i/...``; ``omit``:
+    case index -> file suffix to leave out (e.g. {1: 'flair'})."""
+    base = os.path.join(root, "RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021")
+    ids = []
+    for i in range(n):
+        cid = f"BraTS2021_{i:05d}"
+        d = os.path.join(base, cid)
+        for j, suf in enumerate(("t1", "t1ce", "t2", "flair")):
+            if (omit or {}).get(i) != suf:
+                write(os.path.join(d, f"{cid}_{suf}.nii.gz"), noise_image(i * 10 + j, 100 + 50 * j, dtype=np.int16),
+                      **BRATS_GEOMETRY)
+        if with_seg and (omit or {}).get(i) != "seg":
+            write(os.path.join(d, f"{cid}_seg.nii.gz"), tumour_label(CODES["brats2021"]), **BRATS_GEOMETRY)
+        ids.append(cid)
+    return ids
+
+
+def fake_brats2023(root: str, subset: str = "GLI", n: int = 2) -> List[str]:
+    base = os.path.join(root, f"ASNR-MICCAI-BraTS2023-{subset}-Challenge-TrainingData")
+    ids = []
+    for i in range(n):
+        cid = f"BraTS-{subset}-{i:05d}-000"
+        d = os.path.join(base, cid)
+        for j, suf in enumerate(("t1n", "t1c", "t2w", "t2f")):
+            write(os.path.join(d, f"{cid}-{suf}.nii.gz"), noise_image(i * 10 + j, 100 + 50 * j), **BRATS_GEOMETRY)
+        write(os.path.join(d, f"{cid}-seg.nii.gz"), tumour_label(CODES["brats2023"]), **BRATS_GEOMETRY)
+        ids.append(cid)
+    return ids
+
+
+def fake_brats2018(root: str, n_hgg: int = 2, n_lgg: int = 1) -> Dict[str, str]:
+    """Returns case id -> grade."""
+    base = os.path.join(root, "MICCAI_BraTS_2018_Data_Training")
+    out = {}
+    for grade, n in (("HGG", n_hgg), ("LGG", n_lgg)):
+        for i in range(n):
+            cid = f"Brats18_{'2013' if grade == 'HGG' else 'TCIA'}_{i}_1"
+            d = os.path.join(base, grade, cid)
+            for j, suf in enumerate(("t1", "t1ce", "t2", "flair")):
+                write(os.path.join(d, f"{cid}_{suf}.nii.gz"), noise_image(i + j, 100 + 50 * j, dtype=np.int16))
+            write(os.path.join(d, f"{cid}_seg.nii.gz"), tumour_label(CODES["brats2021"]))
+            out[cid] = grade
+    with open(os.path.join(base, "survival_data.csv"), "w") as f:
+        f.write("Brats18ID,Age,Survival\n")
+    return out
+
+
+#: MSD volume order and the constant level of each fake volume (to check the channel reordering)
+MSD_ORDER = ("FLAIR", "T1w", "t1gd", "T2w")
+MSD_LEVELS = {"FLAIR": 400.0, "T1w": 100.0, "t1gd": 200.0, "T2w": 300.0}
+
+
+def fake_msd_brain(root: str, n: int = 2) -> List[str]:
+    task = os.path.join(root, "Task01_BrainTumour")
+    ids = []
+    for i in range(n):
+        cid = f"BRATS_{i + 1:03d}"
+        vol = np.stack([np.full(SHAPE_ZYX, MSD_LEVELS[m], np.float32) for m in MSD_ORDER])
+        write(os.path.join(task, "imagesTr", f"{cid}.nii.gz"), vol)
+        write(os.path.join(task, "labelsTr", f"{cid}.nii.gz"), tumour_label(CODES["msd"]))
+        # the tarball's macOS AppleDouble junk
+        with open(os.path.join(task, "imagesTr", f"._{cid}.nii.gz"), "wb") as f:
+            f.write(b"\x00\x05\x16\x07junk")
+        ids.append(cid)
+    write(os.path.join(task, "imagesTs", "BRATS_900.nii.gz"), np.zeros((4,) + SHAPE_ZYX, np.float32))
+    with open(os.path.join(task, "dataset.json"), "w") as f:
+        json.dump({"name": "BRATS", "modality": {str(i): m for i, m in enumerate(MSD_ORDER)},
+                   "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor",
+                              "3": "enhancing tumour"}, "numTraining": n}, f)
+    return ids
+
+
+#: ISLES fake geometry: DWI grid and a FLAIR grid with another origin and spacing, plus the
+#: bright FLAIR cube in physical coordinates (x, y, z) mm
+ISLES_DWI = dict(spacing=(2.0, 2.0, 2.0), origin=(0.0, 0.0, 0.0))
+ISLES_FLAIR = dict(spacing=(1.2, 1.2, 1.5), origin=(-3.0, -2.5, -1.0), size_xyz=(26, 26, 18))
+ISLES_CUBE_MM = ((6.0, 14.0), (6.0, 14.0), (4.0, 12.0))
+ISLES_CUBE_VALUE = 100.0
+
+
+def isles_flair_array() -> np.ndarray:
+    """The fake FLAIR (z, y, x): ISLES_CUBE_VALUE inside ISLES_CUBE_MM (by voxel centre), else 0."""
+    sx, sy, sz = ISLES_FLAIR["size_xyz"]
+    arr = np.zeros((sz, sy, sx), np.float32)
+    (x0, x1), (y0, y1), (z0, z1) = ISLES_CUBE_MM
+    ox, oy, oz = ISLES_FLAIR["origin"]
+    px, py, pz = ISLES_FLAIR["spacing"]
+    xs = ox + px * np.arange(sx)
+    ys = oy + py * np.arange(sy)
+    zs = oz + pz * np.arange(sz)
+    inside = ((zs >= z0) & (zs <= z1))[:, None, None] & ((ys >= y0) & (ys <= y1))[None, :, None] & \
+        ((xs >= x0) & (xs <= x1))[None, None, :]
+    arr[inside] = ISLES_CUBE_VALUE
+    return arr
+
+
+def fake_isles2022(root: str, n: int = 2, rawdata: bool = False) -> List[str]:
+    base = os.path.join(root, "ISLES-2022")
+    subjects = os.path.join(base, "rawdata") if rawdata else base
+    ids = []
+    lesion = np.zeros(SHAPE_ZYX, np.uint8)
+    lesion[3:6, 4:8, 4:8] = 1
+    for i in range(n):
+        sub, ses = f"sub-strokecase{i + 1:04d}", "ses-0001"
+        d = os.path.join(subjects, sub, ses)
+        write(os.path.join(d, "dwi", f"{sub}_{ses}_dwi.nii.gz"), noise_image(i, 300), **ISLES_DWI)
+        write(os.path.join(d, "dwi", f"{sub}_{ses}_adc.nii.gz"), noise_image(i + 1, 800), **ISLES_DWI)
+        write(os.path.join(d, "anat", f"{sub}_{ses}_FLAIR.nii.gz"), isles_flair_array(),
+              spacing=ISLES_FLAIR["spacing"], origin=ISLES_FLAIR["origin"])
+        write(os.path.join(base, "derivatives", sub, ses, f"{sub}_{ses}_msk.nii.gz"), lesion, **ISLES_DWI)
+        ids.append(sub)
+    return ids
+
+
+def fake_upenn_gbm(root: str, n: int = 3, n_with_seg: int = 2) -> List[str]:
+    base = os.path.join(root, "PKG - UPENN-GBM-NIfTI", "UPENN-GBM", "NIfTI-files")
+    ids = []
+    for i in range(n):
+        cid = f"UPENN-GBM-{i + 1:05d}_11"
+        for j, suf in enumerate(("T1", "T1GD", "T2", "FLAIR")):
+            write(os.path.join(base, "images_structural", cid, f"{cid}_{suf}.nii.gz"), noise_image(i + j, 100 + 40 * j))
+        if i < n_with_seg:
+            write(os.path.join(base, "images_segm", f"{cid}_segm.nii.gz"), tumour_label(CODES["brats2021"]))
+        write(os.path.join(base, "automated_segm", f"{cid}_automated_approx_segm.nii.gz"),
+              tumour_label(CODES["brats2021"]))
+        ids.append(cid)
+    return ids
+
+
+MRBRAINS_SPACING = (0.958, 0.958, 3.0)
+
+
+def mrbrains_label() -> np.ndarray:
+    """Labels 0..8 as in LabelsForTraining: value v at z = v (z < 9)."""
+    lab = np.zeros(SHAPE_ZYX, np.uint8)
+    for v in range(1, 9):
+        lab[v, 2:10, 2:10] = v
+    return lab
+
+
+def fake_mrbrains13(root: str, n_train: int = 2, n_test: int = 1) -> List[str]:
+    base = os.path.join(root, "MRBrainS13DataNii")
+    ids = []
+    for split, n in (("TrainingData", n_train), ("TestData", n_test)):
+        for i in range(n):
+            d = os.path.join(base, split, str(i + 1 + (0 if split == "TrainingData" else 5)))
+            for j, f in enumerate(("T1.nii", "T1_IR.nii", "T2_FLAIR.nii", "T1_1mm.nii")):
+                write(os.path.join(d, f), noise_image(i + j, 100 + 30 * j), spacing=MRBRAINS_SPACING)
+            if split == "TrainingData":
+                write(os.path.join(d, "LabelsForTraining.nii"), mrbrains_label(), spacing=MRBRAINS_SPACING)
+                ids.append(f"MRBrainS13_{i + 1:02d}")
+    return ids
+
+
+def fake_vsseg(root: str, n: int = 2) -> List[str]:
+    base = os.path.join(root, "VS_defaced")
+    ids = []
+    mask = np.zeros(SHAPE_ZYX, np.uint8)
+    mask[4:7, 5:8, 6:9] = 1
+    geo = dict(spacing=(0.5, 0.5, 1.5), origin=(-3.0, 2.0, 10.0))
+    for i in range(n):
+        cid = f"vs_gk_{i + 1}"
+        d = os.path.join(base, cid)
+        write(os.path.join(d, "vs_gk_t1_refT1.nii.gz"), noise_image(i, 200), **geo)
+        write(os.path.join(d, "vs_gk_t2_refT1.nii.gz"), noise_image(i + 5, 300), **geo)
+        write(os.path.join(d, "vs_gk_seg_refT1.nii.gz"), mask, **geo)
+        ids.append(cid)
+    return ids
+
+
+#: IXI grids per modality: (size x, y, z), spacing -- deliberately all different
+IXI_GRIDS = {"T1": ((12, 12, 10), (1.2, 0.94, 0.94)), "T2": ((12, 12, 8), (0.9, 0.9, 1.2)),
+             "PD": ((12, 12, 8), (0.9, 0.9, 1.2)), "MRA": ((14, 14, 6), (0.47, 0.47, 0.8))}
+IXI_SUBJECTS = (("IXI002-Guys-0828", ("T1", "T2", "PD")), ("IXI012-HH-1211", ("T1", "T2", "PD", "MRA")),
+                ("IXI013-IOP-0856", ("T2", "PD")))
+
+
+def fake_ixi(root: str, subjects: Sequence[Tuple[str, Sequence[str]]] = IXI_SUBJECTS,
+             per_modality_folders: bool = True) -> List[str]:
+    ids = []
+    for k, (subj, mods) in enumerate(subjects):
+        for m in mods:
+            (sx, sy, sz), sp = IXI_GRIDS[m]
+            d = os.path.join(root, f"IXI-{m}") if per_modality_folders else root
+            write(os.path.join(d, f"{subj}-{m}.nii.gz"), noise_image(k, 200, shape=(sz, sy, sx)), spacing=sp,
+                  origin=(-5.0, -5.0, -4.0))
+        if per_modality_folders:
+            write(os.path.join(root, "IXI-DTI", f"{subj}-DTI-00.nii.gz"), noise_image(k, 50))
+        ids.append(subj)
+    return ids
+
+
+PDGM_FILES = ("T1", "T1c", "T2", "FLAIR", "DWI", "ADC", "SWI", "FLAIR_bias", "T1_bias", "tumor_segmentation")
+
+
+def fake_ucsf_pdgm(root: str, n: int = 2) -> List[str]:
+    base = os.path.join(root, "UCSF-PDGM-v3")
+    ids = []
+    for i in range(n):
+        cid = f"UCSF-PDGM-{i + 4:04d}"
+        for j, suf in enumerate(PDGM_FILES):
+            if i == 1 and suf == "DWI":
+                continue  # one case without DWI: modality sets vary
+            arr = tumour_label(CODES["brats2023"]) if suf.endswith("segmentation") else noise_image(i + j, 100 + 10 * j)
+            write(os.path.join(base, f"{cid}_nifti", f"{cid}_{suf}.nii.gz"), arr)
+        ids.append(cid)
+    return ids
+
+
+def fake_subject_folders(root: str) -> Dict[str, List[str]]:
+    """Subject folders for the generic importer; returns subject -> expected canonical modalities."""
+    files = {
+        "sub-01": ["sub-01_T1w.nii.gz", "sub-01_FLAIR.nii.gz", "sub-01_seg.nii.gz"],
+        "sub-02": ["t1.nii.gz", "t2.nii", "swi.nii.gz"],
+        "case-7": ["case-7-t1c.nii.gz", "case-7-adc.nii.gz", "case-7-dwi.nii.gz", "case-7_T2w.nii.gz"],
+    }
+    expected = {"sub-01": ["flair", "t1"], "sub-02": ["t1", "t2"], "case-7": ["t1c", "t2", "dwi", "adc"]}
+    for k, (sub, names) in enumerate(files.items()):
+        for j, f in enumerate(names):
+            write(os.path.join(root, sub, f), noise_image(k + j, 100 + 20 * j))
+    os.makedirs(os.path.join(root, "notes"), exist_ok=True)
+    with open(os.path.join(root, "notes", "README.txt"), "w") as f:
+        f.write("not a subject\n")
+    return expected
+
+
+def fake_csv_release(root: str) -> Dict[str, str]:
+    """An ADNI-like table and image folder. Returns paths: 'images', 'csv'.
+
+    Rows: two CN, one MCI, one AD, one MCI whose image is missing, one id with a path traversal;
+    one image has no row."""
+    img = os.path.join(root, "ADNI_images")
+    ids = {"002_S_0295": "CN", "002_S_0413": "MCI", "003_S_1021": "CN", "005_S_0221": "AD"}
+    for k, cid in enumerate(ids):
+        write(os.path.join(img, cid, f"{cid}_mprage.nii.gz"), noise_image(k, 150))
+    write(os.path.join(img, "009_S_9999", "009_S_9999_mprage.nii.gz"), noise_image(9, 150))  # no row
+    csv_path = os.path.join(root, "ADNI_labels.csv")
+    with open(csv_path, "w") as f:
+        f.write("Subject,Group,Age\n")
+        for cid, g in ids.items():
+            f.write(f"{cid},{g},70\n")
+        f.write("007_S_0070,MCI,71\n")        # no image
+        f.write("../../escape,CN,60\n")        # path traversal
+    return {"images": img, "csv": csv_path}
+
+
+def verify_fast(folder: str) -> None:
+    """nnU-Net's verify_dataset_integrity with a forked worker (for the tests)."""
+    from nnunet_mmpretrain.conversion.common import verify_nnunet_dataset
+    verify_nnunet_dataset(folder, num_processes=1, fork=True)
+
+
+def tree(folder: str) -> List[str]:
+    """All files under ``folder`` (relative paths), for before/after comparisons."""
+    out = []
+    for cur, _dirs, files in os.walk(folder):
+        out += [os.path.relpath(os.path.join(cur, f), folder) for f in files]
+    return sorted(out)
+

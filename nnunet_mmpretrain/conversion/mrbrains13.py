@@ -1,0 +1,87 @@
+"""MRBrainS13 -> nnU-Net raw dataset.
+
+Release layout: one folder per subject (``TrainingData/1`` ... ``TrainingData/5``; the 15 test
+subjects come without labels and are reported as skipped), anywhere below ``RELEASE_ROOT``::
+
+    <subject>/T1.nii  T1_IR.nii  T2_FLAIR.nii  LabelsForTraining.nii   (.nii or .nii.gz)
+
+All scans are aligned on one 0.958 x 0.958 x 3.0 mm grid. Images are rewritten as ``.nii.gz``.
+Channels: 0 T1, 1 T1-IR (unknown to the modality vocabulary, written as "T1-IR"), 2 FLAIR.
+Case ids: ``MRBrainS13_<subject folder>`` (``MRBrainS13_01`` for folder ``1``).
+
+Labels (``label_set='full'``, the default) are kept exactly as released in LabelsForTraining:
+0 background, 1 cortical gray matter, 2 basal ganglia, 3 white matter, 4 white matter lesions,
+5 cerebrospinal fluid in the extracerebral space, 6 ventricles, 7 cerebellum, 8 brainstem.
+``label_set='tissue'`` writes the challenge's three evaluated classes instead: 1 CSF (5, 6),
+2 gray matter (1, 2), 3 white matter (3, 4), and cerebellum / brainstem (7, 8), which the challenge
+did not evaluate, as nnU-Net's ``ignore`` label 4.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+from nnunet_mmpretrain.conversion.common import (
+    CaseSpec, ConversionError, ConversionSummary, DatasetInfo, convert_segmentation, dataset_folder,
+    find_dirs_containing, multimodal_seg_case, nifti_file, require_root)
+
+KIND = "MRBrainS13"
+DEFAULT_ID, DEFAULT_NAME = 530, "MRBrainS13"
+#: (channel name in dataset.json, file stem)
+CHANNELS = (("T1", "T1"), ("T1-IR", "T1_IR"), ("FLAIR", "T2_FLAIR"))
+LABEL_FILE = "LabelsForTraining"
+FULL_LABELS = {"background": 0, "cortical gray matter": 1, "basal ganglia": 2, "white matter": 3,
+               "white matter lesions": 4, "extracerebral CSF": 5, "ventricles": 6, "cerebellum": 7,
+               "brainstem": 8}
+FULL_MAP = {i: i for i in range(9)}
+TISSUE_LABELS = {"background": 0, "CSF": 1, "gray matter": 2, "white matter": 3, "ignore": 4}
+TISSUE_MAP = {0: 0, 1: 2, 2: 2, 3: 3, 4: 3, 5: 1, 6: 1, 7: 4, 8: 4}
+
+
+def case_id_for(folder: str) -> str:
+    b = os.path.basename(folder)
+    return f"MRBrainS13_{int(b):02d}" if b.isdigit() else f"MRBrainS13_{b}"
+
+
+def build_specs(root: str, label_set: str = "full") -> List[CaseSpec]:
+    mapping = FULL_MAP if label_set == "full" else TISSUE_MAP
+    subjects = find_dirs_containing(root, lambda p: nifti_file(p, "T1") is not None and
+                                    nifti_file(p, "T2_FLAIR") is not None, max_depth=4)
+    specs = []
+    for d in subjects:
+        cid = case_id_for(d)
+        chans = [(ch, nifti_file(d, stem), os.path.join(d, stem + ".nii")) for ch, stem in CHANNELS]
+        lab = (nifti_file(d, LABEL_FILE), os.path.join(d, LABEL_FILE + ".nii"))
+        spec = multimodal_seg_case(cid, chans, lab, mapping, KIND)
+        if lab[0] is None and all(c[1] for c in chans):
+            spec.problem = f"no {LABEL_FILE}.nii in {d} (test subjects come without labels)"
+        specs.append(spec)
+    return specs
+
+
+def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
+            name: str = DEFAULT_NAME, *, label_set: str = "full", link: bool = True,
+            dry_run: bool = False, overwrite: bool = False, num_processes: int = 1,
+            progress: bool = True, print_summary: bool = True) -> ConversionSummary:
+    if label_set not in ("full", "tissue"):
+        raise ConversionError(f"label set must be 'full' or 'tissue', got {label_set!r}.")
+    root = require_root(release_root, KIND)
+    folder = dataset_folder(out_dir, dataset_id, name)
+    specs = build_specs(root, label_set)
+    if not specs:
+        raise ConversionError(f"no {KIND} subject folders under {root}: expected folders holding "
+                              f"T1.nii, T1_IR.nii, T2_FLAIR.nii and {LABEL_FILE}.nii.")
+    info = DatasetInfo(
+        channel_names=[ch for ch, _ in CHANNELS],
+        labels=dict(FULL_LABELS if label_set == "full" else TISSUE_LABELS),
+        description=("MRBrainS13 brain structures, labels as released (LabelsForTraining, 1-8)."
+                     if label_set == "full" else
+                     "MRBrainS13 tissue classes: 1 CSF (release 5, 6), 2 gray matter (1, 2), 3 white "
+                     "matter (3, 4); cerebellum and brainstem (7, 8) -> ignore (4)."),
+        reference="https://mrbrains13.isi.uu.nl ; Mendrik et al., Comput Intell Neurosci 2015",
+        licence="see the MRBrainS13 data terms (DataverseNL doi:10.34894/645ZIN)",
+        extra={"conversion": {"kind": "mrbrains13", "source": root, "label_set": label_set,
+                              "label_mapping_from_release": {str(k): v for k, v in
+                                                             (FULL_MAP if label_set == "full" else TISSUE_MAP).items()}}})
+    return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
+                                num_processes=num_processes, progress=progress, print_summary=print_summary)

@@ -1,0 +1,84 @@
+"""UPENN-GBM (TCIA) -> nnU-Net raw dataset.
+
+Release layout (NIfTI package; ``RELEASE_ROOT`` is any folder above ``images_structural``)::
+
+    .../images_structural/UPENN-GBM-00001_11/UPENN-GBM-00001_11_{T1,T1GD,T2,FLAIR}.nii.gz
+    .../images_segm/UPENN-GBM-00001_11_segm.nii.gz                       (manual, ~147 cases)
+    .../automated_segm/UPENN-GBM-00001_11_automated_approx_segm.nii.gz   (automatic, all cases)
+
+Only cases with a manual segmentation are converted unless ``use_automated`` is set, which
+falls back to the automated one. Images are in SRI24 space (240x240x155), skull-stripped.
+Labels in the release: 1 necrosis, 2 edema, 4 enhancing tumour -> our BraTS-2023 convention
+1, 2, 3 (4 -> 3). Channels: 0 T1, 1 T1ce (T1GD), 2 T2, 3 FLAIR.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+from nnunet_mmpretrain.conversion.common import (
+    BRATS_421_MAP, BRATS_CHANNELS, BRATS_LABELS, BRATS_REGIONS_CLASS_ORDER, CaseSpec, ConversionError,
+    ConversionSummary, DatasetInfo, convert_segmentation, dataset_folder, display, find_dirs,
+    multimodal_seg_case, nifti_file, require_root, visible)
+
+KIND = "UPENN-GBM"
+DEFAULT_ID, DEFAULT_NAME = 529, "UPENNGBM"
+SUFFIX = {"t1": "T1", "t1c": "T1GD", "t2": "T2", "flair": "FLAIR"}
+LABEL_MAP = dict(BRATS_421_MAP)
+
+
+def _sibling(structural: str, name: str, root: str) -> Optional[str]:
+    cand = os.path.join(os.path.dirname(structural), name)
+    if os.path.isdir(cand):
+        return cand
+    hits = find_dirs(root, lambda d: d == name, max_depth=5)
+    return hits[0] if hits else None
+
+
+def build_specs(root: str, use_automated: bool = False) -> List[CaseSpec]:
+    hits = find_dirs(root, lambda d: d == "images_structural", max_depth=5)
+    if not hits:
+        raise ConversionError(f"no images_structural/ folder under {root} (UPENN-GBM NIfTI release).")
+    structural = hits[0]
+    segm = _sibling(structural, "images_segm", root)
+    auto = _sibling(structural, "automated_segm", root) if use_automated else None
+    specs = []
+    for cid in sorted(d for d in os.listdir(structural) if visible(d) and os.path.isdir(os.path.join(structural, d))):
+        d = os.path.join(structural, cid)
+        chans = [(m, nifti_file(d, f"{cid}_{SUFFIX[m]}"), os.path.join(d, f"{cid}_{SUFFIX[m]}.nii.gz"))
+                 for m in BRATS_CHANNELS]
+        expected = os.path.join(segm or os.path.join(os.path.dirname(structural), "images_segm"),
+                                f"{cid}_segm.nii.gz")
+        seg = nifti_file(segm, f"{cid}_segm") if segm else None
+        if seg is None and auto:
+            seg = nifti_file(auto, f"{cid}_automated_approx_segm")
+        spec = multimodal_seg_case(cid, chans, (seg, expected), LABEL_MAP, KIND)
+        if seg is None and spec.problem and spec.problem.startswith("missing segmentation"):
+            spec.problem = (f"no manual segmentation {expected}" +
+                            ("" if use_automated else " (--automated-segm falls back to automated_segm/)"))
+        specs.append(spec)
+    return specs
+
+
+def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
+            name: str = DEFAULT_NAME, *, use_automated: bool = False, link: bool = True,
+            dry_run: bool = False, overwrite: bool = False, num_processes: int = 1,
+            progress: bool = True, print_summary: bool = True) -> ConversionSummary:
+    root = require_root(release_root, KIND)
+    folder = dataset_folder(out_dir, dataset_id, name)
+    specs = build_specs(root, use_automated)
+    if not specs:
+        raise ConversionError(f"no {KIND} case folders in images_structural/ under {root}.")
+    info = DatasetInfo(
+        channel_names=[display(m) for m in BRATS_CHANNELS], labels=dict(BRATS_LABELS),
+        regions_class_order=list(BRATS_REGIONS_CLASS_ORDER),
+        description="UPENN-GBM glioblastoma, structural MRI in SRI24 space; labels remapped to "
+                    "BraTS-2023 convention (release 4 enhancing -> 3)"
+                    + ("; automated segmentations where no manual one exists" if use_automated else
+                       "; cases with manual segmentations only") + ".",
+        reference="https://doi.org/10.7937/TCIA.709X-DN49 ; Bakas et al., Sci Data 2022",
+        licence="CC-BY 4.0 (TCIA)",
+        extra={"conversion": {"kind": "upenn-gbm", "source": root, "automated_segm": bool(use_automated),
+                              "label_mapping_from_release": {str(k): v for k, v in LABEL_MAP.items()}}})
+    return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
+                                num_processes=num_processes, progress=progress, print_summary=print_summary)

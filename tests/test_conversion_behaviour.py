@@ -1,0 +1,206 @@
+"""Behaviour shared by every converter: resumable / idempotent runs, atomic writes, dry runs,
+hard links and copies, safety of output paths, clear errors, the command line."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from nnunet_mmpretrain.cli import convert as cli
+from nnunet_mmpretrain.conversion import (ALREADY_DONE, ConversionError, brats2021, common, fakes as F,
+                                          folder_corpus, ixi)
+from nnunet_mmpretrain.conversion.common import CaseSkip, safe_join
+from nnunet_mmpretrain.corpus.manifest import load_manifest
+
+DS = "Dataset521_BraTS2021"
+
+
+@pytest.fixture
+def brats(tmp_path):
+    rel, raw = str(tmp_path / "rel"), str(tmp_path / "raw")
+    F.fake_brats2021(rel, n=3)
+    return rel, raw
+
+
+def test_second_run_converts_nothing(brats):
+    rel, raw = brats
+    s1 = brats2021.convert(rel, raw, progress=False)
+    assert len(s1.converted) == 3
+    mtimes = {f: os.stat(os.path.join(raw, f)).st_mtime_ns for f in F.tree(raw)}
+    s2 = brats2021.convert(rel, raw, progress=False)
+    assert s2.converted == [] and len(s2.already_done) == 3 and s2.problems == {}
+    assert set(s2.skipped.values()) == {ALREADY_DONE}
+    assert {f: os.stat(os.path.join(raw, f)).st_mtime_ns for f in F.tree(raw) if f != f"{DS}/dataset.json"} == \
+        {f: t for f, t in mtimes.items() if f != f"{DS}/dataset.json"}
+    assert "skipped 3 already converted" in s2.report()
+
+
+def test_resume_after_a_killed_run(brats):
+    rel, raw = brats
+    brats2021.convert(rel, raw, progress=False)
+    folder = os.path.join(raw, DS)
+    # as a killed run leaves it: one case without its label, a temp file in .partial/
+    os.remove(os.path.join(folder, "labelsTr", "BraTS2021_00001.nii.gz"))
+    os.makedirs(os.path.join(folder, ".partial"))
+    with open(os.path.join(folder, ".partial", "abc_BraTS2021_00001.nii.gz"), "wb") as f:
+        f.write(b"truncated")
+    s = brats2021.convert(rel, raw, progress=False)
+    assert s.converted == ["BraTS2021_00001"] and len(s.already_done) == 2
+    assert not os.path.exists(os.path.join(folder, ".partial"))
+    F.verify_fast(folder)
+
+
+def test_failure_in_the_middle_of_a_case_leaves_no_file(brats, monkeypatch):
+    rel, raw = brats
+    real = common.write_image
+
+    def failing(img, folder, final):
+        if "labelsTr" in final and "00001" in final:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(img, folder, final)
+
+    monkeypatch.setattr(common, "write_image", failing)
+    s = brats2021.convert(rel, raw, progress=False)
+    assert sorted(s.converted) == ["BraTS2021_00000", "BraTS2021_00002"]
+    assert "No space left" in s.problems["BraTS2021_00001"]
+    folder = os.path.join(raw, DS)
+    assert not [f for f in F.tree(folder) if "00001" in f]
+    assert not os.path.exists(os.path.join(folder, ".partial"))
+    with open(os.path.join(folder, "dataset.json")) as f:
+        assert json.load(f)["numTraining"] == 2
+    F.verify_fast(folder)
+    monkeypatch.setattr(common, "write_image", real)
+    s = brats2021.convert(rel, raw, progress=False)
+    assert s.converted == ["BraTS2021_00001"]
+
+
+def test_dry_run_writes_nothing(brats, tmp_path):
+    rel, raw = brats
+    before = F.tree(str(tmp_path))
+    s = brats2021.convert(rel, raw, dry_run=True, progress=False)
+    assert s.dry_run and len(s.converted) == 3 and F.tree(str(tmp_path)) == before
+    assert not os.path.exists(raw) and "would convert 3" in s.report()
+    brats2021.convert(rel, raw, progress=False)
+    before = F.tree(str(tmp_path))
+    s = brats2021.convert(rel, raw, dry_run=True, overwrite=True, progress=False)
+    assert len(s.converted) == 3 and F.tree(str(tmp_path)) == before  # overwrite only announced
+
+
+def test_overwrite_converts_again(brats):
+    rel, raw = brats
+    brats2021.convert(rel, raw, progress=False)
+    s = brats2021.convert(rel, raw, overwrite=True, progress=False)
+    assert len(s.converted) == 3 and s.already_done == []
+
+
+def test_copy_and_link_fallback(brats, monkeypatch):
+    rel, raw = brats
+    src = os.path.join(rel, "RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021", "BraTS2021_00000",
+                       "BraTS2021_00000_t1.nii.gz")
+    s = brats2021.convert(rel, raw, link=False, progress=False)
+    out = os.path.join(raw, DS, "imagesTr", "BraTS2021_00000_0000.nii.gz")
+    assert s.files["copied"] == 12 and s.files["linked"] == 0 and not os.path.samefile(src, out)
+
+    def no_link(a, b):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    s = brats2021.convert(rel, raw, dataset_id=522, name="BraTS2021copy", progress=False)
+    assert s.files["link_fallback_copies"] == 12 and s.files["copied"] == 12
+    assert any("hard links were not possible" in n for n in s.notes)
+
+
+def test_parallel_workers(brats):
+    rel, raw = brats
+    s = brats2021.convert(rel, raw, num_processes=2, progress=False)
+    assert sorted(s.converted) == ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"]
+
+
+def test_grid_mismatch_and_bad_labels_are_skipped_with_reasons(brats):
+    rel, raw = brats
+    base = os.path.join(rel, "RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021")
+    F.write(os.path.join(base, "BraTS2021_00001", "BraTS2021_00001_t2.nii.gz"), F.noise_image(0, 100, shape=(10, 12, 14)))
+    lab = F.tumour_label(F.CODES["brats2021"])
+    lab[0, 0, 0] = 3  # 3 does not exist in BraTS 2021
+    F.write(os.path.join(base, "BraTS2021_00002", "BraTS2021_00002_seg.nii.gz"), lab, **F.BRATS_GEOMETRY)
+    s = brats2021.convert(rel, raw, progress=False)
+    assert s.converted == ["BraTS2021_00000"]
+    r1, r2 = s.problems["BraTS2021_00001"], s.problems["BraTS2021_00002"]
+    assert "BraTS2021_00001_t2.nii.gz" in r1 and "size" in r1
+    assert "BraTS2021_00002_seg.nii.gz" in r2 and "value(s) 3" in r2 and "BraTS 2021" in r2
+
+
+def test_paths_never_leave_the_output_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert safe_join(str(out), "imagesTr/a.nii.gz") == os.path.join(str(out), "imagesTr/a.nii.gz")
+    for bad in ("../a.nii.gz", "imagesTr/../../a.nii.gz", "/etc/a.nii.gz"):
+        with pytest.raises(CaseSkip):
+            safe_join(str(out), bad)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(str(elsewhere), str(out / "images"))
+    with pytest.raises(CaseSkip, match="outside"):
+        safe_join(str(out), "images/a.nii.gz")
+    # case ids that are not plain names are rejected (here a subject folder called 'a..b')
+    rel = tmp_path / "rel"
+    F.write(str(rel / "a..b" / "t1.nii.gz"), F.noise_image(0, 100))
+    F.write(str(rel / "good" / "t1.nii.gz"), F.noise_image(0, 100))
+    s = folder_corpus.convert(str(rel), str(tmp_path / "raw"), progress=False)
+    assert s.converted == ["good"] and "invalid case id" in s.problems["a..b"]
+    assert [c.case_id for c in load_manifest(str(tmp_path / "raw" / "Dataset553_FolderCorpus")).cases] == ["good"]
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(ConversionError, match="does not exist"):
+        brats2021.convert(str(tmp_path / "nope"), str(tmp_path / "raw"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConversionError, match="no BraTS 2021 cases"):
+        brats2021.convert(str(tmp_path / "empty"), str(tmp_path / "raw"))
+    with pytest.raises(ConversionError, match="no IXI scans"):
+        ixi.convert(str(tmp_path / "empty"), str(tmp_path / "raw"))
+    F.fake_brats2021(str(tmp_path / "rel"), n=1)
+    (tmp_path / "raw" / "Dataset521_Other").mkdir(parents=True)
+    with pytest.raises(ConversionError, match="already used by Dataset521_Other"):
+        brats2021.convert(str(tmp_path / "rel"), str(tmp_path / "raw"))
+
+
+def test_cli(tmp_path, capsys, monkeypatch):
+    rel, raw = str(tmp_path / "rel"), str(tmp_path / "raw")
+    F.fake_brats2021(rel, n=2)
+    assert cli.main(["brats2021", rel, "-o", raw, "-q", "--dry-run"]) == 0
+    assert "would convert 2" in capsys.readouterr().out and not os.path.exists(raw)
+    real_verify = common.verify_nnunet_dataset
+    monkeypatch.setattr(common, "verify_nnunet_dataset",
+                        lambda folder, num_processes=1: real_verify(folder, num_processes, fork=True))
+    assert cli.main(["brats2021", rel, "-o", raw, "-q", "--copy", "-d", "600", "--name", "B21", "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "converted 2 case(s)" in out and "verify_dataset_integrity Done" in out
+    # $nnUNet_raw is the default output
+    monkeypatch.setenv("nnUNet_raw", raw)
+    assert cli.main(["brats2021", rel, "-q"]) == 0
+    assert os.path.isfile(os.path.join(raw, DS, "dataset.json"))
+    # one-line errors, exit code 2
+    with pytest.raises(SystemExit) as e:
+        cli.main(["brats2021", str(tmp_path / "missing"), "-o", raw])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "does not exist" in err
+    monkeypatch.delenv("nnUNet_raw")
+    with pytest.raises(SystemExit):
+        cli.main(["brats2021", rel])
+    assert "nnUNet_raw" in capsys.readouterr().err
+    # kind-specific options
+    F.fake_ixi(str(tmp_path / "ixi"))
+    assert cli.main(["corpus-ixi", str(tmp_path / "ixi"), "-o", raw, "-q", "--resample-to-t1"]) == 0
+    assert len(load_manifest(os.path.join(raw, "Dataset551_IXICorpus")).cases) == 2
+    c = F.fake_csv_release(str(tmp_path / "adni"))
+    assert cli.main(["csv-labels", c["images"], "--csv", c["csv"], "--id-column", "Subject", "--label-column",
+                     "Group", "--pattern", "{id}/{id}_mprage.nii.gz", "--class-map", "CN=0,MCI=1", "-o", raw,
+                     "-q"]) == 0
+    assert os.path.isfile(os.path.join(raw, "Dataset540_ADNI_labels", "classes.csv"))
+    with pytest.raises(SystemExit):
+        cli.main(["csv-labels", c["images"], "--csv", c["csv"], "--id-column", "Subject", "--label-column",
+                  "Group", "--class-map", "CN:0", "-o", raw])
+    assert "NAME=INT" in capsys.readouterr().err
