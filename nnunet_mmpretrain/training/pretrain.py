@@ -35,9 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mmpretrain.modalities import MODALITIES
-from nnunet_mmpretrain.pretrain.cross_modal import cross_modal_fill
-from nnunet_mmpretrain.pretrain.masking import apply_fill, block_mask
-from nnunet_mmpretrain.pretrain.objectives import ObjectiveConfig, compute, masked_error_report
+from nnunet_mmpretrain.pretrain.objectives import ObjectiveConfig
 from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule
 
 LOG_KEYS = ("loss", "l_md", "l_cmr", "l_mcl", "masked_mse", "baseline_patch_mean", "baseline_fill")
@@ -212,45 +210,20 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
                                f"batch {self.batch_size}, mask {self.mask_ratio} of {self.block_size}^3 blocks")
 
     # ---------------------------------------------------------------- the step
-    def _views(self, batch, train: bool):
-        """Returns (tensors for the loss, inputs of both views)."""
+    def _step(self, batch):
+        from nnunet_mmpretrain.training.pretrain_step import MaskSpec, brainmvp_forward
         dev = self.device
-        t = torch.as_tensor(batch["target"]).to(dev, non_blocking=True)
-        partner = torch.as_tensor(batch["partner"]).to(dev, non_blocking=True)
-        m_idx = torch.as_tensor(batch["m_idx"]).to(dev)
-        n_idx = torch.as_tensor(batch["n_idx"]).to(dev)
-        starts = torch.as_tensor(batch["starts"]).to(dev) if self.atlas_registered else None
-        B, P = t.shape[0], tuple(t.shape[2:])
-        net = self._net()
-        mask_md = block_mask(B, P, self.block_size, self.mask_ratio, device=dev)
-        mask_cmr = block_mask(B, P, self.block_size, self.mask_ratio, device=dev)
-        if net.templates is not None:
-            tmpl = net.templates(m_idx, starts, P)
-        else:
-            tmpl = torch.zeros_like(t)
-        view_md = apply_fill(t, mask_md, tmpl)
-        use_tmpl = self.objective.use_template_in_cmr_view(self.current_epoch, self.num_epochs)
-        no_partner = (n_idx < 0).view(-1, 1, 1, 1, 1)
-        fill_cmr = tmpl if use_tmpl else torch.where(no_partner, tmpl, partner)
-        view_cmr = cross_modal_fill(t, fill_cmr, mask_cmr)
-        return t, m_idx, mask_md, mask_cmr, view_md, view_cmr
-
-    def _step(self, batch, train: bool):
-        t, m_idx, mask_md, mask_cmr, view_md, view_cmr = self._views(batch, train)
-        B = t.shape[0]
-        recon, _, z = self.network(torch.cat([view_md, view_cmr]), torch.cat([m_idx, m_idx]))
-        loss, logs = compute(self.objective, target=t, recon_md=recon[:B], recon_cmr=recon[B:],
-                             mask_md=mask_md, mask_cmr=mask_cmr, z_md=z[:B], z_cmr=z[B:],
-                             epoch=self.current_epoch, num_epochs=self.num_epochs)
-        logs.update(masked_error_report(recon[B:].detach(), t, mask_cmr, view_cmr))
-        return loss, logs, (t, view_md, view_cmr, recon.detach())
+        t = lambda k: torch.as_tensor(batch[k]).to(dev, non_blocking=True)
+        return brainmvp_forward(self.network, self._net(), t("target"), t("partner"), t("m_idx"), t("n_idx"),
+                                t("starts") if self.atlas_registered else None, self.objective,
+                                self.current_epoch, self.num_epochs, MaskSpec(self.mask_ratio, self.block_size))
 
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
         from torch import autocast
         from nnunetv2.utilities.helpers import dummy_context
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            loss, logs, _ = self._step(batch, True)
+            loss, logs, _ = self._step(batch)
         net_params = [p for g in self.optimizer.param_groups if g.get("name") == "network" for p in g["params"]]
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -265,7 +238,7 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
         return logs
 
     def validation_step(self, batch: dict) -> dict:
-        loss, logs, views = self._step(batch, False)
+        loss, logs, views = self._step(batch)
         self._montage_batch = tuple(v[:4].float().cpu() for v in views) + (batch["keys"][:4],)
         return logs
 

@@ -1,0 +1,150 @@
+"""The encoder bundle: what pretraining hands to fine-tuning, usable without the pretraining
+folders and loadable with ``torch.load(weights_only=True)``.
+
+A bundle is a folder::
+
+    encoder_bundle.pt   tensors + plain metadata (see BUNDLE_KEYS)
+    bundle.json         the metadata for people (no tensors)
+    templates/          template_<modality>.nii.gz (normalised to [0, 1]) for the modalities trained
+    pretraining_plans.json
+
+``encoder_bundle.pt`` holds:
+
+* ``encoder``: the encoder *without* its stem, keyed as in the nnU-Net network built from the
+  plans (``encoder.stages.*``); ``key_to_encoder`` / ``key_to_stem`` / ``keys_to_in_proj`` name
+  the dynamic-network-architectures contract,
+* ``stems``: modality -> stem weights (``key_to_stem.*``, 1 input channel),
+* ``templates``: modality -> raw template volume (normalise with min-max before use),
+* ``modalities_trained``: modalities the corpus had (stems of other modalities are untrained),
+* ``network_class_name``, ``arch_kwargs`` (JSON), ``plans`` (JSON), ``configuration``,
+  ``vocabulary``, ``versions``, ``epoch``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict
+
+import torch
+
+BUNDLE_FORMAT = "nnunet_mmpretrain.bundle/1"
+BUNDLE_FILE = "encoder_bundle.pt"
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used, with the reason and the fix."""
+
+
+def _versions() -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for p in ("nnunet-mmpretrain", "nnunetv2", "torch", "dynamic_network_architectures"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = "unknown"
+    return out
+
+
+def _load_weights_only(path: str, what: str) -> dict:
+    if not os.path.isfile(path):
+        raise BundleError(f"{what} {path} does not exist.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if "Weights only load failed" in str(e) or "weights_only" in str(e):
+            raise BundleError(f"{path} is not a weights-only file (it needs full pickle to load, which can run "
+                              f"arbitrary code): it was not written by nnUNetv2_mmpretrain_export. Re-export the "
+                              f"pretraining checkpoint with nnUNetv2_mmpretrain_export.") from None
+        raise BundleError(f"{path} cannot be read ({type(e).__name__}: {first}); the file is truncated or "
+                          f"damaged: copy it again or re-export it with nnUNetv2_mmpretrain_export.") from None
+    if not isinstance(obj, dict):
+        raise BundleError(f"{path} does not hold a dict: not a {what}.")
+    return obj
+
+
+def bundle_from_checkpoint(checkpoint_path: str) -> dict:
+    """Build the bundle dict from a pretraining checkpoint (``checkpoint_final.pth``)."""
+    ck = _load_weights_only(checkpoint_path, "pretraining checkpoint")
+    if "identity" not in ck or "network_weights" not in ck or "mmpretrain" not in ck:
+        raise BundleError(f"{checkpoint_path} is not a checkpoint of nnUNetTrainerMMPretrain "
+                          f"(keys: {', '.join(sorted(ck)[:8])}).")
+    sd = ck["network_weights"]
+    plans = json.loads(ck["init_args"]["plans"])
+    conf_name = ck["init_args"]["configuration"]
+    from nnunet_mmpretrain.planning.transfer import resolved_configuration
+    conf = resolved_configuration(plans, conf_name)
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    arch = conf["architecture"]
+    ref = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 2,
+                                 allow_init=False, deep_supervision=False)
+    key_to_stem, key_to_encoder = ref.key_to_stem, ref.key_to_encoder
+    vocab = ck["mmpretrain"]["vocabulary"]
+    encoder = {k: v for k, v in sd.items() if k.startswith("encoder.")}
+    stems = {}
+    for i, m in enumerate(vocab):
+        pre = f"stems.{i}."
+        stems[m] = {f"{key_to_stem}.{k[len(pre):]}": v for k, v in sd.items() if k.startswith(pre)}
+    trained = list(ck["mmpretrain"]["modalities_seen"])
+    templates = {}
+    if "templates.templates" in sd:
+        t = sd["templates.templates"]
+        templates = {m: t[i].clone() for i, m in enumerate(vocab) if m in trained}
+    # the reference network tells which keys the encoder (minus stem) must have
+    expected = {k for k in ref.state_dict() if k.startswith("encoder.") and not k.startswith(key_to_stem + ".")}
+    missing = sorted(expected - set(encoder))
+    if missing:
+        raise BundleError(f"{checkpoint_path}: encoder keys missing for this architecture: {missing[:5]}")
+    return {
+        "format": BUNDLE_FORMAT,
+        "encoder": {k: encoder[k] for k in sorted(expected)},
+        "stems": stems,
+        "templates": templates,
+        "template_spacing": [float(s) for s in conf["spacing"]],
+        "modalities_trained": trained,
+        "vocabulary": vocab,
+        "key_to_encoder": key_to_encoder,
+        "key_to_stem": key_to_stem,
+        "keys_to_in_proj": list(getattr(ref, "keys_to_in_proj", ())),
+        "network_class_name": arch["network_class_name"],
+        "arch_kwargs": json.dumps(arch["arch_kwargs"], sort_keys=True),
+        "plans": json.dumps(plans),
+        "configuration": conf_name,
+        "epoch": int(ck["current_epoch"]),
+        "objective": json.dumps(ck.get("objective", {})),
+        "versions": _versions(),
+    }
+
+
+def save_bundle(bundle: dict, folder: str) -> str:
+    """Write the bundle folder (atomic per file); returns the path of encoder_bundle.pt."""
+    from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json
+    from nnunet_mmpretrain.pretrain.templates import ModalityTemplates
+    os.makedirs(folder, exist_ok=True)
+    if bundle["templates"]:
+        mods = list(bundle["templates"])
+        grid = tuple(bundle["templates"][mods[0]].shape)
+        t = ModalityTemplates(grid, modalities=mods, init={m: bundle["templates"][m].numpy() for m in mods})
+        t.export_nifti(os.path.join(folder, "templates"), spacing=bundle["template_spacing"], modalities=mods)
+    atomic_write_json(json.loads(bundle["plans"]), os.path.join(folder, "pretraining_plans.json"))
+    meta = {k: v for k, v in bundle.items() if k not in ("encoder", "stems", "templates", "plans")}
+    meta["encoder_keys"] = len(bundle["encoder"])
+    meta["arch_kwargs"] = json.loads(bundle["arch_kwargs"])
+    atomic_write_json(meta, os.path.join(folder, "bundle.json"))
+    out = os.path.join(folder, BUNDLE_FILE)
+    with atomic_path(out) as tmp:
+        torch.save(bundle, tmp)
+    return out
+
+
+def load_bundle(path: str) -> dict:
+    """Load ``encoder_bundle.pt`` (or the bundle folder) with ``weights_only=True``; clear errors
+    for a missing, truncated, pickled or foreign file."""
+    if os.path.isdir(path):
+        path = os.path.join(path, BUNDLE_FILE)
+    b = _load_weights_only(path, "encoder bundle")
+    if b.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path} is not an encoder bundle (format {b.get('format')!r}, expected "
+                          f"{BUNDLE_FORMAT!r}); make one with nnUNetv2_mmpretrain_export CHECKPOINT -o FOLDER.")
+    return b
