@@ -95,6 +95,20 @@ def planned_seg(nnunet_dirs):
             **nnunet_dirs}
 
 
+@pytest.fixture(scope="session")
+def planned_corpus(nnunet_dirs):
+    """The phantom corpus validated, fingerprinted, planned (ResEncM preset) and preprocessed by
+    our command, plus a ``3d_tiny`` configuration for CPU pretraining."""
+    r = run_cli(["nnUNetv2_mmpretrain_plan_and_preprocess", "-d", str(CORPUS_ID), "-np", "2"])
+    pre = os.path.join(nnunet_dirs["nnUNet_preprocessed"], "Dataset992_PhantomCorpus")
+    plans_file = os.path.join(pre, "mmPretrainPlans.json")
+    plans = json.load(open(plans_file))
+    from nnunet_mmpretrain.planning.tiny import add_tiny_configuration
+    add_tiny_configuration(plans_file, **TINY)
+    return {"stdout": r.stdout, "folder": pre, "plans": plans, "plans_file": plans_file,
+            "data": os.path.join(pre, "mmPretrainPlans_3d_fullres"), **nnunet_dirs}
+
+
 def run_cli(args, env=None, check=True, timeout=900):
     """Run a console command with the test environment; returns CompletedProcess (text)."""
     e = dict(os.environ)

@@ -14,14 +14,6 @@ from nnunet_mmpretrain.planning.transfer import topology_differences
 CORPUS = "Dataset992_PhantomCorpus"
 
 
-@pytest.fixture(scope="session")
-def planned_corpus(nnunet_dirs):
-    r = run_cli(["nnUNetv2_mmpretrain_plan_and_preprocess", "-d", str(CORPUS_ID), "-np", "2"])
-    pre = os.path.join(nnunet_dirs["nnUNet_preprocessed"], CORPUS)
-    return {"stdout": r.stdout, "folder": pre, "plans": json.load(open(os.path.join(pre, "mmPretrainPlans.json"))),
-            "data": os.path.join(pre, "mmPretrainPlans_3d_fullres"), **nnunet_dirs}
-
-
 def test_plans_are_single_channel_resenc_with_corpus_block(planned_corpus):
     p = planned_corpus["plans"]
     assert list(p["configurations"]) == ["3d_fullres"]
@@ -76,6 +68,8 @@ def test_rerun_skips_finished_and_redoes_missing(planned_corpus):
 
 
 def test_like_preset_copies_downstream_topology(planned_seg, planned_corpus, tmp_path):
+    plans_path = os.path.join(planned_corpus["folder"], "mmPretrainPlans.json")
+    shutil.copy(plans_path, tmp_path / "keep.json")
     r = run_cli(["nnUNetv2_mmpretrain_plan_and_preprocess", "-d", str(CORPUS_ID), "--plan-only",
                  "--like", planned_seg["plans_file"], "--like-config", "3d_tiny"])
     assert "plans:" in r.stdout
@@ -86,8 +80,7 @@ def test_like_preset_copies_downstream_topology(planned_seg, planned_corpus, tmp
                                 resolved_configuration(down, "3d_tiny")["architecture"]) == []
     assert like["configurations"]["3d_fullres"]["patch_size"] == [32, 32, 32]
     assert like["mmpretrain"]["like"]["configuration"] == "3d_tiny"
-    # restore the default plans for the other tests
-    run_cli(["nnUNetv2_mmpretrain_plan_and_preprocess", "-d", str(CORPUS_ID), "--plan-only"])
+    shutil.copy(tmp_path / "keep.json", plans_path)   # the other tests use the default plans
 
 
 def test_transfer_takes_downstream_channels_and_refuses_other_topologies(planned_corpus, planned_seg):

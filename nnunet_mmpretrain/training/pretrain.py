@@ -83,6 +83,8 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold, dataset_json: dict, device=torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp and dist.get_backend() == "gloo":   # nnU-Net assumes NCCL/CUDA under DDP
+            self.device, self.grad_scaler = torch.device("cpu"), None
         self.enable_deep_supervision = False
         self.mm_log: Dict[str, List[float]] = {f"{s}_{k}": [] for s in ("train", "val") for k in LOG_KEYS}
         self.mm_log["lr"] = []

@@ -48,13 +48,16 @@ class CorpusPatchLoader(DataLoader):
         self.spacing = list(target_spacing)
         self.allow_single = allow_single
         self.rng = np.random.default_rng(seed)
-        self.torch_gen = torch.Generator().manual_seed(int(self.rng.integers(2 ** 31)))
+        self._gen_seed = int(self.rng.integers(2 ** 31))
+        self._torch_gen = None   # made in the worker: a Generator pickles its state through shared memory
         self.offsets = {k: grid_geometry(self.props[k], self.tf, self.spacing)[0] for k in self.identifiers}
 
     def generate_train_batch(self):
         keys = [self.identifiers[i] for i in self.rng.integers(len(self.identifiers), size=self.batch_size)]
         mods = [self.props[k]["modalities"] for k in keys]
-        pairs = draw_pairs(mods, self.torch_gen, allow_single=self.allow_single, case_ids=keys)
+        if self._torch_gen is None:
+            self._torch_gen = torch.Generator().manual_seed(self._gen_seed)
+        pairs = draw_pairs(mods, self._torch_gen, allow_single=self.allow_single, case_ids=keys)
         P = tuple(int(p) for p in self.patch)
         target = np.zeros((len(keys), 1) + P, np.float32)
         partner = np.zeros_like(target)
