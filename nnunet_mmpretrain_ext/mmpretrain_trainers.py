@@ -8,3 +8,6 @@ from nnunet_mmpretrain.training.smoke import *  # noqa: F401,F403
 from nnunet_mmpretrain.training.pretrain import (  # noqa: F401
     nnUNetTrainerMMPretrain, nnUNetTrainerMMPretrain_5epochs, nnUNetTrainerMMPretrain_demo,
     nnUNetTrainerMMPretrain_tau02)
+from nnunet_mmpretrain.training.finetune import (  # noqa: F401
+    nnUNetTrainerMMFinetune, nnUNetTrainerMMFinetune_demo, nnUNetTrainerMMFinetune_frozen,
+    nnUNetTrainerMMFinetune_smoke, nnUNetTrainerMMFinetune_warmup)

@@ -27,6 +27,11 @@ def main(argv=None) -> int:
                    help="put the modalities of a session on the grid of its first modality (IXI needs it)")
     p.add_argument("--skip-bad", action="store_true", help="leave out cases that fail validation (default: stop)")
     p.add_argument("--plan-only", action="store_true", help="validate, fingerprint and plan; no preprocessing")
+    p.add_argument("--add-config", metavar="NAME", default=None,
+                   help="also add a small configuration NAME (inherits 3d_fullres data) for CPUs: see --patch/--features")
+    p.add_argument("--patch", type=int, nargs=3, default=(32, 32, 32), help="patch of --add-config")
+    p.add_argument("--features", type=int, nargs="+", default=(8, 16, 32), help="features per stage of --add-config")
+    p.add_argument("--batch", type=int, default=2, help="batch size of --add-config")
     p.add_argument("-gpu_memory_target", type=float, default=None, help="VRAM target of the planner in GB")
     p.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
     a = p.parse_args(argv)
@@ -49,6 +54,10 @@ def main(argv=None) -> int:
         if "Could not find a dataset with the ID" in str(e) or "dataset" in str(e).lower():
             die(f"{e} (is the corpus in $nnUNet_raw as DatasetXXX_Name with a manifest.json?)")
         raise
+    if a.add_config:
+        from nnunet_mmpretrain.planning.tiny import add_tiny_configuration
+        add_tiny_configuration(r.plans_file, a.add_config, patch_size=a.patch, features=a.features, batch_size=a.batch)
+        print(f"added configuration {a.add_config!r} (patch {list(a.patch)}, features {list(a.features)}, batch {a.batch})")
     print(f"plans: {r.plans_file}")
     if not a.plan_only:
         n = r.done + r.skipped

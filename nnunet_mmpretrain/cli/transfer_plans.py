@@ -24,6 +24,9 @@ def main(argv=None) -> int:
     p.add_argument("-c", nargs="+", default=["3d_fullres"], help="configurations to transfer")
     p.add_argument("--check-against", metavar="PLANS", default=None,
                    help="refuse unless this existing downstream plans identifier has the same topology")
+    p.add_argument("--bundle", default=None, help="encoder bundle folder for nnUNetTrainerMMFinetune (stored in the plans)")
+    p.add_argument("--stem", default=None, choices=["modality", "repeat", "reinit"],
+                   help="stem strategy stored in the plans (default at training: modality)")
     p.add_argument("--preprocess", action="store_true", help="also preprocess the downstream dataset")
     p.add_argument("-np", type=int, default=2)
     a = p.parse_args(argv)
@@ -32,7 +35,10 @@ def main(argv=None) -> int:
             die(f"{var} is not set: export it (see nnU-Net's documentation/setting_up_paths.md).")
     from nnunet_mmpretrain.planning.transfer import transfer_plans
     try:
-        path = transfer_plans(a.s, a.t, a.sp, a.tp, a.c, a.np, a.check_against)
+        if a.bundle is not None:
+            from nnunet_mmpretrain.transfer.bundle import load_bundle
+            load_bundle(a.bundle)   # fail now, not at training time
+        path = transfer_plans(a.s, a.t, a.sp, a.tp, a.c, a.np, a.check_against, a.bundle, a.stem)
     except (ValueError, KeyError, FileNotFoundError) as e:
         die(str(e).strip("'\""))
     except RuntimeError as e:

@@ -73,11 +73,13 @@ def check_compatible(pre_arch: dict, down_arch: dict, what: str = "") -> None:
 
 def transfer_plans(source_dataset: int, target_dataset: int, source_plans: str = "mmPretrainPlans",
                    target_plans: Optional[str] = None, configurations: Sequence[str] = ("3d_fullres",),
-                   num_processes: int = 2, check_against: Optional[str] = None) -> str:
+                   num_processes: int = 2, check_against: Optional[str] = None,
+                   bundle: Optional[str] = None, stem_strategy: Optional[str] = None) -> str:
     """Write ``$nnUNet_preprocessed/<target>/<target_plans>.json``; returns its path.
 
     ``check_against``: an existing downstream plans identifier whose topology must equal the
     pretraining one (raises :class:`IncompatiblePlansError` naming each differing stage).
+    ``bundle`` / ``stem_strategy``: written into the plans for ``nnUNetTrainerMMFinetune``.
     """
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
@@ -148,6 +150,10 @@ def transfer_plans(source_dataset: int, target_dataset: int, source_plans: str =
         "pretraining_modalities": block.get("modalities"), "vocabulary": block.get("vocabulary"),
         "downstream_channels": dj["channel_names"],
     }
+    if bundle is not None:
+        out["mmpretrain_transfer"]["bundle"] = os.path.abspath(bundle)
+    if stem_strategy is not None:
+        out["mmpretrain_transfer"]["stem_strategy"] = stem_strategy
     path = os.path.join(dst_dir, target_plans + ".json")
     atomic_write_json(out, path)
     return path

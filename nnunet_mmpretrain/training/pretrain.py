@@ -383,8 +383,8 @@ class nnUNetTrainerMMPretrain_5epochs(nnUNetTrainerMMPretrain):
 
 
 class nnUNetTrainerMMPretrain_demo(nnUNetTrainerMMPretrain):
-    """The demo: 20 epochs x 20 iterations."""
-    schedule = Schedule(epochs=20, iterations=20, val_iterations=3, save_every=5)
+    """The demo: 15 epochs x 20 iterations."""
+    schedule = Schedule(epochs=15, iterations=20, val_iterations=3, save_every=5)
     warmup_epochs = 2
     objective = ObjectiveConfig(temperature=0.2)
 

@@ -10,5 +10,5 @@ class nnUNetTrainerMMSmoke(ShortSchedule, nnUNetTrainer):
 
 
 class nnUNetTrainerMMDemo(ShortSchedule, nnUNetTrainer):
-    """The demo's from-scratch baseline: 30 epochs x 25 iterations, no mirroring."""
-    schedule = Schedule(epochs=30, iterations=25, val_iterations=5)
+    """The demo's from-scratch baseline: 15 epochs x 20 iterations, no mirroring."""
+    schedule = Schedule(epochs=15, iterations=20, val_iterations=4)

@@ -1,0 +1,33 @@
+"""``nnUNetv2_mmpretrain_export_full BUNDLE -d DATASET -p PLANS -c CONFIG -o FILE``: a complete
+nnU-Net checkpoint (pretrained encoder, adapted stem, fresh decoder) for stock
+``nnUNetv2_train DATASET CONFIG FOLD -p PLANS -pretrained_weights FILE``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nnunet_mmpretrain.cli._common import die
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="nnUNetv2_mmpretrain_export_full", description=__doc__)
+    p.add_argument("bundle", help="bundle folder or encoder_bundle.pt (nnUNetv2_mmpretrain_export)")
+    p.add_argument("-d", required=True, help="downstream dataset id or name")
+    p.add_argument("-p", default="mmPretrainPlans", help="downstream plans identifier (default mmPretrainPlans)")
+    p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
+    p.add_argument("--stem", default="modality", choices=["modality", "repeat", "reinit"])
+    p.add_argument("-o", "--output", required=True, help="checkpoint file to write")
+    a = p.parse_args(argv)
+    from nnunet_mmpretrain.transfer.full_checkpoint import build_full_checkpoint, save_full_checkpoint
+    try:
+        ck, report = build_full_checkpoint(a.bundle, a.d, a.p, a.c, a.stem)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        die(str(e).strip("'\""))
+    save_full_checkpoint(ck, a.output)
+    print(report.summary())
+    print(f"checkpoint: {a.output}\nuse: nnUNetv2_train {a.d} {a.c} FOLD -p {a.p} -pretrained_weights {a.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

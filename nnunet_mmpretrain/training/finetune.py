@@ -1,0 +1,125 @@
+"""``nnUNetTrainerMMFinetune``: stock nnU-Net segmentation training that starts from a pretrained
+encoder bundle.
+
+    export nnUNet_mmpretrain_bundle=/path/to/bundle       # or: transfer_plans --bundle writes it into the plans
+    nnUNetv2_train DATASET 3d_fullres FOLD -tr nnUNetTrainerMMFinetune -p mmPretrainPlans
+
+The bundle is named by ``$nnUNet_mmpretrain_bundle`` or, when that is unset, by the plans entry
+``mmpretrain_transfer.bundle``; the stem strategy by ``$nnUNet_mmpretrain_stem`` or
+``mmpretrain_transfer.stem_strategy`` (default ``modality``). The weights are injected when a
+fresh training starts (not on ``--c`` / ``--val``, where the checkpoint holds them), after nnU-Net
+built (and maybe compiled / DDP-wrapped) the network; what was loaded, adapted or left random is
+written to the log and to ``pretrained_weights_report.json``. Inference is plain nnU-Net: the
+architecture is the plans' own, so ``nnUNetv2_predict -tr nnUNetTrainerMMFinetune`` works without
+the bundle.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule
+
+ENV_BUNDLE = "nnUNet_mmpretrain_bundle"
+ENV_STEM = "nnUNet_mmpretrain_stem"
+
+
+class FinetuneError(RuntimeError):
+    """A clear, user-facing problem with the bundle or its settings."""
+
+
+class PretrainedEncoder:
+    """Mixin (before the nnU-Net trainer class): inject the bundle when a fresh training starts."""
+
+    freeze_encoder: bool = False     # keep the loaded encoder stages fixed (the stem still adapts)
+
+    def bundle_settings(self):
+        transfer = self.plans_manager.plans.get("mmpretrain_transfer", {})
+        path = os.environ.get(ENV_BUNDLE) or transfer.get("bundle")
+        strategy = os.environ.get(ENV_STEM) or transfer.get("stem_strategy") or "modality"
+        return path, strategy
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.current_epoch == 0:
+            self.load_pretrained_encoder()
+
+    def load_pretrained_encoder(self):
+        from nnunet_mmpretrain.io_utils import atomic_write_json
+        from nnunet_mmpretrain.modalities import channels_to_modalities
+        from nnunet_mmpretrain.transfer.bundle import load_bundle
+        from nnunet_mmpretrain.transfer.inject import inject_bundle, unwrap
+        path, strategy = self.bundle_settings()
+        if not path:
+            raise FinetuneError(f"{type(self).__name__} needs a pretrained encoder bundle: export {ENV_BUNDLE}=FOLDER "
+                                f"(made by nnUNetv2_mmpretrain_export) or transfer plans with --bundle FOLDER.")
+        bundle = load_bundle(path)
+        mods = channels_to_modalities(self.dataset_json["channel_names"])
+        cm = self.configuration_manager
+        report = inject_bundle(self.network, bundle, mods, strategy,
+                               arch={"network_class_name": cm.network_arch_class_name,
+                                     "arch_kwargs": cm.network_arch_init_kwargs})
+        self.print_to_log_file(f"bundle {path}\n{report.summary()}")
+        if self.local_rank == 0:
+            atomic_write_json({"bundle": os.path.abspath(path), **report.to_dict()},
+                              os.path.join(self.output_folder, "pretrained_weights_report.json"))
+        if self.freeze_encoder:
+            net = unwrap(self.network)
+            stem = bundle["key_to_stem"]
+            n = 0
+            for k, p in net.named_parameters():
+                if k.startswith("encoder.") and not k.startswith(stem + "."):
+                    p.requires_grad_(False)
+                    n += 1
+            self.print_to_log_file(f"encoder frozen: {n} parameter tensors fixed (stem and decoder train)")
+
+
+class WarmupPoly:
+    """Linear warm-up over ``warmup`` epochs, then nnU-Net's polynomial decay (exponent 0.9)."""
+
+    def __init__(self, optimizer, initial_lr: float, num_epochs: int, warmup: int):
+        self.optimizer, self.initial_lr, self.num_epochs, self.warmup = optimizer, initial_lr, num_epochs, warmup
+
+    def step(self, epoch: int) -> None:
+        if epoch < self.warmup:
+            lr = self.initial_lr * (epoch + 1) / (self.warmup + 1)
+        else:
+            lr = self.initial_lr * (1 - (epoch - self.warmup) / max(1, self.num_epochs - self.warmup)) ** 0.9
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+
+class LinearWarmup:
+    """Mixin: nnU-Net's SGD with a linear warm-up of ``warmup_epochs`` (nnssl uses 50 of 1000)."""
+
+    warmup_epochs: int = 50
+
+    def configure_optimizers(self):
+        opt, _ = super().configure_optimizers()
+        return opt, WarmupPoly(opt, self.initial_lr, self.num_epochs, self.warmup_epochs)
+
+
+class nnUNetTrainerMMFinetune(PretrainedEncoder, nnUNetTrainer):
+    """nnU-Net's default schedule (1000 epochs), pretrained encoder."""
+
+
+class nnUNetTrainerMMFinetune_frozen(PretrainedEncoder, nnUNetTrainer):
+    """Linear-probe-like: encoder stages frozen, stem and decoder trained."""
+    freeze_encoder = True
+
+
+class nnUNetTrainerMMFinetune_warmup(LinearWarmup, PretrainedEncoder, nnUNetTrainer):
+    """Linear LR warm-up over 50 epochs, then nnU-Net's poly decay."""
+
+
+class nnUNetTrainerMMFinetune_smoke(ShortSchedule, PretrainedEncoder, nnUNetTrainer):
+    """Tests: 2 epochs x 4 iterations, no mirroring."""
+    schedule = Schedule(epochs=2, iterations=4, val_iterations=2)
+
+
+class nnUNetTrainerMMFinetune_demo(ShortSchedule, PretrainedEncoder, nnUNetTrainer):
+    """The demo: same schedule as nnUNetTrainerMMDemo (its from-scratch baseline)."""
+    schedule = Schedule(epochs=15, iterations=20, val_iterations=4)
