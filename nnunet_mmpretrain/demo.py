@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     if not (os.path.isfile(os.path.join(raw, seg, "dataset.json")) and
             os.path.isfile(os.path.join(raw, corpus, "manifest.json"))):
         _run(["nnUNetv2_mmpretrain_make_phantoms", "--what", "seg,corpus", "--num-train", 10, "--num-test", 2,
-              "--corpus-cases", 6, "--spacing", 2, "--overwrite"], env)
+              "--corpus-cases", 6, "--spacing", 3, "--overwrite"], env)
     corpus_plans = os.path.join(pre, corpus, PLANS + ".json")
     if not (os.path.isfile(corpus_plans) and CONFIG in json.load(open(corpus_plans))["configurations"]):
         _run(["nnUNetv2_mmpretrain_plan_and_preprocess", "-d", CORPUS_ID, "--add-config", CONFIG,

@@ -109,6 +109,29 @@ def planned_corpus(nnunet_dirs):
             "data": os.path.join(pre, "mmPretrainPlans_3d_fullres"), **nnunet_dirs}
 
 
+PRETRAINER = "nnUNetTrainerMMPretrain_5epochs"
+
+
+def pretrain_fold(results, trainer=PRETRAINER, config="3d_tiny"):
+    return os.path.join(results, "Dataset992_PhantomCorpus", f"{trainer}__mmPretrainPlans__{config}", "fold_all")
+
+
+@pytest.fixture(scope="session")
+def pretrained(planned_corpus):
+    """Five short epochs of BrainMVP pretraining on the tiny corpus plan, through nnUNetv2_train."""
+    run_cli(["nnUNetv2_train", str(CORPUS_ID), "3d_tiny", "all", "-tr", PRETRAINER, "-p", "mmPretrainPlans",
+             "-device", "cpu"], env={"nnUNet_n_proc_DA": "0"})
+    return {"fold": pretrain_fold(planned_corpus["nnUNet_results"]), **planned_corpus}
+
+
+@pytest.fixture(scope="session")
+def bundle(pretrained, tmp_path_factory):
+    """The encoder bundle exported from the pretraining checkpoint."""
+    folder = str(tmp_path_factory.mktemp("bundle") / "bundle")
+    run_cli(["nnUNetv2_mmpretrain_export", os.path.join(pretrained["fold"], "checkpoint_final.pth"), "-o", folder])
+    return folder
+
+
 def run_cli(args, env=None, check=True, timeout=900):
     """Run a console command with the test environment; returns CompletedProcess (text)."""
     e = dict(os.environ)

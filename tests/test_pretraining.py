@@ -11,20 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CORPUS_ID, TINY, run_cli
-
-TRAINER = "nnUNetTrainerMMPretrain_5epochs"
-
-
-def _fold_dir(results, trainer=TRAINER, config="3d_tiny"):
-    return os.path.join(results, "Dataset992_PhantomCorpus", f"{trainer}__mmPretrainPlans__{config}", "fold_all")
-
-
-@pytest.fixture(scope="session")
-def pretrained(planned_corpus):
-    run_cli(["nnUNetv2_train", str(CORPUS_ID), "3d_tiny", "all", "-tr", TRAINER, "-p", "mmPretrainPlans",
-             "-device", "cpu"], env={"nnUNet_n_proc_DA": "0"})
-    return {"fold": _fold_dir(planned_corpus["nnUNet_results"]), **planned_corpus}
+from conftest import CORPUS_ID, PRETRAINER as TRAINER, TINY, pretrain_fold as _fold_dir, run_cli
 
 
 def _trainer(planned_corpus, trainer=TRAINER, config="3d_tiny"):

@@ -13,11 +13,11 @@ over modalities), plus a block ``mmpretrain`` with the statistics per modality.
 from __future__ import annotations
 
 import os
-from multiprocessing import get_context
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from tqdm import tqdm
+
+from nnunet_mmpretrain.parallel import map_with_progress
 
 from nnunet_mmpretrain.corpus.manifest import CorpusCase, CorpusManifest
 
@@ -73,11 +73,7 @@ def corpus_fingerprint(manifest: CorpusManifest, resample_cases: Optional[set] =
     must be put on one grid first (from the validation report)."""
     resample_cases = resample_cases or set()
     jobs = [(manifest, c, c.case_id in resample_cases, samples_per_scan) for c in manifest.cases]
-    if num_processes > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(num_processes) as pool:
-            res = list(tqdm(pool.imap(_analyze, jobs), total=len(jobs), desc="corpus fingerprint"))
-    else:
-        res = [_analyze(j) for j in tqdm(jobs, desc="corpus fingerprint")]
+    res = map_with_progress(_analyze, jobs, num_processes, "corpus fingerprint")
     per_mod: Dict[str, list] = {}
     spacings, shapes, rels = [], [], []
     for _, mods, sp, sh, rel, samples in res:

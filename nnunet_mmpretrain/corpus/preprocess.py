@@ -24,11 +24,11 @@ from __future__ import annotations
 import os
 from copy import deepcopy
 from dataclasses import dataclass
-from multiprocessing import get_context
 from typing import Optional
 
 import numpy as np
-from tqdm import tqdm
+
+from nnunet_mmpretrain.parallel import map_with_progress
 
 from nnunet_mmpretrain.corpus.manifest import CorpusManifest, load_manifest
 from nnunet_mmpretrain.io_utils import atomic_write_json
@@ -163,11 +163,7 @@ def plan_and_preprocess_corpus(dataset_id: int, preset: str = "ResEncM", like: O
     os.makedirs(os.path.join(data_folder, PARTIAL), exist_ok=True)
     jobs = [(manifest, c, c.case_id in resample_ids, plans_file, data_folder) for c in manifest.cases]
     t = time.time()
-    if num_processes > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(num_processes) as pool:
-            res = list(tqdm(pool.imap_unordered(_preprocess_one, jobs), total=len(jobs), desc="preprocessing corpus"))
-    else:
-        res = [_preprocess_one(j) for j in tqdm(jobs, desc="preprocessing corpus")]
+    res = map_with_progress(_preprocess_one, jobs, num_processes, "preprocessing corpus", unordered=True)
     secs = time.time() - t
     shutil.rmtree(os.path.join(data_folder, PARTIAL), ignore_errors=True)
     done = sum(r == "done" for _, r in res)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -388,7 +387,8 @@ def validate_corpus(manifest: CorpusManifest, resample_to_first: bool = False, o
     if n_proc == 1:
         results = [_check_case(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
     else:
-        with get_context("spawn").Pool(n_proc) as pool:
+        from nnunet_mmpretrain.parallel import single_threaded_pool
+        with single_threaded_pool(n_proc) as pool:
             results = list(tqdm(pool.imap(_check_case, jobs), total=len(jobs), desc=desc,
                                 disable=not progress))
 

@@ -62,13 +62,15 @@ def topology_differences(pre_arch: dict, down_arch: dict) -> List[str]:
     return out
 
 
-def check_compatible(pre_arch: dict, down_arch: dict, what: str = "") -> None:
+def check_compatible(pre_arch: dict, down_arch: dict, what: str = "",
+                     fix: str = "Fine-tune with the transferred plans (nnUNetv2_mmpretrain_transfer_plans without "
+                                "--check-against), or pretrain with --like pointing at the downstream plans file.") -> None:
+    """Raise IncompatiblePlansError listing every differing stage / entry, then ``fix``."""
     diffs = topology_differences(pre_arch, down_arch)
     if diffs:
         raise IncompatiblePlansError(
             f"the pretrained encoder does not fit {what or 'the downstream plans'}:\n  - " + "\n  - ".join(diffs) +
-            "\nFine-tune with the transferred plans (nnUNetv2_mmpretrain_transfer_plans without --check-against), or pretrain with "
-            "--like pointing at the downstream plans file.")
+            "\n" + fix)
 
 
 def transfer_plans(source_dataset: int, target_dataset: int, source_plans: str = "mmPretrainPlans",

@@ -13,11 +13,11 @@ import csv
 import os
 import shutil
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from tqdm import tqdm
+
+from nnunet_mmpretrain.parallel import map_with_progress
 
 from nnunet_mmpretrain import modalities as mod
 from nnunet_mmpretrain.corpus.manifest import CorpusCase, CorpusManifest, save_manifest
@@ -77,10 +77,7 @@ def _job_corpus(args):
 
 
 def _run(fn, jobs, num_processes: int, desc: str):
-    if num_processes <= 1:
-        return [fn(j) for j in tqdm(jobs, desc=desc)]
-    with get_context("spawn").Pool(num_processes) as pool:
-        return list(tqdm(pool.imap(fn, jobs), total=len(jobs), desc=desc))
+    return map_with_progress(fn, jobs, num_processes, desc)
 
 
 def _prepare(folder: str, overwrite: bool) -> None:

