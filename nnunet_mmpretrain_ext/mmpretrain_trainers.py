@@ -10,4 +10,5 @@ from nnunet_mmpretrain.training.pretrain import (  # noqa: F401
     nnUNetTrainerMMPretrain_tau02)
 from nnunet_mmpretrain.training.finetune import (  # noqa: F401
     nnUNetTrainerMMFinetune, nnUNetTrainerMMFinetune_demo, nnUNetTrainerMMFinetune_frozen,
-    nnUNetTrainerMMFinetune_smoke, nnUNetTrainerMMFinetune_warmup)
+    nnUNetTrainerMMFinetune_smoke, nnUNetTrainerMMFinetune_templateAug, nnUNetTrainerMMFinetune_templateAug_smoke,
+    nnUNetTrainerMMFinetune_warmup)
