@@ -7,7 +7,7 @@ imports would break). Add new trainer modules to the list below.
 from nnunet_mmpretrain.training.smoke import *  # noqa: F401,F403
 from nnunet_mmpretrain.training.pretrain import (  # noqa: F401
     nnUNetTrainerMMPretrain, nnUNetTrainerMMPretrain_5epochs, nnUNetTrainerMMPretrain_demo,
-    nnUNetTrainerMMPretrain_tau02)
+    nnUNetTrainerMMPretrain_subjectPositives, nnUNetTrainerMMPretrain_tau02)
 from nnunet_mmpretrain.training.finetune import (  # noqa: F401
     nnUNetTrainerMMFinetune, nnUNetTrainerMMFinetune_demo, nnUNetTrainerMMFinetune_frozen,
     nnUNetTrainerMMFinetune_smoke, nnUNetTrainerMMFinetune_templateAug, nnUNetTrainerMMFinetune_templateAug_smoke,

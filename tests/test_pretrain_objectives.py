@@ -101,3 +101,23 @@ def test_masked_error_report_baselines():
     assert rep2["rel_to_patch_mean"] == pytest.approx(1.0)
     empty = masked_error_report(target, target, torch.zeros_like(mask), inp)
     assert math.isnan(empty["masked_mse"])
+
+
+def test_subject_positives_use_the_multi_positive_loss():
+    """positives='subject' (Wen et al. 2023): views of one subject attract across modalities."""
+    import torch
+    from nnunet_mmpretrain.pretrain.contrastive import multi_positive_info_nce
+    from nnunet_mmpretrain.pretrain.objectives import ObjectiveConfig, compute
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(4, 1, 8, 8, 8, generator=g)
+    z1, z2 = torch.randn(4, 16, generator=g), torch.randn(4, 16, generator=g)
+    subj = ["a", "a", "b", "c"]
+    cfg = ObjectiveConfig(w_md=0.0, w_cmr=0.0, w_mcl=1.0, mcl_start_fraction=0.0, temperature=0.1, positives="subject")
+    total, logs = compute(cfg, target=t, recon_md=t, recon_cmr=t, z_md=z1, z_cmr=z2, epoch=0, num_epochs=1,
+                          subject_ids=subj)
+    ref = multi_positive_info_nce(torch.cat([z1, z2]), subj * 2, 0.1)
+    assert torch.allclose(total, ref) and logs["mcl_active"] == 1.0
+    with pytest.raises(ValueError, match="needs subject_ids"):
+        compute(cfg, target=t, recon_md=t, recon_cmr=t, z_md=z1, z_cmr=z2, epoch=0, num_epochs=1)
+    with pytest.raises(ValueError, match="positives"):
+        ObjectiveConfig(positives="cases")

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from nnunet_mmpretrain.pretrain.contrastive import info_nce, pool_features
+from nnunet_mmpretrain.pretrain.contrastive import info_nce, multi_positive_info_nce, pool_features
 
 
 def _first_epoch_at(fraction: float, num_epochs: int) -> int:
@@ -41,6 +41,9 @@ class ObjectiveConfig:
             masked voxels only).
         temperature: InfoNCE temperature (1.0 as the code; 0.1-0.2 recommended).
         gather: gather contrastive negatives across ranks.
+        positives: ``'views'`` (BrainMVP: the two views of a sample are the positive pair) or
+            ``'subject'`` (Wen et al. 2023: every view of the same subject, whatever its
+            modality, is a positive; multi-positive InfoNCE over both views of the batch).
     """
 
     w_md: float = 10.0
@@ -51,8 +54,11 @@ class ObjectiveConfig:
     recon_region: str = "patch"
     temperature: float = 1.0
     gather: bool = False
+    positives: str = "views"
 
     def __post_init__(self):
+        if self.positives not in ("views", "subject"):
+            raise ValueError(f"positives must be 'views' or 'subject', got {self.positives!r}")
         if self.recon_region not in ("patch", "masked"):
             raise ValueError(f"recon_region must be 'patch' or 'masked', got {self.recon_region!r}")
         for name in ("mcl_start_fraction", "template_warmup_fraction"):
@@ -104,7 +110,7 @@ def compute(config: ObjectiveConfig, *, target: torch.Tensor, recon_md: torch.Te
             recon_cmr: torch.Tensor, mask_md: Optional[torch.Tensor] = None,
             mask_cmr: Optional[torch.Tensor] = None, z_md: Optional[torch.Tensor] = None,
             z_cmr: Optional[torch.Tensor] = None, epoch: int = 0,
-            num_epochs: int = 1) -> Tuple[torch.Tensor, Dict[str, float]]:
+            num_epochs: int = 1, subject_ids=None) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Total BrainMVP loss and its terms.
 
     Args:
@@ -118,6 +124,7 @@ def compute(config: ObjectiveConfig, *, target: torch.Tensor, recon_md: torch.Te
             average-pooled here. Needed only while MCL is active; the term is skipped (logged as
             0) when either is None.
         epoch, num_epochs: 0-based current epoch and total, for the MCL switch.
+        subject_ids: (B,) subject of each sample, needed for ``positives='subject'``.
 
     Returns:
         (total scalar tensor, dict of floats: ``loss``, ``l_md``, ``l_cmr``, ``l_mcl``,
@@ -129,8 +136,14 @@ def compute(config: ObjectiveConfig, *, target: torch.Tensor, recon_md: torch.Te
     active = config.mcl_active(epoch, num_epochs) and z_md is not None and z_cmr is not None
     l_mcl = None
     if active:
-        l_mcl = info_nce(pool_features(z_md), pool_features(z_cmr), config.temperature,
-                         gather=config.gather)
+        if config.positives == "subject":
+            if subject_ids is None:
+                raise ValueError("positives='subject' needs subject_ids")
+            ids = list(subject_ids) * 2 if not torch.is_tensor(subject_ids) else torch.cat([subject_ids, subject_ids])
+            l_mcl = multi_positive_info_nce(torch.cat([pool_features(z_md), pool_features(z_cmr)]), ids,
+                                            config.temperature, gather=config.gather)
+        else:
+            l_mcl = info_nce(pool_features(z_md), pool_features(z_cmr), config.temperature, gather=config.gather)
         total = total + config.w_mcl * l_mcl
     logs = {"loss": float(total.detach()), "l_md": float(l_md.detach()),
             "l_cmr": float(l_cmr.detach()),

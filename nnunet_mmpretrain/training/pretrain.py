@@ -221,7 +221,8 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
         t = lambda k: torch.as_tensor(batch[k]).to(dev, non_blocking=True)
         return brainmvp_forward(self.network, self._net(), t("target"), t("partner"), t("m_idx"), t("n_idx"),
                                 t("starts") if self.atlas_registered else None, self.objective,
-                                self.current_epoch, self.num_epochs, MaskSpec(self.mask_ratio, self.block_size))
+                                self.current_epoch, self.num_epochs, MaskSpec(self.mask_ratio, self.block_size),
+                                subject_ids=list(batch["subject"]))
 
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
@@ -390,6 +391,12 @@ class nnUNetTrainerMMPretrain_demo(nnUNetTrainerMMPretrain):
     schedule = Schedule(epochs=15, iterations=20, val_iterations=3, save_every=5)
     warmup_epochs = 2
     objective = ObjectiveConfig(temperature=0.2)
+
+
+class nnUNetTrainerMMPretrain_subjectPositives(nnUNetTrainerMMPretrain):
+    """Contrastive term with the cross-modal positives of Wen et al. 2023: every view of the same
+    subject (any modality) is a positive; temperature 0.1."""
+    objective = ObjectiveConfig(temperature=0.1, positives="subject")
 
 
 class nnUNetTrainerMMPretrain_tau02(nnUNetTrainerMMPretrain):

@@ -25,7 +25,7 @@ class MaskSpec:
 
 def brainmvp_forward(network, net, target: torch.Tensor, partner: torch.Tensor, m_idx: torch.Tensor,
                      n_idx: torch.Tensor, starts: Optional[torch.Tensor], objective: ObjectiveConfig,
-                     epoch: int, num_epochs: int, mask: MaskSpec = MaskSpec()
+                     epoch: int, num_epochs: int, mask: MaskSpec = MaskSpec(), subject_ids=None
                      ) -> Tuple[torch.Tensor, Dict[str, float], tuple]:
     """Two views of the target, one forward pass of 2B samples, the combined loss.
 
@@ -46,7 +46,8 @@ def brainmvp_forward(network, net, target: torch.Tensor, partner: torch.Tensor, 
     view_cmr = cross_modal_fill(target, fill, mask_cmr)
     recon, _, z = network(torch.cat([view_md, view_cmr]), torch.cat([m_idx, m_idx]))
     loss, logs = compute(objective, target=target, recon_md=recon[:B], recon_cmr=recon[B:], mask_md=mask_md,
-                         mask_cmr=mask_cmr, z_md=z[:B], z_cmr=z[B:], epoch=epoch, num_epochs=num_epochs)
+                         mask_cmr=mask_cmr, z_md=z[:B], z_cmr=z[B:], epoch=epoch, num_epochs=num_epochs,
+                         subject_ids=subject_ids)
     logs.update(masked_error_report(recon[B:].detach(), target, mask_cmr, view_cmr))
     return loss, logs, (target, view_md, view_cmr, recon.detach())
 
