@@ -98,7 +98,11 @@ def test_other_channel_sets_load_the_same_bundle_via_stock_pretrained_weights(tr
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunet_mmpretrain.transfer.bundle import load_bundle
     _subset_dataset(transferred["nnUNet_raw"], new_id, name, channels)
-    run_cli(["nnUNetv2_mmpretrain_transfer_plans", "-s", str(CORPUS_ID), "-t", str(new_id), "-c", "3d_tiny"])
+    # a dataset nnU-Net never planned: transfer fingerprints it and leaves what preprocessing needs
+    run_cli(["nnUNetv2_mmpretrain_transfer_plans", "-s", str(CORPUS_ID), "-t", str(new_id), "-c", "3d_tiny",
+             "--preprocess", "-np", "1"])
+    pre = os.path.join(transferred["nnUNet_preprocessed"], f"Dataset{new_id}_{name}")
+    assert len([f for f in os.listdir(os.path.join(pre, "mmPretrainPlans_3d_tiny")) if f.endswith("_seg.b2nd")]) == 3
     out = str(tmp_path / "full.pth")
     r = run_cli(["nnUNetv2_mmpretrain_export_full", transferred["bundle"], "-d", str(new_id), "-c", "3d_tiny",
                  "-o", out])

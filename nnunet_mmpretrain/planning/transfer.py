@@ -158,4 +158,7 @@ def transfer_plans(source_dataset: int, target_dataset: int, source_plans: str =
         out["mmpretrain_transfer"]["stem_strategy"] = stem_strategy
     path = os.path.join(dst_dir, target_plans + ".json")
     atomic_write_json(out, path)
+    # nnU-Net's preprocessing and trainers read the dataset.json beside the plans (its planner
+    # copies it; a dataset never planned by nnU-Net has none yet)
+    atomic_write_json(dj, os.path.join(dst_dir, "dataset.json"))
     return path

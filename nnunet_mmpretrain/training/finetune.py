@@ -158,4 +158,4 @@ class nnUNetTrainerMMFinetune_smoke(ShortSchedule, PretrainedEncoder, nnUNetTrai
 
 class nnUNetTrainerMMFinetune_demo(ShortSchedule, PretrainedEncoder, nnUNetTrainer):
     """The demo: same schedule as nnUNetTrainerMMDemo (its from-scratch baseline)."""
-    schedule = Schedule(epochs=15, iterations=20, val_iterations=4)
+    schedule = Schedule(epochs=12, iterations=20, val_iterations=4)

@@ -387,8 +387,8 @@ class nnUNetTrainerMMPretrain_5epochs(nnUNetTrainerMMPretrain):
 
 
 class nnUNetTrainerMMPretrain_demo(nnUNetTrainerMMPretrain):
-    """The demo: 15 epochs x 20 iterations."""
-    schedule = Schedule(epochs=15, iterations=20, val_iterations=3, save_every=5)
+    """The demo: 12 epochs x 20 iterations."""
+    schedule = Schedule(epochs=12, iterations=20, val_iterations=3, save_every=4)
     warmup_epochs = 2
     objective = ObjectiveConfig(temperature=0.2)
 

@@ -10,5 +10,5 @@ class nnUNetTrainerMMSmoke(ShortSchedule, nnUNetTrainer):
 
 
 class nnUNetTrainerMMDemo(ShortSchedule, nnUNetTrainer):
-    """The demo's from-scratch baseline: 15 epochs x 20 iterations, no mirroring."""
-    schedule = Schedule(epochs=15, iterations=20, val_iterations=4)
+    """The demo's from-scratch baseline: 12 epochs x 20 iterations, no mirroring."""
+    schedule = Schedule(epochs=12, iterations=20, val_iterations=4)
