@@ -60,6 +60,8 @@ def test_rerun_skips_finished_and_redoes_missing(planned_corpus):
     open(os.path.join(planned_corpus["data"], ".partial", "ixi_0001_1.b2nd"), "w").close()  # a killed run's debris
     r = run_cli(["nnUNetv2_mmpretrain_plan_and_preprocess", "-d", str(CORPUS_ID), "-np", "1"])
     assert "preprocessed 1 cases (5 already done)" in r.stdout
+    plans = json.load(open(os.path.join(planned_corpus["folder"], "mmPretrainPlans.json")))
+    assert "3d_tiny" in plans["configurations"]    # configurations added by the user survive re-planning
     assert os.path.isfile(victim)
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
     assert sorted(nnUNetDatasetBlosc2.get_identifiers(planned_corpus["data"])) == \

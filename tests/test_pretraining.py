@@ -58,7 +58,8 @@ def test_resume_after_kill_continues_with_templates_intact(planned_corpus, tmp_p
     t0 = time.time()
     while not os.path.isfile(latest) and proc.poll() is None and time.time() - t0 < 300:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert os.path.isfile(latest), "no checkpoint_latest.pth before the kill"
     saved = torch.load(latest, weights_only=True)

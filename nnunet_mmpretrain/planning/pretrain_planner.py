@@ -74,7 +74,8 @@ class _MMPretrainPlanning:
         return plans
 
     def save_plans(self, plans):
-        # nnU-Net's save_plans keeps configurations of an existing file; ours is always rewritten
+        # like nnU-Net's save_plans: configurations a user added to an existing file (e.g. a
+        # small CPU configuration) survive re-planning; ours are replaced
         import os
         from nnunetv2.paths import nnUNet_preprocessed
         from nnunetv2.utilities.json_export import recursive_fix_for_json_export
@@ -83,6 +84,12 @@ class _MMPretrainPlanning:
         recursive_fix_for_json_export(plans)
         out = os.path.join(str(nnUNet_preprocessed), self.dataset_name, self.plans_identifier + ".json")
         os.makedirs(os.path.dirname(out), exist_ok=True)
+        if os.path.isfile(out):
+            with open(out) as f:
+                old = json.load(f).get("configurations", {})
+            for name, conf in old.items():
+                if name not in plans["configurations"]:
+                    plans["configurations"][name] = conf
         atomic_write_json(plans, out)
 
 
