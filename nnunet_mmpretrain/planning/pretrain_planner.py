@@ -43,6 +43,15 @@ class _MMPretrainPlanning:
         return self.plans_identifier + "_" + configuration_name
 
     def plan_experiment(self):
+        # configurations a user added to an earlier version of these plans (read before nnU-Net's
+        # planner overwrites the file with its own 2d/3d configurations)
+        import os
+        from nnunetv2.paths import nnUNet_preprocessed
+        old_file = os.path.join(str(nnUNet_preprocessed), self.dataset_name, self.plans_identifier + ".json")
+        self._previous_configurations = {}
+        if os.path.isfile(old_file):
+            with open(old_file) as f:
+                self._previous_configurations = json.load(f).get("configurations", {})
         plans = super().plan_experiment()
         plans = deepcopy(plans)
         for c in list(plans["configurations"]):
@@ -84,12 +93,9 @@ class _MMPretrainPlanning:
         recursive_fix_for_json_export(plans)
         out = os.path.join(str(nnUNet_preprocessed), self.dataset_name, self.plans_identifier + ".json")
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        if os.path.isfile(out):
-            with open(out) as f:
-                old = json.load(f).get("configurations", {})
-            for name, conf in old.items():
-                if name not in plans["configurations"]:
-                    plans["configurations"][name] = conf
+        for name, conf in getattr(self, "_previous_configurations", {}).items():
+            if name not in plans["configurations"] and name not in ("2d", "3d_lowres", "3d_cascade_fullres"):
+                plans["configurations"][name] = conf
         atomic_write_json(plans, out)
 
 

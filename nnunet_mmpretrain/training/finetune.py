@@ -49,15 +49,15 @@ class PretrainedEncoder:
 
     def load_pretrained_encoder(self):
         from nnunet_mmpretrain.io_utils import atomic_write_json
-        from nnunet_mmpretrain.modalities import channels_to_modalities
         from nnunet_mmpretrain.transfer.bundle import load_bundle
         from nnunet_mmpretrain.transfer.inject import inject_bundle, unwrap
+        from nnunet_mmpretrain.transfer.stem import channel_modalities_from_dataset_json
         path, strategy = self.bundle_settings()
         if not path:
             raise FinetuneError(f"{type(self).__name__} needs a pretrained encoder bundle: export {ENV_BUNDLE}=FOLDER "
                                 f"(made by nnUNetv2_mmpretrain_export) or transfer plans with --bundle FOLDER.")
         bundle = load_bundle(path)
-        mods = channels_to_modalities(self.dataset_json["channel_names"])
+        mods = channel_modalities_from_dataset_json(self.dataset_json, keep_unknown=True)  # names kept for the report
         cm = self.configuration_manager
         report = inject_bundle(self.network, bundle, mods, strategy,
                                arch={"network_class_name": cm.network_arch_class_name,

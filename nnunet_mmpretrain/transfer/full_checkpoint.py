@@ -22,7 +22,7 @@ def build_full_checkpoint(bundle_path: str, dataset: str, plans_identifier: str,
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunet_mmpretrain.modalities import channels_to_modalities
+    from nnunet_mmpretrain.transfer.stem import channel_modalities_from_dataset_json
     from nnunet_mmpretrain.transfer.bundle import load_bundle
     from nnunet_mmpretrain.transfer.inject import inject_bundle
     name = maybe_convert_to_dataset_name(dataset)
@@ -40,7 +40,7 @@ def build_full_checkpoint(bundle_path: str, dataset: str, plans_identifier: str,
                                  cm.network_arch_init_kwargs_req_import, n_in, heads, allow_init=True,
                                  deep_supervision=True)
     bundle = load_bundle(bundle_path)
-    report = inject_bundle(net, bundle, channels_to_modalities(dj["channel_names"]), strategy,
+    report = inject_bundle(net, bundle, channel_modalities_from_dataset_json(dj, keep_unknown=True), strategy,
                            arch={"network_class_name": cm.network_arch_class_name,
                                  "arch_kwargs": cm.network_arch_init_kwargs})
     ck = {"network_weights": {k: v.detach().clone() for k, v in net.state_dict().items()},

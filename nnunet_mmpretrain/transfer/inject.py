@@ -54,7 +54,8 @@ def inject_bundle(network, bundle: dict, channel_modalities: Sequence[Optional[s
                   arch: Optional[dict] = None) -> InjectionReport:
     """Load ``bundle`` into ``network`` (an nnU-Net network, possibly wrapped) in place.
 
-    ``channel_modalities``: canonical modality per input channel (None: unknown).
+    ``channel_modalities``: canonical modality per input channel (an unknown one as its dataset.json
+    name, or None).
     ``arch``: the configuration's ``architecture`` block, checked first when given.
     """
     from nnunet_mmpretrain.transfer.stem import adapt_stem
