@@ -107,7 +107,7 @@ def test_other_channel_sets_load_the_same_bundle_via_stock_pretrained_weights(tr
     r = run_cli(["nnUNetv2_mmpretrain_export_full", transferred["bundle"], "-d", str(new_id), "-c", "3d_tiny",
                  "-o", out])
     if unknown is not None:
-        assert f"channel {unknown} (unknown modality" in r.stdout
+        assert f"channel {unknown} (unknown): mean of trained stems (unknown modality T1-IR)" in r.stdout
     plans = json.load(open(os.path.join(transferred["nnUNet_preprocessed"], f"Dataset{new_id}_{name}",
                                         "mmPretrainPlans.json")))
     arch = plans["configurations"]["3d_tiny"]["architecture"]
