@@ -12,3 +12,4 @@ from nnunet_mmpretrain.training.finetune import (  # noqa: F401
     nnUNetTrainerMMFinetune, nnUNetTrainerMMFinetune_demo, nnUNetTrainerMMFinetune_frozen,
     nnUNetTrainerMMFinetune_smoke, nnUNetTrainerMMFinetune_templateAug, nnUNetTrainerMMFinetune_templateAug_smoke,
     nnUNetTrainerMMFinetune_warmup)
+from nnunet_mmpretrain.benchmark.trainers import *  # noqa
