@@ -13,3 +13,4 @@ from nnunet_mmpretrain.training.finetune import (  # noqa: F401
     nnUNetTrainerMMFinetune_smoke, nnUNetTrainerMMFinetune_templateAug, nnUNetTrainerMMFinetune_templateAug_smoke,
     nnUNetTrainerMMFinetune_warmup)
 from nnunet_mmpretrain.benchmark.trainers import *  # noqa
+from nnunet_mmpretrain.training.classifier import *  # noqa
