@@ -9,8 +9,8 @@ import os
 import pytest
 
 from nnunet_mmpretrain.cli import convert as cli
-from nnunet_mmpretrain.conversion import (ALREADY_DONE, ConversionError, brats2021, common, fakes as F,
-                                          folder_corpus, ixi)
+from nnunet_mmpretrain.conversion import (ALREADY_DONE, ConversionError, brats2021, common, execute,
+                                          fakes as F, folder_corpus, ixi)
 from nnunet_mmpretrain.conversion.common import CaseSkip, safe_join
 from nnunet_mmpretrain.corpus.manifest import load_manifest
 
@@ -54,14 +54,14 @@ def test_resume_after_a_killed_run(brats):
 
 def test_failure_in_the_middle_of_a_case_leaves_no_file(brats, monkeypatch):
     rel, raw = brats
-    real = common.write_image
+    real = execute.write_image
 
     def failing(img, folder, final):
         if "labelsTr" in final and "00001" in final:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(img, folder, final)
 
-    monkeypatch.setattr(common, "write_image", failing)
+    monkeypatch.setattr(execute, "write_image", failing)
     s = brats2021.convert(rel, raw, progress=False)
     assert sorted(s.converted) == ["BraTS2021_00000", "BraTS2021_00002"]
     assert "No space left" in s.problems["BraTS2021_00001"]
@@ -71,7 +71,7 @@ def test_failure_in_the_middle_of_a_case_leaves_no_file(brats, monkeypatch):
     with open(os.path.join(folder, "dataset.json")) as f:
         assert json.load(f)["numTraining"] == 2
     F.verify_fast(folder)
-    monkeypatch.setattr(common, "write_image", real)
+    monkeypatch.setattr(execute, "write_image", real)
     s = brats2021.convert(rel, raw, progress=False)
     assert s.converted == ["BraTS2021_00001"]
 

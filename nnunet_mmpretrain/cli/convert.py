@@ -10,6 +10,8 @@ resumes: finished cases are skipped. See docs/CONVERSION.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import time
@@ -172,7 +174,30 @@ def run(a: argparse.Namespace):
     return m.convert(a.release_root, out_dir=a.out, **common, **extra)
 
 
+@contextlib.contextmanager
+def _report_to_stdout():
+    """The converters log their summaries (logger ``nnunet_mmpretrain.conversion``): show them."""
+    logger = logging.getLogger("nnunet_mmpretrain.conversion")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    with _report_to_stdout():
+        return _main(argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     if a.num_processes < 1:
         die(f"-np must be at least 1, got {a.num_processes}.")

@@ -29,7 +29,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from nnunet_mmpretrain.conversion.common import (
     CaseSpec, ConversionError, ConversionSummary, DatasetInfo, ImageSpec, LabelSpec,
     convert_segmentation, dataset_folder, display, require_root, seg_image_dst, seg_label_dst,
-    visible)
+    visible, report_summary)
 from nnunet_mmpretrain.corpus.manifest import ManifestError, check_case_id
 
 KIND = "CSV labels"
@@ -189,5 +189,5 @@ def convert(image_root: str, csv_path: str, id_column: str, label_column: str,
     if mask == "none":
         summary.notes.append("no labelsTr written (mask none): nnU-Net cannot plan this dataset as it is.")
     if print_summary:
-        print(summary.report())
+        report_summary(summary)
     return summary

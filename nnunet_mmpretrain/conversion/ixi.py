@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 from nnunet_mmpretrain import modalities as mod
 from nnunet_mmpretrain.conversion.common import (
     CaseSpec, ConversionError, ConversionSummary, convert_corpus, corpus_case_spec, dataset_folder,
-    require_root, visible)
+    require_root, visible, report_summary)
 
 KIND = "IXI corpus"
 DEFAULT_ID, DEFAULT_NAME = 551, "IXICorpus"
@@ -81,5 +81,5 @@ def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = 
                              progress=progress, print_summary=False)
     summary.skipped_files.update(skipped)
     if print_summary:
-        print(summary.report())
+        report_summary(summary)
     return summary

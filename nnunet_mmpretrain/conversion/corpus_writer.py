@@ -1,0 +1,111 @@
+"""Pretraining corpora: ``images/`` and ``manifest.json``, several sources in one folder."""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Dict, List, Sequence
+
+from nnunet_mmpretrain.conversion.execute import run_cases
+from nnunet_mmpretrain.conversion.imageio import image_grid
+from nnunet_mmpretrain.conversion.spec import CaseSpec, corpus_image_dst
+from nnunet_mmpretrain.conversion.summary import CaseSkip, ConversionError, ConversionSummary, report_summary
+from nnunet_mmpretrain.corpus.manifest import (CorpusCase, CorpusManifest, ManifestError, MANIFEST_NAME,
+                                               load_manifest, save_manifest)
+
+
+def convert_corpus(kind: str, specs: Sequence[CaseSpec], folder: str, sources: Dict[str, dict], *,
+                   atlas_registered: "str | bool" = "auto", link: bool = True, dry_run: bool = False,
+                   overwrite: bool = False, num_processes: int = 1, progress: bool = True,
+                   print_summary: bool = True) -> ConversionSummary:
+    """Write (or extend) a pretraining corpus folder: ``images/`` and ``manifest.json``.
+
+    A corpus folder may hold several sources: cases of other sources already in its manifest are
+    kept, so converting BraTS, IXI and UCSF-PDGM with the same ``-d``/``--name`` builds one
+    multi-source corpus. ``atlas_registered``: True/False, or 'auto' (True when every scan of
+    the corpus lies on one voxel grid)."""
+    summary = ConversionSummary(kind=kind, output=folder, dry_run=dry_run)
+    if not specs:
+        raise ConversionError(f"no {kind} cases found.")
+    these = set(sources) | {s.info.get("source") for s in specs}
+    old = None
+    mpath = os.path.join(folder, MANIFEST_NAME)
+    if os.path.isfile(mpath):
+        try:
+            old = load_manifest(mpath)
+        except (ManifestError, ValueError) as e:
+            raise ConversionError(f"the existing manifest in {folder} cannot be read ({e}); move it "
+                                  f"away or pass --overwrite.") from None
+    kept: List[CorpusCase] = []
+    if old is not None:
+        others = [c for c in old.cases if c.source not in these]
+        if overwrite:
+            mine = [c for c in old.cases if c.source in these]
+            if dry_run:
+                summary.notes.append(f"--overwrite: would remove {len(mine)} case(s) of source(s) "
+                                     f"{', '.join(sorted(these))} and convert them again.")
+            else:
+                for c in mine:
+                    for m in c.images:
+                        p = old.path(c, m)
+                        try:
+                            if os.path.commonpath([os.path.realpath(folder), os.path.realpath(p)]) == \
+                                    os.path.realpath(folder):
+                                os.remove(p)
+                        except OSError:
+                            pass
+        kept = others
+        taken = {c.case_id: c.source for c in others}
+        for s in specs:
+            if s.case_id in taken and s.problem is None:
+                s.problem = (f"case id already in the corpus from source {taken[s.case_id]!r} "
+                             f"(use --case-prefix)")
+    elif overwrite and os.path.isdir(folder):
+        if dry_run:
+            summary.notes.append(f"--overwrite: would remove {folder} and convert every case again.")
+        else:
+            shutil.rmtree(folder)
+    finished = run_cases(specs, folder, summary, link=link, dry_run=dry_run, force=overwrite,
+                         num_processes=num_processes, progress=progress, desc=os.path.basename(folder))
+    if not dry_run:
+        new_cases = [CorpusCase(case_id=s.case_id,
+                                images={m: corpus_image_dst(s.case_id, m) for m in s.info["modalities"]},
+                                subject=s.info.get("subject") or s.case_id,
+                                session=s.info.get("session", ""), source=s.info["source"])
+                     for s in finished]
+        cases = kept + new_cases
+        if not cases:
+            summary.notes.append("no case could be converted: manifest.json was not written.")
+        else:
+            all_sources = dict(old.sources) if old is not None else {}
+            all_sources.update(sources)
+            used = {c.source for c in cases}
+            all_sources = {k: v for k, v in all_sources.items() if k in used}
+            name = os.path.basename(folder).split("_", 1)[1]
+            manifest = CorpusManifest(name=name, cases=cases, sources=all_sources, root=folder)
+            if atlas_registered == "auto":
+                manifest.atlas_registered = _one_grid(manifest)
+            else:
+                manifest.atlas_registered = bool(atlas_registered)
+            save_manifest(manifest, folder)
+            c = manifest.counts()
+            summary.notes.append(f"manifest: {c['cases']} case(s), {c['scans']} scan(s) "
+                                 f"{c['scans_per_modality']}, atlas_registered="
+                                 f"{manifest.atlas_registered}")
+    if print_summary:
+        report_summary(summary)
+    return summary
+
+
+def _one_grid(manifest: CorpusManifest) -> bool:
+    first = None
+    for c in manifest.cases:
+        for m in c.images:
+            try:
+                g, _ = image_grid(manifest.path(c, m))
+            except CaseSkip:
+                return False
+            if first is None:
+                first = g
+            elif g.mismatch(first, tol=1e-2):
+                return False
+    return first is not None

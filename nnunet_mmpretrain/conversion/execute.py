@@ -1,0 +1,194 @@
+"""Converting cases: one case checked completely then written (:func:`execute_case`), and many
+cases with id checks, resuming and an optional process pool (:func:`run_cases`)."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Dict, Iterable, List, Sequence
+
+from nnunet_mmpretrain.conversion.imageio import (
+    _first_line, _sitk, clear_partial, foreground_mask, image_grid, load_image, map_labels,
+    place_file, resample_onto, write_image)
+from nnunet_mmpretrain.conversion.paths import FILE_ENDING, safe_join
+from nnunet_mmpretrain.conversion.spec import CaseSpec
+from nnunet_mmpretrain.conversion.summary import ALREADY_DONE, CaseSkip, ConversionSummary
+from nnunet_mmpretrain.corpus.manifest import ManifestError, check_case_id
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    ok: bool
+    reason: str = ""
+    counts: Dict[str, int] = field(default_factory=dict)
+
+
+def execute_case(spec: CaseSpec, folder: str, link: bool) -> CaseResult:
+    """Check a case completely (headers, grids, label values), then write it. Any problem skips
+    the case with a reason; files of the case written in this attempt are removed again."""
+    counts = {"linked": 0, "copied": 0, "link_fallback_copies": 0, "rewritten": 0, "resampled": 0,
+              "labels": 0}
+    written: List[str] = []
+    try:
+        finals = [safe_join(folder, d) for d in spec.outputs]
+        # --- plan images (headers only)
+        grids = [image_grid(i.src, i.channel) for i in spec.images]
+        ref_grid = grids[spec.reference][0] if grids else None
+        actions = []
+        for im, (grid, channel) in zip(spec.images, grids):
+            resample = False
+            if im.on_mismatch != "keep" and ref_grid is not None:
+                diff = grid.mismatch(ref_grid)
+                if diff and im.on_mismatch == "resample":
+                    resample = True
+                elif diff:
+                    raise CaseSkip(f"{im.what or 'image'} {im.src} is not on the grid of "
+                                   f"{spec.images[spec.reference].src}: {diff}")
+            direct = channel is None and not resample and im.src.endswith(FILE_ENDING)
+            actions.append((im, channel, resample, direct))
+        # --- label (read fully, checked and mapped before anything is written)
+        label_img = None
+        if spec.label is not None:
+            sitk = _sitk()
+            lab = spec.label
+            if lab.mask:
+                base = load_image(lab.src, image_grid(lab.src)[1])
+                arr = foreground_mask(base, lab.mask)
+                ref_info = base
+            else:
+                lgrid, lchan = image_grid(lab.src)
+                if ref_grid is not None:
+                    diff = lgrid.mismatch(ref_grid)
+                    if diff:
+                        raise CaseSkip(f"label file {lab.src} is not on the image grid of "
+                                       f"{spec.images[spec.reference].src}: {diff}")
+                src_img = load_image(lab.src, lchan)
+                arr = map_labels(sitk.GetArrayFromImage(src_img), lab.mapping or {}, lab.src, lab.dataset)
+                ref_info = src_img
+            label_img = sitk.GetImageFromArray(arr)
+            label_img.SetSpacing(ref_grid.spacing if ref_grid else ref_info.GetSpacing())
+            label_img.SetOrigin(ref_grid.origin if ref_grid else ref_info.GetOrigin())
+            label_img.SetDirection(ref_grid.direction if ref_grid else ref_info.GetDirection())
+        # --- write
+        cache: dict = {}
+        for (im, channel, resample, direct), final in zip(actions, finals):
+            if direct:
+                how = place_file(im.src, folder, final, link)
+                counts["linked" if how == "linked" else "copied"] += 1
+                if how == "fallback":
+                    counts["link_fallback_copies"] += 1
+            else:
+                img = load_image(im.src, channel, cache)
+                if resample:
+                    img = resample_onto(img, ref_grid, linear=True)
+                    counts["resampled"] += 1
+                else:
+                    counts["rewritten"] += 1
+                write_image(img, folder, final)
+            written.append(final)
+        if label_img is not None:
+            write_image(label_img, folder, finals[-1])
+            written.append(finals[-1])
+            counts["labels"] += 1
+        return CaseResult(spec.case_id, True, counts=counts)
+    except CaseSkip as e:
+        _remove(written)
+        return CaseResult(spec.case_id, False, str(e), counts)
+    except Exception as e:  # an unexpected failure of one case must not end a long conversion
+        _remove(written)
+        return CaseResult(spec.case_id, False, f"failed: {type(e).__name__}: {_first_line(e)}", counts)
+
+
+def _remove(paths: Iterable[str]) -> None:
+    for p in paths:
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+
+
+def _execute_job(args) -> CaseResult:
+    return execute_case(*args)
+
+
+def run_cases(specs: Sequence[CaseSpec], folder: str, summary: ConversionSummary, *, link: bool = True,
+              dry_run: bool = False, force: bool = False, num_processes: int = 1,
+              progress: bool = True, desc: str = "converting") -> List[CaseSpec]:
+    """Convert ``specs`` into ``folder``; fills ``summary``; returns the finished specs (converted
+    now or earlier) in input order."""
+    from tqdm import tqdm
+
+    # case ids: validity and uniqueness (a problem-free case wins over a broken one of the same id)
+    valid: Dict[str, CaseSpec] = {}
+    for s in sorted(specs, key=lambda s: s.problem is not None):
+        try:
+            check_case_id(s.case_id)
+        except ManifestError as e:
+            summary.skipped[s.case_id] = str(e)
+            s.problem = str(e)
+            continue
+        if s.case_id in valid:
+            first = valid[s.case_id]
+            src = os.path.dirname(s.images[0].src) if s.images else "?"
+            prev = os.path.dirname(first.images[0].src) if first.images else "?"
+            s.problem = f"duplicate case id (kept the case from {prev}, this one is from {src})"
+            s.info["duplicate"] = True
+            summary.skipped.setdefault(s.case_id + f" ({src})", s.problem)
+            continue
+        valid[s.case_id] = s
+    todo: List[CaseSpec] = []
+    for s in specs:
+        if s.info.get("duplicate") or s.case_id not in valid or valid[s.case_id] is not s:
+            continue
+        if s.problem:
+            summary.skipped[s.case_id] = s.problem
+            continue
+        try:
+            finals = [safe_join(folder, d) for d in s.outputs]
+        except CaseSkip as e:
+            summary.skipped[s.case_id] = str(e)
+            continue
+        if not force and finals and all(os.path.isfile(f) for f in finals):
+            summary.skipped[s.case_id] = ALREADY_DONE
+            continue
+        todo.append(s)
+
+    if dry_run:
+        summary.converted.extend(s.case_id for s in todo)
+        done = set(summary.converted) | set(summary.already_done)
+        return [s for s in specs if s.case_id in done and valid.get(s.case_id) is s]
+
+    os.makedirs(folder, exist_ok=True)
+    clear_partial(folder)
+    results: Dict[str, CaseResult] = {}
+    bar = tqdm(total=len(todo), desc=desc, unit="case", disable=not progress or not todo)
+    try:
+        if num_processes > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(max_workers=num_processes, mp_context=get_context("spawn")) as ex:
+                futs = [ex.submit(_execute_job, (s, folder, link)) for s in todo]
+                for f in as_completed(futs):
+                    r = f.result()
+                    results[r.case_id] = r
+                    bar.update(1)
+        else:
+            for s in todo:
+                results[s.case_id] = execute_case(s, folder, link)
+                bar.update(1)
+    finally:
+        bar.close()
+        clear_partial(folder)
+    for s in todo:
+        r = results[s.case_id]
+        for k, v in r.counts.items():
+            summary.files[k] = summary.files.get(k, 0) + v
+        if r.ok:
+            summary.converted.append(s.case_id)
+        else:
+            summary.skipped[s.case_id] = r.reason
+    if summary.files.get("link_fallback_copies"):
+        summary.notes.append(f"{summary.files['link_fallback_copies']} file(s) were copied because "
+                             f"hard links were not possible (different file systems?).")
+    done = set(summary.converted) | set(summary.already_done)
+    return [s for s in specs if s.case_id in done and valid.get(s.case_id) is s]

@@ -1,0 +1,218 @@
+"""Geometry and image I/O through SimpleITK: grids, reading, resampling, label mapping, atomic
+writes (``.partial/`` then rename), hard links and copies."""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from typing import Mapping, Optional, Tuple
+
+import numpy as np
+
+from nnunet_mmpretrain.conversion.paths import PARTIAL_DIR
+from nnunet_mmpretrain.conversion.summary import CaseSkip
+
+#: two voxel grids are the same when sizes are equal and spacing / origin / direction agree to this
+GRID_TOL_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class Grid:
+    size: Tuple[int, ...]
+    spacing: Tuple[float, ...]
+    origin: Tuple[float, ...]
+    direction: Tuple[float, ...]
+
+    def mismatch(self, other: "Grid", tol: float = GRID_TOL_MM) -> Optional[str]:
+        """None when both describe the same voxel grid, else what differs."""
+        if tuple(self.size) != tuple(other.size):
+            return f"size {tuple(self.size)} vs {tuple(other.size)}"
+        if not np.allclose(self.spacing, other.spacing):  # nnU-Net's own spacing test
+            return f"spacing {_fmt(self.spacing)} vs {_fmt(other.spacing)}"
+        if not np.allclose(self.origin, other.origin, rtol=0, atol=tol):
+            return f"origin {_fmt(self.origin)} vs {_fmt(other.origin)}"
+        if not np.allclose(self.direction, other.direction, rtol=0, atol=1e-4):
+            return "direction differs"
+        return None
+
+
+def _fmt(v) -> str:
+    return "(" + ", ".join(f"{x:g}" for x in v) + ")"
+
+
+def _sitk():
+    import SimpleITK as sitk
+    return sitk
+
+
+def read_header(path: str):
+    """SimpleITK ImageFileReader with the header read (no voxels). CaseSkip when unreadable."""
+    sitk = _sitk()
+    if not os.path.isfile(path):
+        raise CaseSkip(f"missing file {path}")
+    r = sitk.ImageFileReader()
+    r.SetFileName(path)
+    try:
+        r.ReadImageInformation()
+    except RuntimeError as e:
+        raise CaseSkip(f"cannot read {path}: {_first_line(e)}") from None
+    return r
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if "ERROR" in ln or "rror" in ln] or lines or [type(e).__name__]
+    return useful[-1][:200]
+
+
+def image_grid(path: str, channel: Optional[int] = None) -> Tuple[Grid, Optional[int]]:
+    """Grid of a 3D image or of one volume of a 4D image. Returns (grid, channel to extract)."""
+    r = read_header(path)
+    dim = r.GetDimension()
+    size, spacing, origin, direction = r.GetSize(), r.GetSpacing(), r.GetOrigin(), r.GetDirection()
+    if r.GetNumberOfComponents() != 1:
+        raise CaseSkip(f"{path} has {r.GetNumberOfComponents()} components per voxel (expected a "
+                       f"scalar image).")
+    if dim == 4 and channel is None and size[3] == 1:
+        channel = 0  # a 4D file holding a single volume: treat as 3D
+    if channel is not None:
+        if dim != 4:
+            raise CaseSkip(f"{path} is {dim}D, expected a 4D file with one volume per channel.")
+        if not 0 <= channel < size[3]:
+            raise CaseSkip(f"{path} holds {size[3]} volume(s), channel {channel} requested.")
+        d = direction
+        return Grid(tuple(size[:3]), tuple(spacing[:3]), tuple(origin[:3]),
+                    tuple(d[0:3]) + tuple(d[4:7]) + tuple(d[8:11])), channel
+    if dim != 3:
+        extra = f" ({size[3]} volumes)" if dim == 4 else ""
+        raise CaseSkip(f"{path} is {dim}D{extra}, expected a 3D image.")
+    return Grid(tuple(size), tuple(spacing), tuple(origin), tuple(direction)), None
+
+
+def load_image(path: str, channel: Optional[int] = None, cache: Optional[dict] = None):
+    sitk = _sitk()
+    key = path
+    if cache is not None and key in cache:
+        img = cache[key]
+    else:
+        try:
+            img = sitk.ReadImage(path)
+        except RuntimeError as e:
+            raise CaseSkip(f"cannot read {path}: {_first_line(e)}") from None
+        if cache is not None:
+            cache[key] = img
+    if channel is not None:
+        size = list(img.GetSize())
+        size[3] = 0
+        img = sitk.Extract(img, size, [0, 0, 0, int(channel)])
+    return img
+
+
+def resample_onto(img, grid: Grid, linear: bool = True):
+    """Resample ``img`` onto ``grid`` by physical coordinates (identity transform), float32 for
+    linear interpolation; voxels outside the source become 0."""
+    sitk = _sitk()
+    f = sitk.ResampleImageFilter()
+    f.SetSize([int(s) for s in grid.size])
+    f.SetOutputSpacing(grid.spacing)
+    f.SetOutputOrigin(grid.origin)
+    f.SetOutputDirection(grid.direction)
+    f.SetTransform(sitk.Transform())
+    f.SetDefaultPixelValue(0)
+    if linear:
+        f.SetInterpolator(sitk.sitkLinear)
+        f.SetOutputPixelType(sitk.sitkFloat32)
+    else:
+        f.SetInterpolator(sitk.sitkNearestNeighbor)
+        f.SetOutputPixelType(img.GetPixelID())
+    return f.Execute(img)
+
+
+def map_labels(arr: np.ndarray, mapping: Mapping[int, int], where: str, dataset: str = "") -> np.ndarray:
+    """Apply ``mapping`` (release value -> our value); CaseSkip naming ``where`` for values the
+    mapping does not know or non-integer values."""
+    if arr.dtype.kind == "f":
+        r = np.rint(arr)
+        if not np.allclose(arr, r, atol=1e-3):
+            raise CaseSkip(f"label file {where} holds non-integer values.")
+        arr = r.astype(np.int64)
+    elif arr.dtype.kind not in "iub":
+        raise CaseSkip(f"label file {where} has unsupported voxel type {arr.dtype}.")
+    vals = np.unique(arr)
+    unknown = [int(v) for v in vals if int(v) not in mapping]
+    if unknown:
+        ds = f"the {dataset} label set" if dataset else "the label mapping"
+        raise CaseSkip(f"label file {where} holds value(s) {', '.join(map(str, unknown))} that "
+                       f"{ds} does not define (expected {', '.join(map(str, sorted(mapping)))}).")
+    out = np.zeros(arr.shape, dtype=np.uint8)
+    for v in vals:
+        t = int(mapping[int(v)])
+        if t:
+            out[arr == v] = t
+    return out
+
+
+def foreground_mask(img, how: str) -> np.ndarray:
+    """A placeholder foreground label for datasets without annotations ('otsu' or 'nonzero')."""
+    sitk = _sitk()
+    arr = sitk.GetArrayFromImage(img)
+    if how == "nonzero":
+        return (arr != 0).astype(np.uint8)
+    if how == "otsu":
+        f = sitk.OtsuThresholdImageFilter()
+        f.Execute(sitk.Cast(img, sitk.sitkFloat32))
+        m = (arr > f.GetThreshold()).astype(np.uint8)
+        return m if m.any() else (arr != 0).astype(np.uint8)
+    raise ValueError(f"unknown mask mode {how!r} (otsu, nonzero)")
+
+
+def _tmp_for(folder: str, final: str) -> str:
+    d = os.path.join(folder, PARTIAL_DIR)
+    os.makedirs(d, exist_ok=True)
+    return os.path.join(d, f"{uuid.uuid4().hex[:12]}_{os.path.basename(final)}")
+
+
+def _commit(tmp: str, final: str) -> None:
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    os.replace(tmp, final)
+
+
+def write_image(img, folder: str, final: str) -> None:
+    sitk = _sitk()
+    tmp = _tmp_for(folder, final)
+    try:
+        sitk.WriteImage(img, tmp, True)
+        _commit(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def place_file(src: str, folder: str, final: str, link: bool) -> str:
+    """Hard-link (or copy) ``src`` to ``final`` through a temporary name. Returns 'linked',
+    'copied' or 'fallback' (link requested but impossible: copied)."""
+    tmp = _tmp_for(folder, final)
+    how = "copied"
+    try:
+        if link:
+            try:
+                os.link(src, tmp)
+                how = "linked"
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK,
+                                   errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                how = "fallback"
+        if how != "linked":
+            shutil.copyfile(src, tmp)
+        _commit(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return how
+
+
+def clear_partial(folder: str) -> None:
+    shutil.rmtree(os.path.join(folder, PARTIAL_DIR), ignore_errors=True)

@@ -1,0 +1,125 @@
+"""nnU-Net raw datasets: dataset.json, classes.csv, :func:`convert_segmentation`, and nnU-Net's
+own integrity check."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from nnunet_mmpretrain.conversion.execute import run_cases
+from nnunet_mmpretrain.conversion.paths import FILE_ENDING
+from nnunet_mmpretrain.conversion.spec import CaseSpec
+from nnunet_mmpretrain.conversion.summary import ConversionError, ConversionSummary, report_summary
+from nnunet_mmpretrain.io_utils import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class DatasetInfo:
+    """dataset.json content besides the counts."""
+    channel_names: Sequence[str]
+    labels: Dict[str, Any]
+    regions_class_order: Optional[List[int]] = None
+    description: str = ""
+    reference: str = ""
+    licence: str = "see the release's licence"
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_dataset_folder(folder: str, overwrite: bool, dry_run: bool, summary: ConversionSummary) -> None:
+    if overwrite and os.path.isdir(folder):
+        if dry_run:
+            summary.notes.append(f"--overwrite: would remove {folder} and convert every case again.")
+        else:
+            shutil.rmtree(folder)
+
+
+def write_dataset_json(folder: str, info: DatasetInfo, num_training: int, name: str) -> str:
+    dj: Dict[str, Any] = {
+        "channel_names": {str(i): n for i, n in enumerate(info.channel_names)},
+        "labels": info.labels,
+        "numTraining": int(num_training),
+        "file_ending": FILE_ENDING,
+        "name": name,
+        "description": info.description,
+        "reference": info.reference,
+        "licence": info.licence,
+    }
+    if info.regions_class_order is not None:
+        dj["regions_class_order"] = list(info.regions_class_order)
+    dj.update(info.extra)
+    p = os.path.join(folder, "dataset.json")
+    atomic_write_json(dj, p)
+    return p
+
+
+def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        w.writerow(r)
+    atomic_write_text(buf.getvalue(), path)
+
+
+def convert_segmentation(kind: str, specs: Sequence[CaseSpec], folder: str, info: DatasetInfo, *,
+                         link: bool = True, dry_run: bool = False, overwrite: bool = False,
+                         num_processes: int = 1, progress: bool = True,
+                         classes: Optional[Tuple[Sequence[str], Callable[[CaseSpec], Sequence[Any]]]] = None,
+                         print_summary: bool = True) -> ConversionSummary:
+    """Write an nnU-Net raw dataset (imagesTr, labelsTr, dataset.json) from ``specs``.
+
+    ``classes``: optional (csv header, row function) for a ``classes.csv`` listing the finished
+    cases (classification datasets)."""
+    summary = ConversionSummary(kind=kind, output=folder, dry_run=dry_run)
+    if not specs:
+        raise ConversionError(f"no {kind} cases found.")
+    prepare_dataset_folder(folder, overwrite, dry_run, summary)
+    finished = run_cases(specs, folder, summary, link=link, dry_run=dry_run, force=overwrite,
+                         num_processes=num_processes, progress=progress, desc=os.path.basename(folder))
+    if not dry_run:
+        if finished:
+            _note_stale_cases(folder, {s.case_id for s in finished}, summary)
+            name = os.path.basename(folder).split("_", 1)[1]
+            write_dataset_json(folder, info, len(finished), name)
+            if classes is not None:
+                header, row = classes
+                write_csv(os.path.join(folder, "classes.csv"), header, (row(s) for s in finished))
+        else:
+            summary.notes.append("no case could be converted: dataset.json was not written.")
+    if print_summary:
+        report_summary(summary)
+    return summary
+
+
+def _note_stale_cases(folder: str, expected: set, summary: ConversionSummary) -> None:
+    d = os.path.join(folder, "imagesTr")
+    if not os.path.isdir(d):
+        return
+    found = {f[: -len(FILE_ENDING) - 5] for f in os.listdir(d) if f.endswith(FILE_ENDING)}
+    stale = sorted(found - expected)
+    if stale:
+        summary.notes.append(f"imagesTr holds {len(stale)} case(s) this run did not produce (e.g. "
+                             f"{stale[0]}): numTraining will not match; re-run with --overwrite.")
+
+
+def verify_nnunet_dataset(folder: str, num_processes: int = 1, fork: bool = False) -> None:
+    """nnU-Net's own ``verify_dataset_integrity`` on a converted dataset (raises on problems).
+
+    ``fork=True`` runs nnU-Net's worker pool with the 'fork' start method instead of 'spawn'
+    (the spawned workers re-import nnU-Net and torch, ~8 s per call on 2 cores); used by the tests.
+    """
+    import nnunetv2.experiment_planning.verify_dataset_integrity as vdi
+    if not fork:
+        vdi.verify_dataset_integrity(folder, num_processes=num_processes)
+        return
+    import multiprocessing
+    import types
+    orig = vdi.multiprocessing
+    vdi.multiprocessing = types.SimpleNamespace(get_context=lambda method=None: multiprocessing.get_context("fork"))
+    try:
+        vdi.verify_dataset_integrity(folder, num_processes=num_processes)
+    finally:
+        vdi.multiprocessing = orig
