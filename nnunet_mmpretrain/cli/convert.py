@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="sub-challenge (needed when the folder holds several)")
     sp["isles2022"].add_argument("--channels", default="dwi,adc,flair",
                                  help="comma-separated channels, DWI first (default dwi,adc,flair)")
+    sp["isles2022"].add_argument("--no-register", dest="register", action="store_false",
+                                 help="resample the FLAIR into DWI space by scanner coordinates only "
+                                      "(default: rigid registration onto the DWI, Mattes MI)")
+    sp["isles2022"].add_argument("--min-coverage", type=float, default=None, metavar="FRACTION",
+                                 help="sanity check: minimum share of the DWI foreground inside the "
+                                      "registered FLAIR's foreground (default 0.8)")
     sp["upenn-gbm"].add_argument("--automated-segm", action="store_true",
                                  help="use automated_segm/ where no manual segmentation exists")
     sp["mrbrains13"].add_argument("--label-set", choices=("full", "tissue"), default="full",
@@ -155,6 +161,7 @@ def run(a: argparse.Namespace):
         extra["subset"] = a.subset
     elif a.kind == "isles2022":
         extra["channels"] = [c.strip() for c in a.channels.split(",") if c.strip()]
+        extra.update(register=a.register, min_coverage=a.min_coverage)
     elif a.kind == "upenn-gbm":
         extra["use_automated"] = a.automated_segm
     elif a.kind == "mrbrains13":

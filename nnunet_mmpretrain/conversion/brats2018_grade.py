@@ -17,16 +17,17 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
+from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.conversion.common import (
-    BRATS_421_MAP, BRATS_CHANNELS, BRATS_LABELS, BRATS_REGIONS_CLASS_ORDER, CaseSpec, ConversionError,
-    ConversionSummary, DatasetInfo, convert_segmentation, dataset_folder, display, find_dirs,
-    multimodal_seg_case, nifti_file, require_root, visible)
+    BRATS_CHANNELS, CaseSpec, ConversionError, ConversionSummary, DatasetInfo, convert_segmentation,
+    dataset_folder, display, find_dirs, multimodal_seg_case, nifti_file, require_root, visible)
 
 KIND = "BraTS 2018 grading"
 DEFAULT_ID, DEFAULT_NAME = 532, "BraTS2018Grade"
 SUFFIX = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair"}
 GRADES = {"HGG": 1, "LGG": 0}
-LABEL_MAP = dict(BRATS_421_MAP)
+LABELS = labels.convention("brats2018")
+LABEL_MAP = dict(LABELS.mapping)
 
 
 def build_specs(root: str) -> List[CaseSpec]:
@@ -38,7 +39,7 @@ def build_specs(root: str) -> List[CaseSpec]:
             chans = [(m, nifti_file(d, f"{cid}_{SUFFIX[m]}"), os.path.join(d, f"{cid}_{SUFFIX[m]}.nii.gz"))
                      for m in BRATS_CHANNELS]
             seg = (nifti_file(d, f"{cid}_seg"), os.path.join(d, f"{cid}_seg.nii.gz"))
-            spec = multimodal_seg_case(cid, chans, seg, LABEL_MAP, "BraTS 2018")
+            spec = multimodal_seg_case(cid, chans, seg, LABELS)
             spec.info.update(grade=grade, label=GRADES[grade])
             specs.append(spec)
     return specs
@@ -55,15 +56,14 @@ def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = 
         raise ConversionError(f"no BraTS 2018 cases under {root}: expected HGG/ and LGG/ folders holding "
                               f"<case>/<case>_{{t1,t1ce,t2,flair,seg}}.nii.gz.")
     info = DatasetInfo(
-        channel_names=[display(m) for m in BRATS_CHANNELS], labels=dict(BRATS_LABELS),
-        regions_class_order=list(BRATS_REGIONS_CLASS_ORDER),
+        channel_names=[display(m) for m in BRATS_CHANNELS], **LABELS.dataset_json(),
         description="BraTS 2018 glioma grading: classes.csv label 1 = HGG, 0 = LGG. Segmentations in "
                     "BraTS-2023 convention (release 4 enhancing -> 3).",
         reference="https://www.med.upenn.edu/sbia/brats2018.html ; Bakas et al., arXiv:1811.02629",
         licence="see the BraTS 2018 data use agreement",
         extra={"classification": {"file": "classes.csv", "classes": {"0": "LGG", "1": "HGG"}},
                "conversion": {"kind": "brats2018-grade", "source": root,
-                              "label_mapping_from_release": {str(k): v for k, v in LABEL_MAP.items()}}})
+                              "label_mapping_from_release": LABELS.mapping_json()}})
     return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
                                 num_processes=num_processes, progress=progress, print_summary=print_summary,
                                 classes=(("case", "label", "grade"),

@@ -16,17 +16,18 @@ import os
 import re
 from typing import List, Optional, Tuple
 
+from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.conversion.common import (
-    BRATS_421_MAP, BRATS_CHANNELS, BRATS_LABELS, BRATS_REGIONS_CLASS_ORDER, CaseSpec, ConversionError,
-    ConversionSummary, DatasetInfo, convert_segmentation, dataset_folder, display, find_dirs,
-    multimodal_seg_case, nifti_file, require_root)
+    BRATS_CHANNELS, CaseSpec, ConversionError, ConversionSummary, DatasetInfo, convert_segmentation,
+    dataset_folder, display, find_dirs, multimodal_seg_case, nifti_file, require_root)
 
 KIND = "BraTS 2021"
 DEFAULT_ID, DEFAULT_NAME = 521, "BraTS2021"
 CASE_RE = re.compile(r"BraTS2021_\d{5}")
 #: canonical modality -> file suffix in the release
 SUFFIX = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair"}
-LABEL_MAP = dict(BRATS_421_MAP)
+LABELS = labels.convention("brats2021")
+LABEL_MAP = dict(LABELS.mapping)
 
 
 def find_cases(root: str) -> List[Tuple[str, str]]:
@@ -43,7 +44,7 @@ def build_specs(root: str) -> List[CaseSpec]:
     specs = []
     for cid, d in find_cases(root):
         chans = [(m, *case_files(d, cid, SUFFIX[m])) for m in BRATS_CHANNELS]
-        specs.append(multimodal_seg_case(cid, chans, case_files(d, cid, "seg"), LABEL_MAP, KIND))
+        specs.append(multimodal_seg_case(cid, chans, case_files(d, cid, "seg"), LABELS))
     return specs
 
 
@@ -58,13 +59,12 @@ def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = 
         raise ConversionError(f"no {KIND} cases under {root}: expected folders BraTS2021_XXXXX holding "
                               f"BraTS2021_XXXXX_{{t1,t1ce,t2,flair,seg}}.nii.gz.")
     info = DatasetInfo(
-        channel_names=[display(m) for m in BRATS_CHANNELS], labels=dict(BRATS_LABELS),
-        regions_class_order=list(BRATS_REGIONS_CLASS_ORDER),
+        channel_names=[display(m) for m in BRATS_CHANNELS], **LABELS.dataset_json(),
         description="BraTS 2021 adult glioma (RSNA-ASNR-MICCAI). Labels in BraTS-2023 convention: "
                     "1 necrotic/non-enhancing core, 2 edema, 3 enhancing tumour (release label 4).",
         reference="https://www.synapse.org/brats2021 ; Baid et al., arXiv:2107.02314",
         licence="see the BraTS 2021 data use agreement",
         extra={"conversion": {"kind": "brats2021", "source": root,
-                              "label_mapping_from_release": {str(k): v for k, v in LABEL_MAP.items()}}})
+                              "label_mapping_from_release": LABELS.mapping_json()}})
     return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
                                 num_processes=num_processes, progress=progress, print_summary=print_summary)

@@ -2,19 +2,23 @@
 cases with id checks, resuming and an optional process pool (:func:`run_cases`)."""
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from typing import Dict, Iterable, List, Sequence
+from typing import Any, Dict, Iterable, List, Sequence
 
 from nnunet_mmpretrain.conversion.imageio import (
     _first_line, _sitk, clear_partial, foreground_mask, image_grid, load_image, map_labels,
     place_file, resample_onto, write_image)
 from nnunet_mmpretrain.conversion.paths import FILE_ENDING, safe_join
+from nnunet_mmpretrain.conversion.registration import register_rigid
 from nnunet_mmpretrain.conversion.spec import CaseSpec
 from nnunet_mmpretrain.conversion.summary import ALREADY_DONE, CaseSkip, ConversionSummary
 from nnunet_mmpretrain.corpus.manifest import ManifestError, check_case_id
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,68 +27,109 @@ class CaseResult:
     ok: bool
     reason: str = ""
     counts: Dict[str, int] = field(default_factory=dict)
+    info: Dict[str, Any] = field(default_factory=dict)  # e.g. registration metrics per image
+
+
+#: failures of one case that must not end a long conversion (SimpleITK raises RuntimeError);
+#: anything else is a bug and propagates
+CASE_ERRORS = (OSError, RuntimeError, MemoryError)
+
+
+def _plan_images(spec: CaseSpec):
+    """Headers only: per image (spec, channel, resample?, place the file as it is?)."""
+    grids = [image_grid(i.src, i.channel) for i in spec.images]
+    ref_grid = grids[spec.reference][0] if grids else None
+    actions = []
+    for im, (grid, channel) in zip(spec.images, grids):
+        resample = False
+        if im.register is not None:
+            resample = True  # onto the reference grid, with the registration's transform
+        elif im.on_mismatch != "keep" and ref_grid is not None:
+            diff = grid.mismatch(ref_grid)
+            if diff and im.on_mismatch == "resample":
+                resample = True
+            elif diff:
+                raise CaseSkip(f"{im.what or 'image'} {im.src} is not on the grid of "
+                               f"{spec.images[spec.reference].src}: {diff}")
+        direct = channel is None and not resample and im.src.endswith(FILE_ENDING)
+        actions.append((im, channel, resample, direct))
+    return actions, ref_grid
+
+
+def _label_image(spec: CaseSpec, ref_grid):
+    """The label read fully, checked and mapped (before anything is written), or None."""
+    if spec.label is None:
+        return None
+    sitk = _sitk()
+    lab = spec.label
+    if lab.mask:
+        base = load_image(lab.src, image_grid(lab.src)[1])
+        arr = foreground_mask(base, lab.mask)
+        ref_info = base
+    else:
+        lgrid, lchan = image_grid(lab.src)
+        if ref_grid is not None:
+            diff = lgrid.mismatch(ref_grid)
+            if diff:
+                raise CaseSkip(f"label file {lab.src} is not on the image grid of "
+                               f"{spec.images[spec.reference].src}: {diff}")
+        src_img = load_image(lab.src, lchan)
+        arr = map_labels(sitk.GetArrayFromImage(src_img), lab.mapping or {}, lab.src, lab.dataset, lab.hints)
+        ref_info = src_img
+    label_img = sitk.GetImageFromArray(arr)
+    label_img.SetSpacing(ref_grid.spacing if ref_grid else ref_info.GetSpacing())
+    label_img.SetOrigin(ref_grid.origin if ref_grid else ref_info.GetOrigin())
+    label_img.SetDirection(ref_grid.direction if ref_grid else ref_info.GetDirection())
+    return label_img
+
+
+def _register(spec: CaseSpec, cache: dict, info: Dict[str, Any]) -> Dict[int, Any]:
+    """Images with ``register`` settings registered onto the reference image: index -> moved
+    image. CaseSkip (nothing written) when a registration fails its sanity check."""
+    moved: Dict[int, Any] = {}
+    ref = spec.images[spec.reference]
+    for i, im in enumerate(spec.images):
+        if im.register is None or i == spec.reference:
+            continue
+        fixed = load_image(ref.src, ref.channel, cache)
+        img, res = register_rigid(fixed, load_image(im.src, im.channel, cache), im.register)
+        info.setdefault("registration", {})[im.what or f"image {i}"] = res.as_dict()
+        if not res.ok:
+            raise CaseSkip(f"{im.what or 'image'} {im.src}: rigid registration onto {ref.what or 'the reference'} "
+                           f"failed its sanity check: {res.problem} ({res.line()}); not written (without "
+                           f"registration, --no-register, it is resampled by scanner coordinates)")
+        moved[i] = img
+    return moved
 
 
 def execute_case(spec: CaseSpec, folder: str, link: bool) -> CaseResult:
-    """Check a case completely (headers, grids, label values), then write it. Any problem skips
-    the case with a reason; files of the case written in this attempt are removed again."""
+    """Check a case completely (headers, grids, label values, registrations), then write it. Any
+    problem skips the case with a reason; files of the case written in this attempt are removed."""
     counts = {"linked": 0, "copied": 0, "link_fallback_copies": 0, "rewritten": 0, "resampled": 0,
-              "labels": 0}
+              "registered": 0, "labels": 0}
+    info: Dict[str, Any] = {}
     written: List[str] = []
     try:
         finals = [safe_join(folder, d) for d in spec.outputs]
-        # --- plan images (headers only)
-        grids = [image_grid(i.src, i.channel) for i in spec.images]
-        ref_grid = grids[spec.reference][0] if grids else None
-        actions = []
-        for im, (grid, channel) in zip(spec.images, grids):
-            resample = False
-            if im.on_mismatch != "keep" and ref_grid is not None:
-                diff = grid.mismatch(ref_grid)
-                if diff and im.on_mismatch == "resample":
-                    resample = True
-                elif diff:
-                    raise CaseSkip(f"{im.what or 'image'} {im.src} is not on the grid of "
-                                   f"{spec.images[spec.reference].src}: {diff}")
-            direct = channel is None and not resample and im.src.endswith(FILE_ENDING)
-            actions.append((im, channel, resample, direct))
-        # --- label (read fully, checked and mapped before anything is written)
-        label_img = None
-        if spec.label is not None:
-            sitk = _sitk()
-            lab = spec.label
-            if lab.mask:
-                base = load_image(lab.src, image_grid(lab.src)[1])
-                arr = foreground_mask(base, lab.mask)
-                ref_info = base
-            else:
-                lgrid, lchan = image_grid(lab.src)
-                if ref_grid is not None:
-                    diff = lgrid.mismatch(ref_grid)
-                    if diff:
-                        raise CaseSkip(f"label file {lab.src} is not on the image grid of "
-                                       f"{spec.images[spec.reference].src}: {diff}")
-                src_img = load_image(lab.src, lchan)
-                arr = map_labels(sitk.GetArrayFromImage(src_img), lab.mapping or {}, lab.src, lab.dataset)
-                ref_info = src_img
-            label_img = sitk.GetImageFromArray(arr)
-            label_img.SetSpacing(ref_grid.spacing if ref_grid else ref_info.GetSpacing())
-            label_img.SetOrigin(ref_grid.origin if ref_grid else ref_info.GetOrigin())
-            label_img.SetDirection(ref_grid.direction if ref_grid else ref_info.GetDirection())
-        # --- write
+        actions, ref_grid = _plan_images(spec)
+        label_img = _label_image(spec, ref_grid)
         cache: dict = {}
-        for (im, channel, resample, direct), final in zip(actions, finals):
+        moved = _register(spec, cache, info)
+        for i, ((im, channel, resample, direct), final) in enumerate(zip(actions, finals)):
             if direct:
                 how = place_file(im.src, folder, final, link)
                 counts["linked" if how == "linked" else "copied"] += 1
                 if how == "fallback":
                     counts["link_fallback_copies"] += 1
             else:
-                img = load_image(im.src, channel, cache)
-                if resample:
-                    img = resample_onto(img, ref_grid, linear=True)
+                if i in moved:
+                    img = moved[i]
+                    counts["registered"] += 1
+                elif resample:
+                    img = resample_onto(load_image(im.src, channel, cache), ref_grid, linear=True)
                     counts["resampled"] += 1
                 else:
+                    img = load_image(im.src, channel, cache)
                     counts["rewritten"] += 1
                 write_image(img, folder, final)
             written.append(final)
@@ -92,13 +137,16 @@ def execute_case(spec: CaseSpec, folder: str, link: bool) -> CaseResult:
             write_image(label_img, folder, finals[-1])
             written.append(finals[-1])
             counts["labels"] += 1
-        return CaseResult(spec.case_id, True, counts=counts)
+        return CaseResult(spec.case_id, True, counts=counts, info=info)
     except CaseSkip as e:
         _remove(written)
-        return CaseResult(spec.case_id, False, str(e), counts)
-    except Exception as e:  # an unexpected failure of one case must not end a long conversion
+        return CaseResult(spec.case_id, False, str(e), counts, info)
+    except CASE_ERRORS as e:  # e.g. a disk full, an unreadable file: this case only
         _remove(written)
-        return CaseResult(spec.case_id, False, f"failed: {type(e).__name__}: {_first_line(e)}", counts)
+        return CaseResult(spec.case_id, False, f"failed: {type(e).__name__}: {_first_line(e)}", counts, info)
+    except BaseException:
+        _remove(written)
+        raise
 
 
 def _remove(paths: Iterable[str]) -> None:
@@ -183,6 +231,13 @@ def run_cases(specs: Sequence[CaseSpec], folder: str, summary: ConversionSummary
         r = results[s.case_id]
         for k, v in r.counts.items():
             summary.files[k] = summary.files.get(k, 0) + v
+        if r.info:
+            summary.case_info[s.case_id] = r.info
+        for what, reg in r.info.get("registration", {}).items():
+            log.info("%s: %s registered, Mattes MI %.4f -> %.4f, foreground coverage %.0f%% -> %.0f%%, "
+                     "rotation %.1f deg, translation %.1f mm", s.case_id, what, reg["metric_initial"],
+                     reg["metric_final"], 100 * reg["coverage_initial"], 100 * reg["coverage_final"],
+                     reg["rotation_deg"], reg["translation_mm"])
         if r.ok:
             summary.converted.append(s.case_id)
         else:

@@ -130,9 +130,10 @@ def resample_onto(img, grid: Grid, linear: bool = True):
     return f.Execute(img)
 
 
-def map_labels(arr: np.ndarray, mapping: Mapping[int, int], where: str, dataset: str = "") -> np.ndarray:
+def map_labels(arr: np.ndarray, mapping: Mapping[int, int], where: str, dataset: str = "",
+               hints: Optional[Mapping[int, str]] = None) -> np.ndarray:
     """Apply ``mapping`` (release value -> our value); CaseSkip naming ``where`` for values the
-    mapping does not know or non-integer values."""
+    mapping does not know (with the ``hints`` explaining such values) or non-integer values."""
     if arr.dtype.kind == "f":
         r = np.rint(arr)
         if not np.allclose(arr, r, atol=1e-3):
@@ -144,8 +145,10 @@ def map_labels(arr: np.ndarray, mapping: Mapping[int, int], where: str, dataset:
     unknown = [int(v) for v in vals if int(v) not in mapping]
     if unknown:
         ds = f"the {dataset} label set" if dataset else "the label mapping"
+        hint = "; ".join((hints or {})[v] for v in unknown if v in (hints or {}))
         raise CaseSkip(f"label file {where} holds value(s) {', '.join(map(str, unknown))} that "
-                       f"{ds} does not define (expected {', '.join(map(str, sorted(mapping)))}).")
+                       f"{ds} does not define (expected {', '.join(map(str, sorted(mapping)))})"
+                       + (f": {hint}." if hint else "."))
     out = np.zeros(arr.shape, dtype=np.uint8)
     for v in vals:
         t = int(mapping[int(v)])

@@ -7,9 +7,15 @@ Release layout (BIDS; subject folders directly in ``RELEASE_ROOT`` or in ``RELEA
     sub-strokecaseXXXX/ses-0001/anat/sub-strokecaseXXXX_ses-0001_FLAIR.nii.gz
     derivatives/sub-strokecaseXXXX/ses-0001/sub-strokecaseXXXX_ses-0001_msk.nii.gz
 
-The lesion masks live on the DWI grid, so DWI is the reference: the FLAIR (acquired on its own
-grid) is resampled into DWI space by physical coordinates with SimpleITK (linear interpolation,
-0 outside the FLAIR field of view); an ADC that is not on the DWI grid is resampled the same way.
+The lesion masks live on the DWI grid, so DWI is the reference. The FLAIR was acquired on its own
+grid and, as the organisers state, must be *registered* to the DWI before the masks apply to it:
+by default it is rigidly registered onto the DWI (SimpleITK, Mattes mutual information, see
+:mod:`~nnunet_mmpretrain.conversion.registration`) and resampled there (linear, 0 outside its
+field of view). The metrics of every registration are reported per case (summary, log and
+``registration.csv`` in the dataset folder); a case whose registration fails the sanity check is
+skipped with the numbers in its reason, never written. ``register=False`` (``--no-register``)
+resamples the FLAIR by scanner coordinates only. An ADC (computed from the DWI acquisition) that
+is not on the DWI grid is resampled by scanner coordinates.
 Channels (default): 0 DWI, 1 ADC, 2 FLAIR. Labels: 0 background, 1 lesion.
 Case ids are the subject ids (``sub-strokecase0001``), with ``_ses-XXXX`` appended only when a
 subject has several sessions.
@@ -21,16 +27,18 @@ import os
 import re
 from typing import List, Optional, Sequence
 
-from nnunet_mmpretrain import modalities as mod
+from nnunet_mmpretrain import labels, modalities as mod
+from nnunet_mmpretrain.conversion import registration as reg
 from nnunet_mmpretrain.conversion.common import (
     CaseSpec, ConversionError, ConversionSummary, DatasetInfo, ImageSpec, LabelSpec,
-    convert_segmentation, dataset_folder, display, find_dirs_containing, missing_files_problem, require_root,
-    seg_image_dst, seg_label_dst, visible)
+    convert_segmentation, dataset_folder, display, find_dirs_containing, missing_files_problem, report_summary,
+    require_root, seg_image_dst, seg_label_dst, visible)
 
 KIND = "ISLES 2022"
 DEFAULT_ID, DEFAULT_NAME = 528, "ISLES2022"
 SUB_RE = re.compile(r"sub-strokecase\d+")
-LABEL_MAP = {0: 0, 1: 1}
+LABELS = labels.convention("isles2022")
+LABEL_MAP = dict(LABELS.mapping)
 #: canonical modality -> (BIDS folder, file suffix)
 FILES = {"dwi": ("dwi", "dwi"), "adc": ("dwi", "adc"), "flair": ("anat", "FLAIR")}
 DEFAULT_CHANNELS = ("dwi", "adc", "flair")
@@ -63,7 +71,9 @@ def derivatives_root(root: str, subjects: str) -> str:
     raise ConversionError(f"no derivatives/ folder with the lesion masks next to {subjects}.")
 
 
-def build_specs(root: str, channels: Sequence[str] = DEFAULT_CHANNELS) -> List[CaseSpec]:
+def build_specs(root: str, channels: Sequence[str] = DEFAULT_CHANNELS,
+                registration: Optional[reg.RegistrationSettings] = reg.RegistrationSettings()) -> List[CaseSpec]:
+    """``registration``: settings for registering the FLAIR onto the DWI, None for none."""
     subjects = subject_root(root)
     deriv = derivatives_root(root, subjects)
     specs = []
@@ -84,37 +94,61 @@ def build_specs(root: str, channels: Sequence[str] = DEFAULT_CHANNELS) -> List[C
                 files[f"{display(m)} image"] = (found, expected)
                 spec.images.append(ImageSpec(src=found or expected, dst=seg_image_dst(cid, i),
                                              on_mismatch="skip" if i == 0 else "resample",
-                                             what=f"{display(m)} image"))
+                                             what=f"{display(m)} image",
+                                             register=registration if m == "flair" else None))
             expected = os.path.join(deriv, sub, ses, f"{sub}_{ses}_msk.nii.gz")
             found = _one(os.path.join(deriv, sub, ses, "*_msk.nii*")) or _one(os.path.join(deriv, sub, ses, "*", "*_msk.nii*"))
             files["lesion mask"] = (found, expected)
-            spec.label = LabelSpec(src=found or expected, dst=seg_label_dst(cid), mapping=LABEL_MAP, dataset=KIND)
+            spec.label = LabelSpec.of(found or expected, seg_label_dst(cid), LABELS)
             spec.problem = missing_files_problem(files)
             specs.append(spec)
     return specs
 
 
 def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
-            name: str = DEFAULT_NAME, *, channels: Sequence[str] = DEFAULT_CHANNELS, link: bool = True,
+            name: str = DEFAULT_NAME, *, channels: Sequence[str] = DEFAULT_CHANNELS, register: bool = True,
+            min_coverage: Optional[float] = None, link: bool = True,
             dry_run: bool = False, overwrite: bool = False, num_processes: int = 1,
             progress: bool = True, print_summary: bool = True) -> ConversionSummary:
-    """``channels``: any ordered subset of dwi, adc, flair starting with dwi (the mask's grid)."""
+    """``channels``: any ordered subset of dwi, adc, flair starting with dwi (the mask's grid).
+    ``register``: rigid registration of the FLAIR onto the DWI (default) or scanner coordinates
+    only; ``min_coverage``: the sanity check's minimum share of the DWI foreground inside the
+    registered FLAIR's foreground (default 0.8)."""
     chans = [mod.canonical(c) for c in channels]
     if not chans or chans[0] != "dwi" or len(set(chans)) != len(chans) or any(c not in FILES for c in chans):
         raise ConversionError(f"ISLES 2022 channels must be distinct names from dwi, adc, flair, "
                               f"starting with dwi (the lesion masks' grid); got {list(channels)}.")
+    settings = reg.RegistrationSettings()
+    if min_coverage is not None:
+        if not 0.0 <= min_coverage <= 1.0:
+            raise ConversionError(f"the minimum foreground coverage is a fraction in [0, 1], got {min_coverage}.")
+        settings = reg.RegistrationSettings(min_coverage=float(min_coverage))
     root = require_root(release_root, KIND)
     folder = dataset_folder(out_dir, dataset_id, name)
-    specs = build_specs(root, chans)
+    specs = build_specs(root, chans, settings if register else None)
     if not specs:
         raise ConversionError(f"no {KIND} cases under {root}.")
     info = DatasetInfo(
-        channel_names=[display(m) for m in chans], labels={"background": 0, "lesion": 1},
-        description="ISLES 2022 stroke lesions; DWI (b=1000) is the reference grid, FLAIR (and an "
-                    "ADC off that grid) resampled into DWI space (linear, physical coordinates).",
+        channel_names=[display(m) for m in chans], **LABELS.dataset_json(),
+        description="ISLES 2022 stroke lesions; DWI (b=1000) is the reference grid; FLAIR "
+                    + ("rigidly registered onto the DWI (Mattes MI) and resampled there"
+                       if register else "resampled into DWI space by scanner coordinates (no registration)")
+                    + "; an ADC off the DWI grid resampled by scanner coordinates.",
         reference="https://isles22.grand-challenge.org ; Hernandez Petzsche et al., Sci Data 2022",
         licence="CC-BY 4.0",
         extra={"conversion": {"kind": "isles2022", "source": root, "reference_grid": "DWI",
-                              "label_mapping_from_release": {"0": 0, "1": 1}}})
-    return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
-                                num_processes=num_processes, progress=progress, print_summary=print_summary)
+                              "flair": ({"registration": "rigid (Euler 3D), Mattes mutual information, "
+                                                         "SimpleITK", "metrics": reg.TABLE_NAME,
+                                         "min_coverage": settings.min_coverage}
+                                        if register else "scanner coordinates, no registration"),
+                              "label_mapping_from_release": LABELS.mapping_json()}})
+    summary = convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
+                                   num_processes=num_processes, progress=progress, print_summary=False)
+    if not dry_run and os.path.isdir(folder):
+        finished = set(summary.converted) | set(summary.already_done)
+        table = reg.write_table(folder, summary.case_info, finished)
+        if table:
+            summary.notes.append(f"registration metrics per case: {table}")
+    if print_summary:
+        report_summary(summary)
+    return summary

@@ -21,15 +21,16 @@ import json
 import os
 from typing import Dict, List, Optional
 
-from nnunet_mmpretrain import modalities as mod
+from nnunet_mmpretrain import labels, modalities as mod
 from nnunet_mmpretrain.conversion.common import (
-    BRATS_CHANNELS, BRATS_LABELS, BRATS_REGIONS_CLASS_ORDER, CaseSpec, ConversionError,
+    BRATS_CHANNELS, CaseSpec, ConversionError,
     ConversionSummary, DatasetInfo, ImageSpec, LabelSpec, convert_segmentation, dataset_folder,
     display, find_dirs_containing, nifti_stem, require_root, seg_image_dst, seg_label_dst, visible)
 
 KIND = "MSD Task01_BrainTumour"
 DEFAULT_ID, DEFAULT_NAME = 527, "MSDBrainTumour"
-LABEL_MAP = {0: 0, 1: 2, 2: 1, 3: 3}
+LABELS = labels.convention("msd-brain")
+LABEL_MAP = dict(LABELS.mapping)  # 1 edema -> 2, 2 non-enhancing -> 1, 3 -> 3
 DEFAULT_ORDER = ("flair", "t1", "t1c", "t2")  # FLAIR, T1w, T1gd, T2w
 
 
@@ -73,7 +74,7 @@ def build_specs(task: str) -> List[CaseSpec]:
         spec = CaseSpec(case_id=stem)
         spec.images = [ImageSpec(src=src, dst=seg_image_dst(stem, i), channel=order[m],
                                  what=f"{display(m)} volume") for i, m in enumerate(BRATS_CHANNELS)]
-        spec.label = LabelSpec(src=lab, dst=seg_label_dst(stem), mapping=LABEL_MAP, dataset=KIND)
+        spec.label = LabelSpec.of(lab, seg_label_dst(stem), LABELS)
         if not os.path.isfile(lab):
             spec.problem = f"missing segmentation: {lab}"
         specs.append(spec)
@@ -92,14 +93,13 @@ def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = 
         raise ConversionError(f"no {KIND} cases in {os.path.join(task, 'imagesTr')}: expected "
                               f"BRATS_XXX.nii.gz files.")
     info = DatasetInfo(
-        channel_names=[display(m) for m in BRATS_CHANNELS], labels=dict(BRATS_LABELS),
-        regions_class_order=list(BRATS_REGIONS_CLASS_ORDER),
+        channel_names=[display(m) for m in BRATS_CHANNELS], **LABELS.dataset_json(),
         description="MSD Task01_BrainTumour (BraTS 2016/2017 subset). 4D volumes split into T1, "
                     "T1ce, T2, FLAIR; labels remapped to BraTS-2023 convention (MSD 1 edema -> 2, "
                     "2 non-enhancing -> 1, 3 enhancing -> 3).",
         reference="http://medicaldecathlon.com ; Antonelli et al., Nat Commun 2022",
         licence="CC-BY-SA 4.0",
         extra={"conversion": {"kind": "msd-brain", "source": task,
-                              "label_mapping_from_release": {str(k): v for k, v in LABEL_MAP.items()}}})
+                              "label_mapping_from_release": LABELS.mapping_json()}})
     return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
                                 num_processes=num_processes, progress=progress, print_summary=print_summary)

@@ -14,12 +14,17 @@ BRATS_CHANNELS = ("t1", "t1c", "t2", "flair")
 class ImageSpec:
     """One output image. ``channel``: volume index in a 4D source. ``on_mismatch`` says what to do
     when the source is not on the case's reference grid: 'skip' the case, 'resample' it onto the
-    reference grid (linear, by physical coordinates) or 'keep' it as it is (no check)."""
+    reference grid (linear, by physical coordinates) or 'keep' it as it is (no check).
+    ``register``: rigidly register the image onto the reference image (mutual information,
+    :mod:`~nnunet_mmpretrain.conversion.registration`) and resample it there, whatever its grid;
+    the settings (:class:`~nnunet_mmpretrain.conversion.registration.RegistrationSettings`) travel
+    with the spec."""
     src: str
     dst: str
     channel: Optional[int] = None
     on_mismatch: str = "skip"
     what: str = ""  # human name for messages ("T1ce image")
+    register: Optional[Any] = None
 
 
 @dataclass
@@ -32,6 +37,13 @@ class LabelSpec:
     mapping: Optional[Dict[int, int]] = None
     mask: Optional[str] = None
     dataset: str = ""
+    hints: Dict[int, str] = field(default_factory=dict)  # unknown value -> explanation
+
+    @classmethod
+    def of(cls, src: str, dst: str, convention) -> "LabelSpec":
+        """A label mapped with a :class:`~nnunet_mmpretrain.labels.LabelConvention`."""
+        return cls(src=src, dst=dst, mapping=dict(convention.mapping), dataset=convention.dataset,
+                   hints=dict(convention.hints))
 
 
 @dataclass
@@ -71,12 +83,13 @@ def missing_files_problem(files: Mapping[str, Tuple[Optional[str], str]]) -> Opt
 
 
 def multimodal_seg_case(case_id: str, channels: Sequence[Tuple[str, Optional[str], str]],
-                        label: Optional[Tuple[Optional[str], str]], mapping: Optional[Dict[int, int]],
-                        dataset: str, on_mismatch: str = "skip") -> CaseSpec:
+                        label: Optional[Tuple[Optional[str], str]], mapping, dataset: str = "",
+                        on_mismatch: str = "skip") -> CaseSpec:
     """The common 'one file per modality + a segmentation file' case.
 
     ``channels``: (modality, found path or None, expected path) in output channel order;
-    ``label``: (found path or None, expected path) or None for no label."""
+    ``label``: (found path or None, expected path) or None for no label; ``mapping``: a
+    :class:`~nnunet_mmpretrain.labels.LabelConvention` or a plain {release value: our value}."""
     files = {f"{display(m)} image": (p, exp) for m, p, exp in channels}
     if label is not None:
         files["segmentation"] = label
@@ -85,8 +98,9 @@ def multimodal_seg_case(case_id: str, channels: Sequence[Tuple[str, Optional[str
                              on_mismatch="skip" if i == 0 else on_mismatch)
                    for i, (m, p, exp) in enumerate(channels)]
     if label is not None:
-        spec.label = LabelSpec(src=label[0] or label[1], dst=seg_label_dst(case_id), mapping=mapping,
-                               dataset=dataset)
+        src, dst = label[0] or label[1], seg_label_dst(case_id)
+        spec.label = (LabelSpec.of(src, dst, mapping) if hasattr(mapping, "mapping") else
+                      LabelSpec(src=src, dst=dst, mapping=mapping, dataset=dataset))
     return spec
 
 

@@ -21,7 +21,8 @@ class CaseSkip(Exception):
 class ConversionSummary:
     """What a conversion did. ``skipped`` maps case id -> reason and includes the cases that were
     already finished (reason :data:`ALREADY_DONE`); ``skipped_files`` lists source files that were
-    ignored (unknown modality, image without a CSV row, ...)."""
+    ignored (unknown modality, image without a CSV row, ...); ``case_info`` holds per-case
+    measurements of this run (``registration``: metrics per registered image)."""
     kind: str
     output: str
     dry_run: bool = False
@@ -30,8 +31,9 @@ class ConversionSummary:
     skipped_files: Dict[str, str] = field(default_factory=dict)
     files: Dict[str, int] = field(default_factory=lambda: {
         "linked": 0, "copied": 0, "link_fallback_copies": 0, "rewritten": 0, "resampled": 0,
-        "labels": 0})
+        "registered": 0, "labels": 0})
     notes: List[str] = field(default_factory=list)
+    case_info: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     @property
     def already_done(self) -> List[str]:
@@ -58,7 +60,9 @@ class ConversionSummary:
                          + (f" ({f['link_fallback_copies']} because hard links were not possible)"
                             if f["link_fallback_copies"] else "")
                          + f", {f['rewritten']} rewritten, {f['resampled']} resampled, "
-                           f"{f['labels']} label files written")
+                         + (f"{f['registered']} registered, " if f.get("registered") else "")
+                         + f"{f['labels']} label files written")
+        lines += self._registration_lines()
         for title, items in (("skipped", self.problems), ("skipped file", self.skipped_files)):
             for i, (k, r) in enumerate(sorted(items.items())):
                 if i == max_lines:
@@ -67,6 +71,17 @@ class ConversionSummary:
                 lines.append(f"  {title} {k}: {r}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def _registration_lines(self) -> List[str]:
+        regs = [(c, w, r) for c, i in sorted(self.case_info.items()) for w, r in i.get("registration", {}).items()
+                if c in self.converted]
+        if not regs:
+            return []
+        c, w, worst = min(regs, key=lambda x: x[2]["coverage_final"])
+        gain = sorted(r["metric_initial"] - r["metric_final"] for _, _, r in regs)
+        return [f"  registration: {len(regs)} image(s) registered; Mattes MI improved by "
+                f"{gain[len(gain) // 2]:.3f} (median); lowest foreground coverage "
+                f"{worst['coverage_final']:.0%} ({w} of {c})"]
 
 
 def report_summary(summary: ConversionSummary) -> None:
