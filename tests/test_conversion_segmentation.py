@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_mmpretrain.conversion import (ConversionError, brats2021, brats2023, fakes as F, msd_brain,
-                                          mrbrains13, upenn_gbm, vsseg)
+                                          mrbrains13, upenn_gbm)
 from nnunet_mmpretrain.conversion.common import BRATS_LABELS, BRATS_REGIONS_CLASS_ORDER
 
 OURS = F.CODES["ours"]
@@ -150,16 +150,3 @@ def test_mrbrains13_full_and_tissue(tmp_path):
     for z, v in expected.items():
         assert lab[z, 5, 5] == (v if z else 0)
     assert dataset_json(folder)["labels"]["ignore"] == 4
-
-
-def test_vsseg(tmp_path):
-    rel, raw = str(tmp_path / "rel"), str(tmp_path / "raw")
-    ids = F.fake_vsseg(rel, n=2)
-    s = vsseg.convert(rel, raw, with_t2=True, progress=False)
-    assert s.converted == ids
-    folder = os.path.join(raw, "Dataset531_VSseg")
-    F.verify_fast(folder)
-    d = dataset_json(folder)
-    assert d["channel_names"] == {"0": "T1ce", "1": "T2"} and d["labels"] == {"background": 0, "vestibular schwannoma": 1}
-    lab = arr(os.path.join(folder, "labelsTr", "vs_gk_1.nii.gz"))
-    assert lab.sum() == 27 and lab[5, 6, 7] == 1

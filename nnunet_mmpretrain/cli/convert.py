@@ -31,7 +31,8 @@ HELP = {
     "upenn-gbm": "UPENN-GBM: images_structural/ID/ID_{T1,T1GD,T2,FLAIR}.nii.gz + images_segm "
                  "(labels 1,2,4 -> 1,2,3)",
     "mrbrains13": "MRBrainS13: <subject>/{T1,T1_IR,T2_FLAIR,LabelsForTraining}.nii",
-    "vsseg": "Vestibular-Schwannoma-SEG as NIfTI: vs_gk_N/vs_gk_{t1,seg}_refT1.nii.gz",
+    "vsseg": "Vestibular-Schwannoma-SEG as NIfTI (VS_Seg scripts: vs_gk_N/vs_gk_{t1,seg}_refT1.nii.gz, "
+             "or their BIDS export); ceT1 or T2 with its own mask",
     "brats2018-grade": "BraTS 2018 HGG/LGG: images + segmentations + classes.csv (label 1 = HGG)",
     "csv-labels": "classification labels from a CSV (ADNI, ADHD-200, ABIDE, ...) + an image folder",
     "corpus-brats": "pretraining corpus from BraTS 2021 / 2023 images (no labels needed)",
@@ -99,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp["mrbrains13"].add_argument("--label-set", choices=("full", "tissue"), default="full",
                                   help="full: labels 0-8 as released; tissue: 1 CSF, 2 GM, 3 WM, "
                                        "cerebellum/brainstem -> ignore")
-    sp["vsseg"].add_argument("--with-t2", action="store_true", help="add vs_gk_t2_refT1 as channel 1")
+    sp["vsseg"].add_argument("--sequence", choices=("t1c", "t2"), default="t1c",
+                             help="t1c: ceT1 with its mask (default, id 531); t2: T2 with its own mask, a "
+                                  "T2-only dataset (id 537)")
+    sp["vsseg"].add_argument("--with-t2", action="store_true",
+                             help="add the T2 registered to ceT1 by the release's transforms (vs_gk_t2_refT1 "
+                                  "or BIDS derivatives/T2w_registered_to_T1w) as channel 1")
     c = sp["csv-labels"]
     c.add_argument("--csv", required=True, help="label table (CSV or TSV with a header row)")
     c.add_argument("--id-column", required=True, help="column with the subject / image id")
@@ -167,7 +173,7 @@ def run(a: argparse.Namespace):
     elif a.kind == "mrbrains13":
         extra["label_set"] = a.label_set
     elif a.kind == "vsseg":
-        extra["with_t2"] = a.with_t2
+        extra.update(with_t2=a.with_t2, sequence=a.sequence)
     elif a.kind == "corpus-ixi":
         extra["resample_to_t1"] = a.resample_to_t1
     elif a.kind == "corpus-ucsf-pdgm":

@@ -229,18 +229,39 @@ def fake_mrbrains13(root: str, n_train: int = 2, n_test: int = 1) -> List[str]:
     return ids
 
 
-def fake_vsseg(root: str, n: int = 2) -> List[str]:
+VSSEG_T1_GEOMETRY = dict(spacing=(0.5, 0.5, 1.5), origin=(-3.0, 2.0, 10.0))
+VSSEG_T2_GEOMETRY = dict(spacing=(0.4, 0.4, 1.0), origin=(-2.0, 3.0, 9.0))
+VSSEG_T2_SHAPE = (12, 14, 14)
+
+
+def vsseg_masks():
+    """(ceT1-space mask, T2-space mask): 27 and 36 tumour voxels."""
+    t1 = np.zeros(SHAPE_ZYX, np.uint8)
+    t1[4:7, 5:8, 6:9] = 1
+    t2 = np.zeros(VSSEG_T2_SHAPE, np.uint8)
+    t2[5:9, 6:9, 6:9] = 1
+    return t1, t2
+
+
+def fake_vsseg(root: str, n: int = 2, layout: str = "default") -> List[str]:
+    """``root/VS_defaced/vs_gk_N/`` as VS_Seg's ``preprocessing/data_conversion.py`` writes it:
+    ``layout='default'`` (no registration): ceT1 + its mask in T1 space and T2 + its mask in T2
+    space (another grid); ``'register-t1'`` (``--register T1``): ceT1, the T2 registered onto
+    the ceT1 grid and the ceT1-space mask."""
     base = os.path.join(root, "VS_defaced")
     ids = []
-    mask = np.zeros(SHAPE_ZYX, np.uint8)
-    mask[4:7, 5:8, 6:9] = 1
-    geo = dict(spacing=(0.5, 0.5, 1.5), origin=(-3.0, 2.0, 10.0))
+    m1, m2 = vsseg_masks()
     for i in range(n):
         cid = f"vs_gk_{i + 1}"
         d = os.path.join(base, cid)
-        write(os.path.join(d, "vs_gk_t1_refT1.nii.gz"), noise_image(i, 200), **geo)
-        write(os.path.join(d, "vs_gk_t2_refT1.nii.gz"), noise_image(i + 5, 300), **geo)
-        write(os.path.join(d, "vs_gk_seg_refT1.nii.gz"), mask, **geo)
+        write(os.path.join(d, "vs_gk_t1_refT1.nii.gz"), noise_image(i, 200), **VSSEG_T1_GEOMETRY)
+        write(os.path.join(d, "vs_gk_seg_refT1.nii.gz"), m1, **VSSEG_T1_GEOMETRY)
+        if layout == "register-t1":
+            write(os.path.join(d, "vs_gk_t2_refT1.nii.gz"), noise_image(i + 5, 300), **VSSEG_T1_GEOMETRY)
+        else:
+            write(os.path.join(d, "vs_gk_t2_refT2.nii.gz"), noise_image(i + 5, 300, shape=VSSEG_T2_SHAPE),
+                  **VSSEG_T2_GEOMETRY)
+            write(os.path.join(d, "vs_gk_seg_refT2.nii.gz"), m2, **VSSEG_T2_GEOMETRY)
         ids.append(cid)
     return ids
 

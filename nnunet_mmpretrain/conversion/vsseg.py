@@ -1,24 +1,39 @@
 """Vestibular-Schwannoma-SEG (TCIA, Shapey et al. 2021) -> nnU-Net raw dataset.
 
-Layout assumption. TCIA distributes DICOM images with RTSTRUCT contours; we expect the NIfTI
-layout produced by the dataset authors' conversion scripts (github.com/KCL-BMEIS/VS_Seg,
-``preprocessing/``), one folder per patient anywhere up to four levels below ``RELEASE_ROOT``::
+TCIA distributes DICOM images with RTSTRUCT contours plus, per patient, JSON contours and the
+affine matrices that map the T1 and T2 spaces onto each other (from the Leksell frame fiducials).
+The dataset authors' scripts (github.com/KCL-BMEIS/VS_Seg, ``preprocessing/``, run in 3D Slicer)
+turn them into NIfTI in one of two layouts, both read here (found anywhere below ``RELEASE_ROOT``):
 
-    vs_gk_1/vs_gk_t1_refT1.nii.gz     contrast-enhanced T1 (ceT1), the reference space
-    vs_gk_1/vs_gk_seg_refT1.nii.gz    tumour mask in ceT1 space (0 background, 1 VS)
-    vs_gk_1/vs_gk_t2_refT1.nii.gz     T2 registered to ceT1 (optional, see ``with_t2``)
+1. ``data_conversion.py`` (one folder per patient)::
 
-Any folder holding a ``*t1_refT1.nii[.gz]`` and a ``*seg_refT1.nii[.gz]`` file is a case; its
-name is the case id. Channel 0 is the ceT1 (written "T1ce", BrainMVP's "T1(ce)" VSseg input);
-``with_t2`` adds the T2 as channel 1 (resampled onto the ceT1 grid if it is not already on it).
-Labels: 0 background, 1 vestibular schwannoma. Masks with other values are skipped with a reason.
+       vs_gk_1/vs_gk_t1_refT1.nii.gz   vs_gk_seg_refT1.nii.gz    contrast-enhanced T1 (ceT1) + its mask
+       vs_gk_1/vs_gk_t2_refT2.nii.gz   vs_gk_seg_refT2.nii.gz    T2 + its mask (the default output)
+       vs_gk_1/vs_gk_t2_refT1.nii.gz   T2 registered to ceT1 (only with ``--register T1``, which then
+                                       writes no ``*_refT2`` files)
+
+2. ``createBIDSdataset/data_conversion_BIDS.py`` (BIDS)::
+
+       sub-001/anat/sub-001_T1w.nii.gz  sub-001_T2w.nii.gz       (T1w is the ceT1)
+       derivatives/manual_segmentation_masks_of_T1w/sub-001/anat/sub-001_space-individual_desc-tumor_mask.nii.gz
+       derivatives/manual_segmentation_masks_of_T2w/sub-001/anat/sub-001_space-individual_desc-tumor_mask.nii.gz
+       derivatives/T2w_registered_to_T1w/sub-001/anat/sub-001_space-individual_T2w.nii.gz
+
+``sequence`` picks the dataset: ``'t1c'`` (default) the ceT1 with its mask (channel "T1ce");
+``'t2'`` the T2 with its own mask, a T2-only dataset (channel "T2"). ``with_t2`` adds the T2 as
+channel 1 of the ceT1 dataset, and only a T2 *registered to ceT1 with the release's transforms*
+(``vs_gk_t2_refT1`` or ``derivatives/T2w_registered_to_T1w``), on the ceT1 grid: a T2 is never
+resampled onto the ceT1 by scanner coordinates (the two were acquired in different frames); a
+release without registered T2 is refused with one line saying what is needed. Case ids are the
+patient folder names (``vs_gk_1``, ``sub-001``). Labels: 0 background, 1 vestibular schwannoma.
 """
 from __future__ import annotations
 
 import glob
 import os
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
+from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.conversion.common import (
     CaseSpec, ConversionError, ConversionSummary, DatasetInfo, ImageSpec, LabelSpec,
     convert_segmentation, dataset_folder, find_dirs_containing, missing_files_problem,
@@ -26,7 +41,18 @@ from nnunet_mmpretrain.conversion.common import (
 
 KIND = "VS-seg"
 DEFAULT_ID, DEFAULT_NAME = 531, "VSseg"
-LABEL_MAP = {0: 0, 1: 1}
+DEFAULT_T2_ID, DEFAULT_T2_NAME = 537, "VSsegT2"
+SEQUENCES = ("t1c", "t2")
+LABELS = labels.convention("vsseg")
+LABEL_MAP = dict(LABELS.mapping)
+MASKS = "derivatives/manual_segmentation_masks_of_{}"
+T2_TO_T1 = "derivatives/T2w_registered_to_T1w"
+NEEDS_REGISTERED_T2 = (
+    "--with-t2 needs the T2 registered to the ceT1 with the release's own transforms: "
+    "vs_gk_N/vs_gk_t2_refT1.nii.gz (VS_Seg preprocessing/data_conversion.py --register T1) or the BIDS "
+    f"export's {T2_TO_T1}/sub-N/anat/sub-N_space-individual_T2w.nii.gz; {{root}} has {{found}}, and a T2 is "
+    "never resampled onto the ceT1 by scanner coordinates. Convert without --with-t2 (ceT1 only), or "
+    "with --sequence t2 for the T2-only dataset.")
 
 
 def _find(folder: str, suffix: str) -> Optional[str]:
@@ -35,47 +61,113 @@ def _find(folder: str, suffix: str) -> Optional[str]:
     return hits[0] if hits else None
 
 
-def build_specs(root: str, with_t2: bool = False) -> List[CaseSpec]:
-    cases = find_dirs_containing(root, lambda p: _find(p, "t1_refT1") is not None, max_depth=4)
-    specs = []
-    for d in cases:
-        cid = os.path.basename(d)
-        t1, seg = _find(d, "t1_refT1"), _find(d, "seg_refT1")
-        files = {"ceT1 image": (t1, os.path.join(d, "vs_gk_t1_refT1.nii.gz"))}
-        spec = CaseSpec(case_id=cid)
-        spec.images.append(ImageSpec(src=t1, dst=seg_image_dst(cid, 0), what="ceT1 image"))
+def _bids_file(path_no_ext: str) -> Tuple[Optional[str], str]:
+    for ext in (".nii.gz", ".nii"):
+        if os.path.isfile(path_no_ext + ext):
+            return path_no_ext + ext, path_no_ext + ".nii.gz"
+    return None, path_no_ext + ".nii.gz"
+
+
+def _is_bids_root(p: str) -> bool:
+    return any(os.path.isdir(os.path.join(p, MASKS.format(m))) for m in ("T1w", "T2w"))
+
+
+def _case(cid: str, image: Tuple[Optional[str], str], what: str, channel: str, seg: Tuple[Optional[str], str],
+          t2: Optional[Tuple[Optional[str], str]]) -> CaseSpec:
+    files = {what: image}
+    spec = CaseSpec(case_id=cid, info={"channel": channel})
+    spec.images.append(ImageSpec(src=image[0] or image[1], dst=seg_image_dst(cid, 0), what=what))
+    if t2 is not None:
+        files["T2 image registered to ceT1"] = t2
+        spec.images.append(ImageSpec(src=t2[0] or t2[1], dst=seg_image_dst(cid, 1), on_mismatch="skip",
+                                     what="T2 image registered to ceT1"))
+    files["segmentation"] = seg
+    spec.label = LabelSpec.of(seg[0] or seg[1], seg_label_dst(cid), LABELS)
+    spec.problem = missing_files_problem(files)
+    return spec
+
+
+def _vsseg_specs(root: str, sequence: str, with_t2: bool) -> Tuple[List[CaseSpec], int]:
+    """Cases of the data_conversion.py layout, and how many of them have a registered T2."""
+    ref = "refT1" if sequence == "t1c" else "refT2"
+    img = "t1_refT1" if sequence == "t1c" else "t2_refT2"
+    folders = find_dirs_containing(
+        root, lambda p: any(_find(p, f"{m}_{r}") for m in ("t1", "t2", "seg") for r in ("refT1", "refT2")), 4)
+    specs, registered = [], 0
+    for d in folders:
+        t2 = None
         if with_t2:
-            t2 = _find(d, "t2_refT1")
-            files["T2 image"] = (t2, os.path.join(d, "vs_gk_t2_refT1.nii.gz"))
-            spec.images.append(ImageSpec(src=t2 or files["T2 image"][1], dst=seg_image_dst(cid, 1),
-                                         on_mismatch="resample", what="T2 image"))
-        files["segmentation"] = (seg, os.path.join(d, "vs_gk_seg_refT1.nii.gz"))
-        spec.label = LabelSpec(src=seg or files["segmentation"][1], dst=seg_label_dst(cid),
-                               mapping=LABEL_MAP, dataset=KIND)
-        spec.problem = missing_files_problem(files)
-        specs.append(spec)
+            t2 = (_find(d, "t2_refT1"), os.path.join(d, "vs_gk_t2_refT1.nii.gz"))
+            registered += t2[0] is not None
+        specs.append(_case(os.path.basename(d), (_find(d, img), os.path.join(d, f"vs_gk_{img}.nii.gz")),
+                           "ceT1 image" if sequence == "t1c" else "T2 image", "T1ce" if sequence == "t1c" else "T2",
+                           (_find(d, f"seg_{ref}"), os.path.join(d, f"vs_gk_seg_{ref}.nii.gz")), t2))
+    return specs, registered
+
+
+def _bids_specs(bids: str, sequence: str, with_t2: bool) -> Tuple[List[CaseSpec], int]:
+    mod = "T1w" if sequence == "t1c" else "T2w"
+    specs, registered = [], 0
+    for sub in sorted(d for d in os.listdir(bids) if d.startswith("sub-") and os.path.isdir(os.path.join(bids, d))):
+        image = _bids_file(os.path.join(bids, sub, "anat", f"{sub}_{mod}"))
+        seg = _bids_file(os.path.join(bids, MASKS.format(mod), sub, "anat", f"{sub}_space-individual_desc-tumor_mask"))
+        t2 = None
+        if with_t2:
+            t2 = _bids_file(os.path.join(bids, T2_TO_T1, sub, "anat", f"{sub}_space-individual_T2w"))
+            registered += t2[0] is not None
+        specs.append(_case(sub, image, "ceT1 image" if sequence == "t1c" else "T2 image",
+                           "T1ce" if sequence == "t1c" else "T2", seg, t2))
+    return specs, registered
+
+
+def build_specs(root: str, with_t2: bool = False, sequence: str = "t1c") -> List[CaseSpec]:
+    if sequence not in SEQUENCES:
+        raise ConversionError(f"VS-seg sequence must be one of {', '.join(SEQUENCES)}, got {sequence!r}.")
+    if with_t2 and sequence != "t1c":
+        raise ConversionError("--with-t2 adds the registered T2 to the ceT1 dataset; --sequence t2 already is "
+                              "the T2 dataset (T2 with its own mask): drop one of the two options.")
+    bids_roots = find_dirs_containing(root, _is_bids_root, max_depth=3)
+    specs: List[CaseSpec] = []
+    registered = 0
+    for b in bids_roots:
+        s, r = _bids_specs(b, sequence, with_t2)
+        specs, registered = specs + s, registered + r
+    if not bids_roots:
+        specs, registered = _vsseg_specs(root, sequence, with_t2)
+    if with_t2 and specs and not registered:
+        what = ("the BIDS export without derivatives/T2w_registered_to_T1w" if bids_roots else
+                "no vs_gk_t2_refT1 file (the default data_conversion.py output: T2 in its own space, "
+                "vs_gk_t2_refT2)")
+        raise ConversionError(NEEDS_REGISTERED_T2.format(root=root, found=what))
     return specs
 
 
-def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
-            name: str = DEFAULT_NAME, *, with_t2: bool = False, link: bool = True,
+def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: Optional[int] = None,
+            name: Optional[str] = None, *, sequence: str = "t1c", with_t2: bool = False, link: bool = True,
             dry_run: bool = False, overwrite: bool = False, num_processes: int = 1,
             progress: bool = True, print_summary: bool = True) -> ConversionSummary:
+    """``sequence``: 't1c' (ceT1 + its mask; default id 531 ``VSseg``) or 't2' (T2 + its own mask;
+    default id 537 ``VSsegT2``). ``with_t2``: add the T2 registered to ceT1 as channel 1."""
     root = require_root(release_root, KIND)
-    folder = dataset_folder(out_dir, dataset_id, name)
-    specs = build_specs(root, with_t2)
+    specs = build_specs(root, with_t2, sequence)
+    if dataset_id is None:
+        dataset_id = DEFAULT_ID if sequence == "t1c" else DEFAULT_T2_ID
+    folder = dataset_folder(out_dir, dataset_id, name or (DEFAULT_NAME if sequence == "t1c" else DEFAULT_T2_NAME))
     if not specs:
-        raise ConversionError(f"no {KIND} cases under {root}: expected folders (e.g. vs_gk_1/) holding "
-                              f"vs_gk_t1_refT1.nii.gz and vs_gk_seg_refT1.nii.gz (NIfTI made with the "
-                              f"VS_Seg preprocessing scripts).")
+        raise ConversionError(f"no {KIND} cases under {root}: expected folders vs_gk_N/ holding "
+                              f"vs_gk_{{t1_refT1,seg_refT1}}.nii.gz or vs_gk_{{t2_refT2,seg_refT2}}.nii.gz "
+                              f"(VS_Seg data_conversion.py), or the BIDS export (sub-N/anat/, "
+                              f"{MASKS.format('T1w')}/).")
+    t1c = sequence == "t1c"
     info = DatasetInfo(
-        channel_names=["T1ce"] + (["T2"] if with_t2 else []),
-        labels={"background": 0, "vestibular schwannoma": 1},
-        description="Vestibular-Schwannoma-SEG (TCIA): contrast-enhanced T1 with the tumour mask in "
-                    "ceT1 space" + (", plus T2 registered to ceT1" if with_t2 else "") + ".",
+        channel_names=(["T1ce"] + (["T2"] if with_t2 else [])) if t1c else ["T2"], **LABELS.dataset_json(),
+        description=("Vestibular-Schwannoma-SEG (TCIA): contrast-enhanced T1 with the tumour mask in ceT1 space"
+                     + (", plus T2 registered to ceT1 with the release's transforms" if with_t2 else "")
+                     if t1c else "Vestibular-Schwannoma-SEG (TCIA): high-resolution T2 with the tumour mask "
+                                 "in T2 space") + ".",
         reference="https://doi.org/10.7937/TCIA.9YTJ-5Q73 ; Shapey et al., Sci Data 2021",
         licence="CC-BY 4.0 (TCIA)",
-        extra={"conversion": {"kind": "vsseg", "source": root, "with_t2": bool(with_t2),
-                              "label_mapping_from_release": {"0": 0, "1": 1}}})
+        extra={"conversion": {"kind": "vsseg", "source": root, "sequence": sequence, "with_t2": bool(with_t2),
+                              "label_mapping_from_release": LABELS.mapping_json()}})
     return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
                                 num_processes=num_processes, progress=progress, print_summary=print_summary)
