@@ -94,3 +94,21 @@ def test_folder_corpus(tmp_path):
         assert by_id(m)[cid].source == "mysite"
     assert s.files["rewritten"] == 1  # sub-02/t2.nii -> .nii.gz
     assert sitk.ReadImage(m.path(by_id(m)["sub-02"], "t2")).GetSize() == (12, 12, 10)
+
+
+def test_ucsf_pdgm_follow_ups_grouped_under_their_patient(tmp_path):
+    rel, raw = str(tmp_path / "rel"), str(tmp_path / "raw")
+    ids = F.fake_ucsf_pdgm(rel, n=2, follow_ups={0: ["FU003d", "FU128d"]}, version="v5")
+    assert ids == ["UCSF-PDGM-0004", "UCSF-PDGM-0004_FU003d", "UCSF-PDGM-0004_FU128d", "UCSF-PDGM-0005"]
+    s = ucsf_pdgm.convert(rel, raw, progress=False)
+    assert sorted(s.converted) == ids
+    assert any("2 follow-up exam(s) of 1 patient(s)" in n for n in s.notes)
+    cases = by_id(load_manifest(os.path.join(raw, "Dataset552_UCSFPDGMCorpus")))
+    assert {c: (cases[c].subject, cases[c].session) for c in ids} == {
+        "UCSF-PDGM-0004": ("UCSF-PDGM-0004", "baseline"), "UCSF-PDGM-0004_FU003d": ("UCSF-PDGM-0004", "FU003d"),
+        "UCSF-PDGM-0004_FU128d": ("UCSF-PDGM-0004", "FU128d"), "UCSF-PDGM-0005": ("UCSF-PDGM-0005", "baseline")}
+    assert cases["UCSF-PDGM-0004_FU003d"].modalities == ["flair", "t1", "t1c", "t2", "dwi", "adc"]
+    # with a case prefix only the case ids change: the exams stay grouped
+    s = ucsf_pdgm.convert(rel, raw, dataset_id=561, name="Mix", case_prefix="ucsf_", progress=False)
+    cases = by_id(load_manifest(os.path.join(raw, "Dataset561_Mix")))
+    assert cases["ucsf_UCSF-PDGM-0004_FU128d"].subject == cases["ucsf_UCSF-PDGM-0004"].subject == "UCSF-PDGM-0004"

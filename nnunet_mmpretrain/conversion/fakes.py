@@ -291,17 +291,22 @@ def fake_ixi(root: str, subjects: Sequence[Tuple[str, Sequence[str]]] = IXI_SUBJ
 PDGM_FILES = ("T1", "T1c", "T2", "FLAIR", "DWI", "ADC", "SWI", "FLAIR_bias", "T1_bias", "tumor_segmentation")
 
 
-def fake_ucsf_pdgm(root: str, n: int = 2) -> List[str]:
-    base = os.path.join(root, "UCSF-PDGM-v3")
+def fake_ucsf_pdgm(root: str, n: int = 2, follow_ups: Optional[Dict[int, Sequence[str]]] = None,
+                   version: str = "v3") -> List[str]:
+    """``root/UCSF-PDGM-<version>/UCSF-PDGM-XXXX_nifti/``; ``follow_ups``: patient index -> exam tags
+    (``FU003d``) written as ``UCSF-PDGM-XXXX_FU003d_nifti/UCSF-PDGM-XXXX_FU003d_<MOD>.nii.gz``, as
+    the v3+ releases hold a few follow-up exams. Returns the case ids (folder names without _nifti)."""
+    base = os.path.join(root, f"UCSF-PDGM-{version}")
     ids = []
     for i in range(n):
-        cid = f"UCSF-PDGM-{i + 4:04d}"
-        for j, suf in enumerate(PDGM_FILES):
-            if i == 1 and suf == "DWI":
-                continue  # one case without DWI: modality sets vary
-            arr = tumour_label(CODES["brats2023"]) if suf.endswith("segmentation") else noise_image(i + j, 100 + 10 * j)
-            write(os.path.join(base, f"{cid}_nifti", f"{cid}_{suf}.nii.gz"), arr)
-        ids.append(cid)
+        pid = f"UCSF-PDGM-{i + 4:04d}"
+        for cid in [pid] + [f"{pid}_{fu}" for fu in (follow_ups or {}).get(i, ())]:
+            for j, suf in enumerate(PDGM_FILES):
+                if i == 1 and suf == "DWI":
+                    continue  # one case without DWI: modality sets vary
+                arr = tumour_label(CODES["brats2023"]) if suf.endswith("segmentation") else noise_image(i + j, 100 + 10 * j)
+                write(os.path.join(base, f"{cid}_nifti", f"{cid}_{suf}.nii.gz"), arr)
+            ids.append(cid)
     return ids
 
 
