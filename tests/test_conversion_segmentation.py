@@ -128,9 +128,10 @@ def test_upenn_gbm(tmp_path):
 
 def test_mrbrains13_full_and_tissue(tmp_path):
     rel, raw = str(tmp_path / "rel"), str(tmp_path / "raw")
-    ids = F.fake_mrbrains13(rel, n_train=2, n_test=1)
+    ids = F.fake_mrbrains13(rel, n_train=2, n_test=2)  # TestData/1, TestData/2: numbered from 1 again
     s = mrbrains13.convert(rel, raw, progress=False)
-    assert s.converted == ids and "LabelsForTraining" in s.problems["MRBrainS13_06"]
+    assert s.converted == ids and set(s.problems) == {"MRBrainS13_Test01", "MRBrainS13_Test02"}
+    assert all("LabelsForTraining.nii in" in r and "test subjects" in r for r in s.problems.values())
     folder = os.path.join(raw, "Dataset530_MRBrainS13")
     F.verify_fast(folder)
     d = dataset_json(folder)
@@ -150,3 +151,21 @@ def test_mrbrains13_full_and_tissue(tmp_path):
     for z, v in expected.items():
         assert lab[z, 5, 5] == (v if z else 0)
     assert dataset_json(folder)["labels"]["ignore"] == 4
+
+
+def test_mrbrains13_original_mhd_release(tmp_path):
+    rel, raw = str(tmp_path / "rel"), str(tmp_path / "raw")
+    ids = F.fake_mrbrains13(rel, n_train=2, n_test=1, ext=".mhd")
+    assert os.path.isfile(os.path.join(rel, "MRBrainS13Data", "TrainingData", "1", "T1.raw"))
+    s = mrbrains13.convert(rel, raw, progress=False)
+    assert s.converted == ids and "LabelsForTraining.mhd" in s.problems["MRBrainS13_Test01"]
+    assert s.files["rewritten"] == 6 and s.files["linked"] == 0  # .mhd -> .nii.gz
+    folder = os.path.join(raw, "Dataset530_MRBrainS13")
+    F.verify_fast(folder)
+    assert np.array_equal(arr(os.path.join(folder, "labelsTr", "MRBrainS13_02.nii.gz")), F.mrbrains_label())
+    img = sitk.ReadImage(os.path.join(folder, "imagesTr", "MRBrainS13_01_0002.nii.gz"))
+    assert np.allclose(img.GetSpacing(), F.MRBRAINS_SPACING)
+    # a missing .raw companion is a per-case problem naming the file, not a crash
+    os.remove(os.path.join(rel, "MRBrainS13Data", "TrainingData", "2", "T1_IR.raw"))
+    s = mrbrains13.convert(rel, raw, dataset_id=533, name="MRB", progress=False)
+    assert s.converted == ids[:1] and "T1_IR.mhd" in s.problems["MRBrainS13_02"]

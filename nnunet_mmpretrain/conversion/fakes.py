@@ -215,16 +215,20 @@ def mrbrains_label() -> np.ndarray:
     return lab
 
 
-def fake_mrbrains13(root: str, n_train: int = 2, n_test: int = 1) -> List[str]:
-    base = os.path.join(root, "MRBrainS13DataNii")
+def fake_mrbrains13(root: str, n_train: int = 2, n_test: int = 1, ext: str = ".nii") -> List[str]:
+    """``root/MRBrainS13DataNii/{TrainingData,TestData}/<n>/`` as released: both splits number their
+    subjects from 1; ``ext='.mhd'`` writes the original MetaImage release (``T1.mhd`` + ``T1.raw``)."""
+    base = os.path.join(root, "MRBrainS13DataNii" if ext != ".mhd" else "MRBrainS13Data")
     ids = []
     for split, n in (("TrainingData", n_train), ("TestData", n_test)):
         for i in range(n):
-            d = os.path.join(base, split, str(i + 1 + (0 if split == "TrainingData" else 5)))
-            for j, f in enumerate(("T1.nii", "T1_IR.nii", "T2_FLAIR.nii", "T1_1mm.nii")):
-                write(os.path.join(d, f), noise_image(i + j, 100 + 30 * j), spacing=MRBRAINS_SPACING)
+            d = os.path.join(base, split, str(i + 1))
+            for j, f in enumerate(("T1", "T1_IR", "T2_FLAIR", "T1_1mm")):
+                write(os.path.join(d, f + ext), noise_image(i + j, 100 + 30 * j), spacing=MRBRAINS_SPACING)
             if split == "TrainingData":
-                write(os.path.join(d, "LabelsForTraining.nii"), mrbrains_label(), spacing=MRBRAINS_SPACING)
+                write(os.path.join(d, "LabelsForTraining" + ext), mrbrains_label(), spacing=MRBRAINS_SPACING)
+                write(os.path.join(d, "LabelsForTesting" + ext), np.minimum(mrbrains_label(), 3),
+                      spacing=MRBRAINS_SPACING)
                 ids.append(f"MRBrainS13_{i + 1:02d}")
     return ids
 

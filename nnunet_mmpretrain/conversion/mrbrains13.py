@@ -1,13 +1,17 @@
 """MRBrainS13 -> nnU-Net raw dataset.
 
-Release layout: one folder per subject (``TrainingData/1`` ... ``TrainingData/5``; the 15 test
-subjects come without labels and are reported as skipped), anywhere below ``RELEASE_ROOT``::
+Release layout: one folder per subject, ``TrainingData/1`` ... ``TrainingData/5`` and
+``TestData/1`` ... ``TestData/15`` (both numbered from 1; the test subjects come without labels and
+are reported as skipped), anywhere below ``RELEASE_ROOT``::
 
-    <subject>/T1.nii  T1_IR.nii  T2_FLAIR.nii  LabelsForTraining.nii   (.nii or .nii.gz)
+    <subject>/T1.nii  T1_IR.nii  T2_FLAIR.nii  LabelsForTraining.nii   (MRBrainS13DataNii)
+    <subject>/T1.mhd  T1_IR.mhd  T2_FLAIR.mhd  LabelsForTraining.mhd   (the original release:
+                                                                      MetaImage, .mhd + .raw)
 
-All scans are aligned on one 0.958 x 0.958 x 3.0 mm grid. Images are rewritten as ``.nii.gz``.
-Channels: 0 T1, 1 T1-IR (unknown to the modality vocabulary, written as "T1-IR"), 2 FLAIR.
-Case ids: ``MRBrainS13_<subject folder>`` (``MRBrainS13_01`` for folder ``1``).
+(``.nii.gz`` and ``.mha`` are read too.) All scans are aligned on one 0.958 x 0.958 x 3.0 mm grid.
+Images are rewritten as ``.nii.gz``. Channels: 0 T1, 1 T1-IR (unknown to the modality vocabulary,
+written as "T1-IR"), 2 FLAIR. Case ids: ``MRBrainS13_<NN>`` for ``TrainingData/<N>`` and
+``MRBrainS13_Test<NN>`` for ``TestData/<N>`` (no id collision between the splits).
 
 Labels (``label_set='full'``, the default) are kept exactly as released in LabelsForTraining:
 0 background, 1 cortical gray matter, 2 basal ganglia, 3 white matter, 4 white matter lesions,
@@ -21,40 +25,44 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
+from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.conversion.common import (
     CaseSpec, ConversionError, ConversionSummary, DatasetInfo, convert_segmentation, dataset_folder,
-    find_dirs_containing, multimodal_seg_case, nifti_file, require_root)
+    find_dirs_containing, image_file, multimodal_seg_case, require_root)
 
 KIND = "MRBrainS13"
 DEFAULT_ID, DEFAULT_NAME = 530, "MRBrainS13"
 #: (channel name in dataset.json, file stem)
 CHANNELS = (("T1", "T1"), ("T1-IR", "T1_IR"), ("FLAIR", "T2_FLAIR"))
 LABEL_FILE = "LabelsForTraining"
-FULL_LABELS = {"background": 0, "cortical gray matter": 1, "basal ganglia": 2, "white matter": 3,
-               "white matter lesions": 4, "extracerebral CSF": 5, "ventricles": 6, "cerebellum": 7,
-               "brainstem": 8}
-FULL_MAP = {i: i for i in range(9)}
-TISSUE_LABELS = {"background": 0, "CSF": 1, "gray matter": 2, "white matter": 3, "ignore": 4}
-TISSUE_MAP = {0: 0, 1: 2, 2: 2, 3: 3, 4: 3, 5: 1, 6: 1, 7: 4, 8: 4}
+CONVENTIONS = {"full": labels.convention("mrbrains13-full"), "tissue": labels.convention("mrbrains13-tissue")}
+FULL_LABELS = dict(CONVENTIONS["full"].labels)
+FULL_MAP = dict(CONVENTIONS["full"].mapping)
+TISSUE_LABELS = dict(CONVENTIONS["tissue"].labels)
+TISSUE_MAP = dict(CONVENTIONS["tissue"].mapping)
 
 
-def case_id_for(folder: str) -> str:
+def case_id_for(folder: str, root: str = "") -> str:
+    """``MRBrainS13_01`` for ``TrainingData/1``, ``MRBrainS13_Test01`` for ``TestData/1``."""
     b = os.path.basename(folder)
-    return f"MRBrainS13_{int(b):02d}" if b.isdigit() else f"MRBrainS13_{b}"
+    parts = os.path.relpath(os.path.dirname(folder), root).lower().split(os.sep) if root else []
+    split = "Test" if any(p.startswith("test") for p in parts) else ""
+    return f"MRBrainS13_{split}{int(b):02d}" if b.isdigit() else f"MRBrainS13_{split}{b}"
 
 
 def build_specs(root: str, label_set: str = "full") -> List[CaseSpec]:
-    mapping = FULL_MAP if label_set == "full" else TISSUE_MAP
-    subjects = find_dirs_containing(root, lambda p: nifti_file(p, "T1") is not None and
-                                    nifti_file(p, "T2_FLAIR") is not None, max_depth=4)
+    conv = CONVENTIONS[label_set]
+    subjects = find_dirs_containing(root, lambda p: image_file(p, "T1") is not None and
+                                    image_file(p, "T2_FLAIR") is not None, max_depth=4)
     specs = []
     for d in subjects:
-        cid = case_id_for(d)
-        chans = [(ch, nifti_file(d, stem), os.path.join(d, stem + ".nii")) for ch, stem in CHANNELS]
-        lab = (nifti_file(d, LABEL_FILE), os.path.join(d, LABEL_FILE + ".nii"))
-        spec = multimodal_seg_case(cid, chans, lab, mapping, KIND)
+        cid = case_id_for(d, root)
+        ext = os.path.splitext(image_file(d, "T1"))[1].replace(".gz", "") or ".nii"
+        chans = [(ch, image_file(d, stem), os.path.join(d, stem + ext)) for ch, stem in CHANNELS]
+        lab = (image_file(d, LABEL_FILE), os.path.join(d, LABEL_FILE + ext))
+        spec = multimodal_seg_case(cid, chans, lab, conv)
         if lab[0] is None and all(c[1] for c in chans):
-            spec.problem = f"no {LABEL_FILE}.nii in {d} (test subjects come without labels)"
+            spec.problem = f"no {LABEL_FILE}{ext} in {d} (test subjects come without labels)"
         specs.append(spec)
     return specs
 
@@ -70,10 +78,11 @@ def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = 
     specs = build_specs(root, label_set)
     if not specs:
         raise ConversionError(f"no {KIND} subject folders under {root}: expected folders holding "
-                              f"T1.nii, T1_IR.nii, T2_FLAIR.nii and {LABEL_FILE}.nii.")
+                              f"T1, T1_IR, T2_FLAIR and {LABEL_FILE} as .nii (MRBrainS13DataNii) or .mhd "
+                              f"(the original release).")
     info = DatasetInfo(
         channel_names=[ch for ch, _ in CHANNELS],
-        labels=dict(FULL_LABELS if label_set == "full" else TISSUE_LABELS),
+        **CONVENTIONS[label_set].dataset_json(),
         description=("MRBrainS13 brain structures, labels as released (LabelsForTraining, 1-8)."
                      if label_set == "full" else
                      "MRBrainS13 tissue classes: 1 CSF (release 5, 6), 2 gray matter (1, 2), 3 white "
@@ -81,7 +90,6 @@ def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = 
         reference="https://mrbrains13.isi.uu.nl ; Mendrik et al., Comput Intell Neurosci 2015",
         licence="see the MRBrainS13 data terms (DataverseNL doi:10.34894/645ZIN)",
         extra={"conversion": {"kind": "mrbrains13", "source": root, "label_set": label_set,
-                              "label_mapping_from_release": {str(k): v for k, v in
-                                                             (FULL_MAP if label_set == "full" else TISSUE_MAP).items()}}})
+                              "label_mapping_from_release": CONVENTIONS[label_set].mapping_json()}})
     return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
                                 num_processes=num_processes, progress=progress, print_summary=print_summary)
