@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from nnunet_mmpretrain.conversion import (ConversionError, brats2021, brats2023, fakes as F, msd_brain,
                                           mrbrains13, upenn_gbm)
-from nnunet_mmpretrain.conversion.common import BRATS_LABELS, BRATS_REGIONS_CLASS_ORDER
+from nnunet_mmpretrain.labels import BRATS_LABELS
 
 OURS = F.CODES["ours"]
 
@@ -30,12 +30,6 @@ def check_known_voxels(lab):
     for role, v in OURS.items():
         assert lab[F.KNOWN_VOXELS[role]] == v, role
     assert np.array_equal(lab, F.tumour_label(OURS))
-
-
-def test_one_dataset_json_form_with_the_phantoms():
-    from nnunet_mmpretrain.synthetic import datasets as phantoms
-    assert BRATS_LABELS == phantoms.BRATS_LABELS
-    assert BRATS_REGIONS_CLASS_ORDER == phantoms.BRATS_REGIONS_CLASS_ORDER == [2, 1, 3]
 
 
 def test_brats2021(tmp_path):
@@ -88,12 +82,20 @@ def test_brats2023_unknown_label_value_skips_case(tmp_path):
     F.fake_brats2023(rel, "GLI", n=2)
     seg = os.path.join(rel, "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData", "BraTS-GLI-00001-000",
                        "BraTS-GLI-00001-000-seg.nii.gz")
-    F.write(seg, F.tumour_label(F.CODES["brats2021"]), **F.BRATS_GEOMETRY)  # holds a 4
+    lab = F.tumour_label(F.CODES["brats2023"])
+    lab[0, 0, 0] = 7
+    F.write(seg, lab, **F.BRATS_GEOMETRY)
     s = brats2023.convert(rel, raw, progress=False)
     assert s.converted == ["BraTS-GLI-00000-000"]
     reason = s.problems["BraTS-GLI-00001-000"]
-    assert "BraTS-GLI-00001-000-seg.nii.gz" in reason and "value(s) 4" in reason
+    assert "BraTS-GLI-00001-000-seg.nii.gz" in reason and "value(s) 7" in reason
     assert not os.path.exists(os.path.join(raw, "Dataset522_BraTS2023_GLI", "imagesTr", "BraTS-GLI-00001-000_0000.nii.gz"))
+    # a 4 beyond the first label files (the whole tree is refused when those hold one): skipped, with the hint
+    F.fake_brats2023(rel, "GLI", n=7)
+    seg = seg.replace("00001", "00006")
+    F.write(seg, F.tumour_label(F.CODES["brats2021"]), **F.BRATS_GEOMETRY)
+    s = brats2023.convert(rel, raw, progress=False)
+    assert "value(s) 4" in s.problems["BraTS-GLI-00006-000"] and "brats2024" in s.problems["BraTS-GLI-00006-000"]
 
 
 def test_msd_brain(tmp_path):

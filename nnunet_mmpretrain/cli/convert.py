@@ -20,12 +20,16 @@ from typing import Dict, List, Optional
 from nnunet_mmpretrain.cli._common import die
 
 PROG = "nnUNetv2_mmpretrain_convert"
+DEFAULT_ID_HELP = {"brats2023": "by sub-challenge: 522-526", "brats2024": "by sub-challenge: GLI 534, MET 535, "
+                                                                          "SSA 536"}
 
 HELP = {
     "brats2021": "BraTS 2021: BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz "
                  "(labels 1,2,4 -> 1,2,3)",
     "brats2023": "BraTS 2023 GLI/MEN/MET/PED/SSA: BraTS-GLI-XXXXX-YYY/...-{t1n,t1c,t2w,t2f,seg}.nii.gz "
                  "(labels 0-3 kept)",
+    "brats2024": "BraTS 2024 GLI/MET/SSA: same files as 2023; GLI label 4 (resection cavity) kept as its "
+                 "own class or mapped (--resection-cavity)",
     "msd-brain": "MSD Task01_BrainTumour: 4D imagesTr/BRATS_XXX.nii.gz (labels 1->2, 2->1, 3->3)",
     "isles2022": "ISLES 2022 (BIDS): DWI, ADC, FLAIR resampled into DWI space; lesion masks",
     "upenn-gbm": "UPENN-GBM: images_structural/ID/ID_{T1,T1GD,T2,FLAIR}.nii.gz + images_segm "
@@ -49,7 +53,7 @@ def _common(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("release_root", metavar="RELEASE_ROOT",
                    help=root_help.get(kind, "folder of the unpacked public release"))
     p.add_argument("-d", "--dataset-id", type=int, default=None,
-                   help=f"nnU-Net dataset id (default {did if did else 'by sub-challenge: 522-526'})")
+                   help=f"nnU-Net dataset id (default {did if did else DEFAULT_ID_HELP.get(kind, '')})")
     p.add_argument("-o", "--out", default=None, metavar="OUT_RAW_DIR",
                    help="nnU-Net raw folder to write into (default: $nnUNet_raw)")
     p.add_argument("--name", default=None, help=f"dataset name (default {dname})")
@@ -87,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sp[kind], kind)
     sp["brats2023"].add_argument("--subset", choices=("GLI", "MEN", "MET", "PED", "SSA"), type=str.upper,
                                  help="sub-challenge (needed when the folder holds several)")
+    sp["brats2024"].add_argument("--subset", choices=("GLI", "MET", "SSA", "PED", "MEN"), type=str.upper,
+                                 help="sub-challenge (needed when the folder holds several)")
+    sp["brats2024"].add_argument("--resection-cavity", choices=("keep", "background", "ignore"), default="keep",
+                                 help="GLI label 4: keep as its own class and region (default), write as "
+                                      "background, or as nnU-Net's ignore label")
     sp["isles2022"].add_argument("--channels", default="dwi,adc,flair",
                                  help="comma-separated channels, DWI first (default dwi,adc,flair)")
     sp["isles2022"].add_argument("--no-register", dest="register", action="store_false",
@@ -165,6 +174,8 @@ def run(a: argparse.Namespace):
     extra = {}
     if a.kind == "brats2023":
         extra["subset"] = a.subset
+    elif a.kind == "brats2024":
+        extra.update(subset=a.subset, resection_cavity=a.resection_cavity)
     elif a.kind == "isles2022":
         extra["channels"] = [c.strip() for c in a.channels.split(",") if c.strip()]
         extra.update(register=a.register, min_coverage=a.min_coverage)

@@ -16,6 +16,7 @@ from nnunet_mmpretrain.conversion.common import (ALREADY_DONE, CaseSkip, Convers
 KINDS = {
     "brats2021": ("brats2021", "segmentation", 521, "BraTS2021"),
     "brats2023": ("brats2023", "segmentation", None, "BraTS2023_<SUBSET>"),
+    "brats2024": ("brats2024", "segmentation", None, "BraTS2024_<SUBSET>"),
     "msd-brain": ("msd_brain", "segmentation", 527, "MSDBrainTumour"),
     "isles2022": ("isles2022", "segmentation", 528, "ISLES2022"),
     "upenn-gbm": ("upenn_gbm", "segmentation", 529, "UPENNGBM"),

@@ -12,24 +12,32 @@ Labels 0 background, 1 non-enhancing core / necrosis, 2 edema, 3 enhancing tumou
 they are: this *is* our convention (regions whole (1,2,3), core (1,3), enhancing (3),
 regions_class_order [2, 1, 3]). Enhancing tumour stays 3 -- BrainMVP's released code pushed
 these labels through a transform expecting 4 and lost the enhancing region; the tests check the
-voxels. Files holding other values (e.g. 4 = resection cavity in later releases) are skipped with
-a reason. Channels: 0 T1 (t1n), 1 T1ce (t1c), 2 T2 (t2w), 3 FLAIR (t2f).
+voxels. BraTS 2024 GLI ships the same file names with a fourth label (4, resection cavity): a tree
+whose first label files hold a 4 is refused with one line pointing to :mod:`brats2024` (up to
+:data:`SNIFF_CASES` label files are read for that, also in a dry run); a later file holding a 4, or
+any other unknown value, skips its case with a reason. Channels: 0 T1 (t1n), 1 T1ce (t1c), 2 T2
+(t2w), 3 FLAIR (t2f).
 """
 from __future__ import annotations
 
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
+import numpy as np
+
+from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.conversion.common import (
-    BRATS_CHANNELS, BRATS_LABELS, BRATS_REGIONS_CLASS_ORDER, CaseSpec, ConversionError,
-    ConversionSummary, DatasetInfo, convert_segmentation, dataset_folder, display, find_dirs,
-    multimodal_seg_case, nifti_file, require_root)
+    BRATS_CHANNELS, CaseSkip, CaseSpec, ConversionError, ConversionSummary, DatasetInfo, convert_segmentation,
+    dataset_folder, display, find_dirs, load_image, multimodal_seg_case, nifti_file, require_root)
 
 KIND = "BraTS 2023"
 CASE_RE = re.compile(r"BraTS-([A-Z]+)-\d{5}-\d{3}")
 SUFFIX = {"t1": "t1n", "t1c": "t1c", "t2": "t2w", "flair": "t2f"}
-LABEL_MAP = {0: 0, 1: 1, 2: 2, 3: 3}
+LABELS = labels.convention("brats2023")
+LABEL_MAP = dict(LABELS.mapping)
+#: label files read before converting to recognise a BraTS 2024 release (label 4)
+SNIFF_CASES = 5
 SUBSETS = ("GLI", "MEN", "MET", "PED", "SSA")
 DEFAULT_IDS = {"GLI": 522, "MEN": 523, "MET": 524, "PED": 525, "SSA": 526}
 DESCRIPTIONS = {"GLI": "adult glioma", "MEN": "meningioma", "MET": "brain metastases",
@@ -49,13 +57,13 @@ def case_files(folder: str, case_id: str, suffix: str) -> Tuple[Optional[str], s
     return nifti_file(folder, f"{case_id}-{suffix}"), os.path.join(folder, f"{case_id}-{suffix}.nii.gz")
 
 
-def pick_subset(found: Dict[str, list], subset: Optional[str], root: str) -> str:
+def pick_subset(found: Dict[str, list], subset: Optional[str], root: str, kind: str = KIND) -> str:
     if not found:
-        raise ConversionError(f"no {KIND} cases under {root}: expected folders BraTS-GLI-XXXXX-YYY "
+        raise ConversionError(f"no {kind} cases under {root}: expected folders BraTS-GLI-XXXXX-YYY "
                               f"(or MEN/MET/PED/SSA) holding BraTS-...-{{t1n,t1c,t2w,t2f,seg}}.nii.gz.")
     if subset is None:
         if len(found) > 1:
-            raise ConversionError(f"{root} holds several BraTS 2023 sub-challenges "
+            raise ConversionError(f"{root} holds several {kind} sub-challenges "
                                   f"({', '.join(sorted(found))}): pick one with --subset.")
         return next(iter(found))
     subset = subset.upper()
@@ -64,12 +72,38 @@ def pick_subset(found: Dict[str, list], subset: Optional[str], root: str) -> str
     return subset
 
 
-def build_specs(cases: List[Tuple[str, str]]) -> List[CaseSpec]:
+def build_specs(cases: List[Tuple[str, str]], convention: labels.LabelConvention = LABELS) -> List[CaseSpec]:
     specs = []
     for cid, d in cases:
         chans = [(m, *case_files(d, cid, SUFFIX[m])) for m in BRATS_CHANNELS]
-        specs.append(multimodal_seg_case(cid, chans, case_files(d, cid, "seg"), LABEL_MAP, KIND))
+        specs.append(multimodal_seg_case(cid, chans, case_files(d, cid, "seg"), convention))
     return specs
+
+
+def label_values(specs: Sequence[CaseSpec], limit: int = SNIFF_CASES) -> Iterator[Tuple[str, Set[int]]]:
+    """(label file, values it holds) of the first ``limit`` readable label files."""
+    import SimpleITK as sitk
+    n = 0
+    for s in specs:
+        if n >= limit:
+            return
+        if s.problem or s.label is None or not os.path.isfile(s.label.src):
+            continue
+        try:
+            img = load_image(s.label.src)
+        except CaseSkip:
+            continue
+        n += 1
+        yield s.label.src, {int(v) for v in np.unique(sitk.GetArrayViewFromImage(img))}
+
+
+def refuse_brats2024(specs: Sequence[CaseSpec]) -> None:
+    """ConversionError (one line) when the first label files hold a 4: a BraTS 2024 release."""
+    for path, values in label_values(specs):
+        if 4 in values:
+            raise ConversionError(f"{path} holds label 4, which BraTS 2023 does not define (BraTS 2024 GLI: "
+                                  f"resection cavity): convert this release with "
+                                  f"'nnUNetv2_mmpretrain_convert brats2024' instead of brats2023.")
 
 
 def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: Optional[int] = None,
@@ -86,15 +120,15 @@ def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: Option
         dataset_id = DEFAULT_IDS[sub]
     folder = dataset_folder(out_dir, dataset_id, name or f"BraTS2023_{sub}")
     specs = build_specs(found[sub])
+    refuse_brats2024(specs)
     info = DatasetInfo(
-        channel_names=[display(m) for m in BRATS_CHANNELS], labels=dict(BRATS_LABELS),
-        regions_class_order=list(BRATS_REGIONS_CLASS_ORDER),
+        channel_names=[display(m) for m in BRATS_CHANNELS], **LABELS.dataset_json(),
         description=f"BraTS 2023 {sub} ({DESCRIPTIONS.get(sub, sub)}). Labels as released: 1 "
                     f"non-enhancing core/necrosis, 2 edema, 3 enhancing tumour.",
         reference="https://www.synapse.org/brats2023",
         licence="see the BraTS 2023 data use agreement",
         extra={"conversion": {"kind": "brats2023", "subset": sub, "source": root,
-                              "label_mapping_from_release": {str(k): v for k, v in LABEL_MAP.items()}}})
+                              "label_mapping_from_release": LABELS.mapping_json()}})
     return convert_segmentation(f"{KIND} {sub}", specs, folder, info, link=link, dry_run=dry_run,
                                 overwrite=overwrite, num_processes=num_processes, progress=progress,
                                 print_summary=print_summary)

@@ -1,0 +1,93 @@
+"""BraTS 2024 (GLI post-treatment, MET, SSA) -> nnU-Net raw dataset.
+
+Same file names as BraTS 2023 (:mod:`~nnunet_mmpretrain.conversion.brats2023`)::
+
+    RELEASE_ROOT/.../BraTS-GLI-02000-000/BraTS-GLI-02000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz
+
+Label conventions per sub-challenge (:mod:`nnunet_mmpretrain.labels`):
+
+* **GLI** (adult glioma, post-treatment): 1 non-enhancing tumour core (NETC), 2 surrounding
+  non-enhancing FLAIR hyperintensity (SNFH), 3 enhancing tissue (ET) -- the house convention --
+  plus **4 resection cavity (RC)**. ``resection_cavity='keep'`` (default) writes RC as its own
+  class 4 with its own nnU-Net region: labels whole tumour [1, 2, 3], tumour core [1, 3],
+  enhancing tumour [3], resection cavity [4], ``regions_class_order`` [2, 1, 3, 4];
+  ``'background'`` writes RC as 0 (the house dataset.json form), ``'ignore'`` as nnU-Net's
+  ignore label 4 (neither trained on nor evaluated). The challenge's evaluation regions
+  (ET, TC, WT, NETC, SNFH, RC in written values) are stated in dataset.json
+  (``evaluation_regions``).
+* **MET**, **SSA**: 1 NETC, 2 SNFH, 3 ET, as in 2023 (a 4 skips the case with a reason).
+* **PED** relabelled its classes in 2024 (enhancing, non-enhancing, cystic component, edema);
+  that convention is not in the registry and the sub-challenge is refused. MEN-RT ships a
+  T1c and a GTV mask under other names and is not read.
+
+Default dataset ids: GLI 534, MET 535, SSA 536 (names ``BraTS2024_<SUBSET>``). Channels: 0 T1
+(t1n), 1 T1ce (t1c), 2 T2 (t2w), 3 FLAIR (t2f).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from nnunet_mmpretrain import labels
+from nnunet_mmpretrain.conversion.brats2023 import build_specs, find_cases, pick_subset
+from nnunet_mmpretrain.conversion.common import (
+    BRATS_CHANNELS, ConversionError, ConversionSummary, DatasetInfo, convert_segmentation, dataset_folder,
+    display, require_root)
+
+KIND = "BraTS 2024"
+DEFAULT_IDS = {"GLI": 534, "MET": 535, "SSA": 536}
+DESCRIPTIONS = {"GLI": "adult glioma, post-treatment", "MET": "brain metastases",
+                "SSA": "glioma, Sub-Saharan Africa"}
+REFUSED = {
+    "PED": "BraTS 2024 PED relabelled its classes (enhancing, non-enhancing, cystic component, edema) and that "
+           "convention is not in the label registry: not converted (BraTS 2023 PED: use brats2023)",
+    "MEN": "BraTS 2024 has no MEN sub-challenge in this layout (MEN-RT ships T1c + GTV only): BraTS-MEN-* "
+           "folders are the 2023 release, convert them with brats2023",
+}
+
+
+def convention(subset: str, resection_cavity: str = "keep") -> labels.LabelConvention:
+    if subset in REFUSED:
+        raise ConversionError(REFUSED[subset] + ".")
+    if subset == "GLI":
+        if resection_cavity not in labels.RESECTION_CAVITY_MODES:
+            raise ConversionError(f"resection cavity mode must be one of "
+                                  f"{', '.join(labels.RESECTION_CAVITY_MODES)}, got {resection_cavity!r}.")
+        return labels.brats2024_gli(resection_cavity)
+    if resection_cavity != "keep":
+        raise ConversionError(f"--resection-cavity applies to BraTS 2024 GLI only (label 4); {subset} has none.")
+    try:
+        return labels.convention(f"brats2024-{subset.lower()}")
+    except labels.UnknownConventionError:
+        raise ConversionError(f"no BraTS 2024 label convention for sub-challenge {subset} in the registry "
+                              f"(known: GLI, MET, SSA).") from None
+
+
+def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: Optional[int] = None,
+            name: Optional[str] = None, *, subset: Optional[str] = None, resection_cavity: str = "keep",
+            link: bool = True, dry_run: bool = False, overwrite: bool = False, num_processes: int = 1,
+            progress: bool = True, print_summary: bool = True) -> ConversionSummary:
+    """``dataset_id`` / ``name`` default to 534-536 / ``BraTS2024_<SUBSET>``; ``resection_cavity``:
+    'keep' | 'background' | 'ignore' (GLI)."""
+    root = require_root(release_root, KIND)
+    found = find_cases(root)
+    sub = pick_subset(found, subset, root, KIND)
+    conv = convention(sub, resection_cavity)
+    if dataset_id is None:
+        dataset_id = DEFAULT_IDS[sub]
+    folder = dataset_folder(out_dir, dataset_id, name or f"BraTS2024_{sub}")
+    specs = build_specs(found[sub], conv)
+    rc = {"keep": "resection cavity kept as its own class 4", "background": "resection cavity written as 0",
+          "ignore": "resection cavity written as nnU-Net's ignore label 4"}[resection_cavity] if sub == "GLI" else ""
+    info = DatasetInfo(
+        channel_names=[display(m) for m in BRATS_CHANNELS], **conv.dataset_json(),
+        description=f"BraTS 2024 {sub} ({DESCRIPTIONS[sub]}). Labels: 1 non-enhancing tumour core, 2 "
+                    f"surrounding FLAIR hyperintensity / edema, 3 enhancing tissue" + (f"; {rc}" if rc else "") + ".",
+        reference="https://www.synapse.org/brats2024",
+        licence="see the BraTS 2024 data use agreement",
+        extra={"evaluation_regions": {k: list(v) for k, v in conv.evaluation_regions.items()},
+               "conversion": {"kind": "brats2024", "subset": sub, "source": root,
+                              **({"resection_cavity": resection_cavity} if sub == "GLI" else {}),
+                              "label_mapping_from_release": conv.mapping_json()}})
+    return convert_segmentation(f"{KIND} {sub}", specs, folder, info, link=link, dry_run=dry_run,
+                                overwrite=overwrite, num_processes=num_processes, progress=progress,
+                                print_summary=print_summary)
