@@ -118,14 +118,20 @@ def test_msd_brain(tmp_path):
 
 def test_upenn_gbm(tmp_path):
     rel, raw = str(tmp_path / "rel"), str(tmp_path / "raw")
-    ids = F.fake_upenn_gbm(rel, n=3, n_with_seg=2)
+    ids = F.fake_upenn_gbm(rel, n=3, n_with_seg=2, follow_ups=(0,))
+    assert ids == ["UPENN-GBM-00001_11", "UPENN-GBM-00001_21", "UPENN-GBM-00002_11", "UPENN-GBM-00003_11"]
+    first = [i for i in ids if i.endswith("_11")]
     s = upenn_gbm.convert(rel, raw, progress=False)
-    assert s.converted == ids[:2] and "images_segm" in s.problems[ids[2]]
+    assert s.converted == first[:2]
+    assert "--automated-segm" in s.problems[first[2]] and "automated_approx_segm" in s.problems[first[2]]
+    fu = s.problems["UPENN-GBM-00001_21"]
+    assert "--automated-segm" not in fu and "follow-up" in fu and "no segmentation" in fu
     folder = os.path.join(raw, "Dataset529_UPENNGBM")
     F.verify_fast(folder)
     check_known_voxels(arr(os.path.join(folder, "labelsTr", f"{ids[0]}.nii.gz")))
     s2 = upenn_gbm.convert(rel, raw, use_automated=True, progress=False)
-    assert s2.converted == [ids[2]] and sorted(s2.already_done) == ids[:2]
+    assert s2.converted == [first[2]] and sorted(s2.already_done) == first[:2]
+    assert "follow-up" in s2.problems["UPENN-GBM-00001_21"]
 
 
 def test_mrbrains13_full_and_tissue(tmp_path):

@@ -189,18 +189,24 @@ def fake_isles2022(root: str, n: int = 2, rawdata: bool = False) -> List[str]:
     return ids
 
 
-def fake_upenn_gbm(root: str, n: int = 3, n_with_seg: int = 2) -> List[str]:
+def fake_upenn_gbm(root: str, n: int = 3, n_with_seg: int = 2, follow_ups: Sequence[int] = ()) -> List[str]:
+    """``PKG - UPENN-GBM-NIfTI/UPENN-GBM/NIfTI-files/``: ``n`` first exams (``_11``, the first
+    ``n_with_seg`` with a manual segmentation, all with an automated one) and, for the patient
+    indices in ``follow_ups``, a follow-up exam (``_21``) with images only, as released."""
     base = os.path.join(root, "PKG - UPENN-GBM-NIfTI", "UPENN-GBM", "NIfTI-files")
     ids = []
     for i in range(n):
-        cid = f"UPENN-GBM-{i + 1:05d}_11"
-        for j, suf in enumerate(("T1", "T1GD", "T2", "FLAIR")):
-            write(os.path.join(base, "images_structural", cid, f"{cid}_{suf}.nii.gz"), noise_image(i + j, 100 + 40 * j))
-        if i < n_with_seg:
-            write(os.path.join(base, "images_segm", f"{cid}_segm.nii.gz"), tumour_label(CODES["brats2021"]))
-        write(os.path.join(base, "automated_segm", f"{cid}_automated_approx_segm.nii.gz"),
-              tumour_label(CODES["brats2021"]))
-        ids.append(cid)
+        for cid in [f"UPENN-GBM-{i + 1:05d}_11"] + ([f"UPENN-GBM-{i + 1:05d}_21"] if i in follow_ups else []):
+            for j, suf in enumerate(("T1", "T1GD", "T2", "FLAIR")):
+                write(os.path.join(base, "images_structural", cid, f"{cid}_{suf}.nii.gz"), noise_image(i + j, 100 + 40 * j))
+            if cid.endswith("_21"):
+                ids.append(cid)
+                continue
+            if i < n_with_seg:
+                write(os.path.join(base, "images_segm", f"{cid}_segm.nii.gz"), tumour_label(CODES["brats2021"]))
+            write(os.path.join(base, "automated_segm", f"{cid}_automated_approx_segm.nii.gz"),
+                  tumour_label(CODES["brats2021"]))
+            ids.append(cid)
     return ids
 
 

@@ -7,7 +7,9 @@ Release layout (NIfTI package; ``RELEASE_ROOT`` is any folder above ``images_str
     .../automated_segm/UPENN-GBM-00001_11_automated_approx_segm.nii.gz   (automatic, all cases)
 
 Only cases with a manual segmentation are converted unless ``use_automated`` is set, which
-falls back to the automated one. Images are in SRI24 space (240x240x155), skull-stripped.
+falls back to the automated one. Follow-up exams (``UPENN-GBM-00001_21``: ``_11`` is the first
+exam, ``_21`` the follow-up) come without any segmentation, manual or automated, and are skipped
+with that reason. Images are in SRI24 space (240x240x155), skull-stripped.
 Labels in the release: 1 necrosis, 2 edema, 4 enhancing tumour -> our BraTS-2023 convention
 1, 2, 3 (4 -> 3). Channels: 0 T1, 1 T1ce (T1GD), 2 T2, 3 FLAIR.
 """
@@ -16,15 +18,17 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
+from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.conversion.common import (
-    BRATS_421_MAP, BRATS_CHANNELS, BRATS_LABELS, BRATS_REGIONS_CLASS_ORDER, CaseSpec, ConversionError,
-    ConversionSummary, DatasetInfo, convert_segmentation, dataset_folder, display, find_dirs,
-    multimodal_seg_case, nifti_file, require_root, visible)
+    BRATS_CHANNELS, CaseSpec, ConversionError, ConversionSummary, DatasetInfo, convert_segmentation,
+    dataset_folder, display, find_dirs, multimodal_seg_case, nifti_file, require_root, visible)
 
 KIND = "UPENN-GBM"
 DEFAULT_ID, DEFAULT_NAME = 529, "UPENNGBM"
 SUFFIX = {"t1": "T1", "t1c": "T1GD", "t2": "T2", "flair": "FLAIR"}
-LABEL_MAP = dict(BRATS_421_MAP)
+LABELS = labels.convention("upenn-gbm")
+LABEL_MAP = dict(LABELS.mapping)
+AUTO_SUFFIX = "_automated_approx_segm"
 
 
 def _sibling(structural: str, name: str, root: str) -> Optional[str]:
@@ -41,7 +45,7 @@ def build_specs(root: str, use_automated: bool = False) -> List[CaseSpec]:
         raise ConversionError(f"no images_structural/ folder under {root} (UPENN-GBM NIfTI release).")
     structural = hits[0]
     segm = _sibling(structural, "images_segm", root)
-    auto = _sibling(structural, "automated_segm", root) if use_automated else None
+    auto = _sibling(structural, "automated_segm", root)
     specs = []
     for cid in sorted(d for d in os.listdir(structural) if visible(d) and os.path.isdir(os.path.join(structural, d))):
         d = os.path.join(structural, cid)
@@ -50,14 +54,25 @@ def build_specs(root: str, use_automated: bool = False) -> List[CaseSpec]:
         expected = os.path.join(segm or os.path.join(os.path.dirname(structural), "images_segm"),
                                 f"{cid}_segm.nii.gz")
         seg = nifti_file(segm, f"{cid}_segm") if segm else None
-        if seg is None and auto:
-            seg = nifti_file(auto, f"{cid}_automated_approx_segm")
-        spec = multimodal_seg_case(cid, chans, (seg, expected), LABEL_MAP, KIND)
+        automated = nifti_file(auto, f"{cid}{AUTO_SUFFIX}") if auto else None
+        if seg is None and use_automated:
+            seg = automated
+        spec = multimodal_seg_case(cid, chans, (seg, expected), LABELS)
         if seg is None and spec.problem and spec.problem.startswith("missing segmentation"):
-            spec.problem = (f"no manual segmentation {expected}" +
-                            ("" if use_automated else " (--automated-segm falls back to automated_segm/)"))
+            spec.problem = _no_segmentation(cid, expected, automated, use_automated, auto or structural)
         specs.append(spec)
     return specs
+
+
+def _no_segmentation(cid: str, expected: str, automated: Optional[str], use_automated: bool,
+                     auto_dir: str) -> str:
+    if automated is not None and not use_automated:
+        return f"no manual segmentation {expected} (--automated-segm falls back to {automated})"
+    auto = os.path.join(auto_dir if os.path.basename(auto_dir) == "automated_segm" else
+                        os.path.join(os.path.dirname(auto_dir), "automated_segm"), f"{cid}{AUTO_SUFFIX}.nii.gz")
+    why = (" (a follow-up exam, _21: the release segments the first exams, _11, only)"
+           if cid.endswith("_21") else "")
+    return f"the release has no segmentation for this exam{why}: neither {expected} nor {auto}"
 
 
 def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
@@ -70,8 +85,7 @@ def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = 
     if not specs:
         raise ConversionError(f"no {KIND} case folders in images_structural/ under {root}.")
     info = DatasetInfo(
-        channel_names=[display(m) for m in BRATS_CHANNELS], labels=dict(BRATS_LABELS),
-        regions_class_order=list(BRATS_REGIONS_CLASS_ORDER),
+        channel_names=[display(m) for m in BRATS_CHANNELS], **LABELS.dataset_json(),
         description="UPENN-GBM glioblastoma, structural MRI in SRI24 space; labels remapped to "
                     "BraTS-2023 convention (release 4 enhancing -> 3)"
                     + ("; automated segmentations where no manual one exists" if use_automated else
@@ -79,6 +93,6 @@ def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = 
         reference="https://doi.org/10.7937/TCIA.709X-DN49 ; Bakas et al., Sci Data 2022",
         licence="CC-BY 4.0 (TCIA)",
         extra={"conversion": {"kind": "upenn-gbm", "source": root, "automated_segm": bool(use_automated),
-                              "label_mapping_from_release": {str(k): v for k, v in LABEL_MAP.items()}}})
+                              "label_mapping_from_release": LABELS.mapping_json()}})
     return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
                                 num_processes=num_processes, progress=progress, print_summary=print_summary)
