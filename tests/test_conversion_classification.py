@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from nnunet_mmpretrain.cli import convert as cli
 from nnunet_mmpretrain.conversion import ConversionError, brats2018_grade, csv_labels, fakes as F
 
 
@@ -79,3 +80,74 @@ def test_csv_labels_default_numbering_and_errors(tmp_path):
         csv_labels.convert(str(img), str(table), "SUB_ID", "DX", out_dir=raw, progress=False)
     with pytest.raises(ConversionError, match=r"\{id\}"):
         csv_labels.convert(str(img), str(table), "SUB_ID", "DX_GROUP", patterns=["x.nii.gz"], out_dir=raw)
+
+
+def fake_adni_visits(root):
+    """An ADNI download (``ADNI/<PTID>/MPRAGE/<date>_<time>/I<n>/ADNI_..._I<n>.nii``, one folder per
+    visit) and an ADNIMERGE-like table with one row per visit (PTID, VISCODE, EXAMDATE, DX)."""
+    visits = {"002_S_0295": [("bl", "2006-04-18", "CN"), ("m06", "2006-11-02", "CN"), ("m12", "2007-05-25", "MCI")],
+              "002_S_0413": [("bl", "2006-05-02", "CN"), ("m06", "2006-11-15", "CN")],
+              "003_S_1021": [("bl", "2006-10-30", "MCI")]}
+    img, n = os.path.join(root, "ADNI"), 13722
+    rows = ["RID,PTID,VISCODE,EXAMDATE,DX"]
+    for k, (ptid, vs) in enumerate(visits.items()):
+        for j, (code, day, dx) in enumerate(vs):
+            rows.append(f"{k + 295},{ptid},{code},{day},{dx}")
+            n += 1
+            F.write(os.path.join(img, ptid, "MPRAGE", f"{day}_08_20_30.0", f"I{n}",
+                                 f"ADNI_{ptid}_MR_MPRAGE_br_raw_{day.replace('-', '')}_1_S{n}_I{n}.nii"),
+                    F.noise_image(k, 100 + 50 * j))  # level 100 / 150 / 200 marks the visit
+    table = os.path.join(root, "ADNIMERGE.csv")
+    with open(table, "w") as f:
+        f.write("\n".join(rows[:1] + rows[1:][::-1]) + "\n")  # not in visit order
+    return img, table
+
+
+def test_csv_labels_one_visit_per_subject(tmp_path, capsys):
+    img, table = fake_adni_visits(str(tmp_path))
+    raw = str(tmp_path / "raw")
+    pat = "{id}/MPRAGE/*/*/*.nii"
+    s = csv_labels.convert(img, table, "PTID", "DX", patterns=[pat], out_dir=raw, progress=False)
+    assert s.converted == ["003_S_1021"]
+    assert "3 rows for id '002_S_0295'" in s.problems["002_S_0295"] and "--visit" in s.problems["002_S_0295"]
+    # the last visit by EXAMDATE, its image by the date in the path
+    s = csv_labels.convert(img, table, "PTID", "DX", patterns=["{id}/MPRAGE/{EXAMDATE}_*/*/*.nii"], visit="last",
+                           visit_column="EXAMDATE", out_dir=raw, dataset_id=542, name="ADNIlast", progress=False)
+    assert sorted(s.converted) == ["002_S_0295", "002_S_0413", "003_S_1021"]
+    folder = os.path.join(raw, "Dataset542_ADNIlast")
+    rows = {r[0]: r[2] for r in read_csv(os.path.join(folder, "classes.csv"))[1:]}
+    assert rows == {"002_S_0295": "MCI", "002_S_0413": "CN", "003_S_1021": "MCI"}  # m12 of 0295 is MCI
+    a = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, "imagesTr", "002_S_0295_0000.nii.gz")))
+    assert 180 < a.mean() < 230  # the third visit's image (level 200)
+    F.verify_fast(folder)
+    # baseline by visit code (command line); images chosen through the EXAMDATE of that row
+    assert cli.main(["csv-labels", img, "--csv", table, "--id-column", "PTID", "--label-column", "DX",
+                     "--pattern", "{id}/MPRAGE/{EXAMDATE}_*/*/*.nii", "--visit", "bl", "--visit-column", "VISCODE",
+                     "-o", raw, "-d", "543", "--name", "ADNIbl", "-q"]) == 0
+    folder = os.path.join(raw, "Dataset543_ADNIbl")
+    rows = {r[0]: r[2] for r in read_csv(os.path.join(folder, "classes.csv"))[1:]}
+    assert rows == {"002_S_0295": "CN", "002_S_0413": "CN", "003_S_1021": "MCI"}
+    a = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, "imagesTr", "002_S_0295_0000.nii.gz")))
+    assert 80 < a.mean() < 130
+    # several rows and several images: the pattern must name the visit (image and label of one visit)
+    s = csv_labels.convert(img, table, "PTID", "DX", patterns=[pat], visit="first", out_dir=raw, dataset_id=544,
+                           name="ADNIfirst", progress=False)
+    assert s.converted == ["003_S_1021"] and "belongs to the chosen row" in s.problems["002_S_0413"]
+    # one row per id (a baseline table) and several images: the first image by path (dates)
+    base_table = str(tmp_path / "baseline.csv")
+    with open(base_table, "w") as f:
+        f.write("PTID,DX_bl\n002_S_0295,CN\n002_S_0413,CN\n")
+    s = csv_labels.convert(img, base_table, "PTID", "DX_bl", patterns=[pat], visit="first", out_dir=raw,
+                           dataset_id=546, name="ADNIbase", progress=False)
+    assert sorted(s.converted) == ["002_S_0295", "002_S_0413"]
+    a = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(raw, "Dataset546_ADNIbase", "imagesTr",
+                                                           "002_S_0295_0000.nii.gz")))
+    assert 80 < a.mean() < 130  # 2006-04-18, the baseline
+    with pytest.raises(ConversionError, match="--visit-column"):
+        csv_labels.convert(img, table, "PTID", "DX", patterns=[pat], visit="bl", out_dir=raw)
+    with pytest.raises(ConversionError, match="DATE"):
+        csv_labels.convert(img, table, "PTID", "DX", patterns=["{id}/{DATE}*/*.nii"], out_dir=raw)
+    s = csv_labels.convert(img, table, "PTID", "DX", patterns=[pat], visit="m06", visit_column="VISCODE",
+                           out_dir=raw, dataset_id=545, name="ADNIm06", progress=False)
+    assert "no row with VISCODE = 'm06'" in s.problems["003_S_1021"]
+    assert "belongs to the chosen row" in s.problems["002_S_0295"] and "{EXAMDATE}" in s.problems["002_S_0295"]

@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep and number these classes, e.g. 'CN=0,MCI=1' (default: all classes, sorted, 0..K-1)")
     c.add_argument("--mask", choices=("otsu", "nonzero", "none"), default="otsu",
                    help="placeholder foreground label written to labelsTr (default otsu)")
+    c.add_argument("--visit", default=None, metavar="first|last|VALUE",
+                   help="one visit per id when the table has several rows (or the pattern several images) "
+                        "per id: the first, the last (by --visit-column, else table order; images by path), "
+                        "or the row whose --visit-column equals VALUE (e.g. bl)")
+    c.add_argument("--visit-column", default=None, metavar="COLUMN",
+                   help="column holding the visit (VISCODE, EXAMDATE, ...); its value replaces {visit} in --pattern")
     sp["corpus-ixi"].add_argument("--resample-to-t1", action="store_true",
                                   help="resample T2, PD and MRA onto each subject's T1 grid")
     sp["corpus-ucsf-pdgm"].add_argument("--bias-corrected", action="store_true",
@@ -194,7 +200,8 @@ def run(a: argparse.Namespace):
     if a.kind == "csv-labels":
         return m.convert(a.release_root, a.csv, a.id_column, a.label_column,
                          patterns=a.pattern or ["{id}.nii.gz"], modalities=a.modality,
-                         class_map=_class_map(a.class_map), mask=a.mask, out_dir=a.out, **common)
+                         class_map=_class_map(a.class_map), mask=a.mask, visit=a.visit,
+                         visit_column=a.visit_column, out_dir=a.out, **common)
     return m.convert(a.release_root, out_dir=a.out, **common, **extra)
 
 
