@@ -31,17 +31,19 @@ HELP = {
     "brats2024": "BraTS 2024 GLI/MET/SSA: same files as 2023; GLI label 4 (resection cavity) kept as its "
                  "own class or mapped (--resection-cavity)",
     "msd-brain": "MSD Task01_BrainTumour: 4D imagesTr/BRATS_XXX.nii.gz (labels 1->2, 2->1, 3->3)",
-    "isles2022": "ISLES 2022 (BIDS): DWI, ADC, FLAIR resampled into DWI space; lesion masks",
+    "isles2022": "ISLES 2022 (BIDS): DWI, ADC and the FLAIR rigidly registered onto the DWI (Mattes MI; "
+                 "--no-register: scanner coordinates); lesion masks",
     "upenn-gbm": "UPENN-GBM: images_structural/ID/ID_{T1,T1GD,T2,FLAIR}.nii.gz + images_segm "
                  "(labels 1,2,4 -> 1,2,3)",
-    "mrbrains13": "MRBrainS13: <subject>/{T1,T1_IR,T2_FLAIR,LabelsForTraining}.nii",
+    "mrbrains13": "MRBrainS13: <subject>/{T1,T1_IR,T2_FLAIR,LabelsForTraining}.nii (or .mhd)",
     "vsseg": "Vestibular-Schwannoma-SEG as NIfTI (VS_Seg scripts: vs_gk_N/vs_gk_{t1,seg}_refT1.nii.gz, "
              "or their BIDS export); ceT1 or T2 with its own mask",
     "brats2018-grade": "BraTS 2018 HGG/LGG: images + segmentations + classes.csv (label 1 = HGG)",
     "csv-labels": "classification labels from a CSV (ADNI, ADHD-200, ABIDE, ...) + an image folder",
     "corpus-brats": "pretraining corpus from BraTS 2021 / 2023 images (no labels needed)",
     "corpus-ixi": "pretraining corpus from IXI (T1, T2, PD, MRA; optional resampling to T1)",
-    "corpus-ucsf-pdgm": "pretraining corpus from UCSF-PDGM (T1, T1c, T2, FLAIR, DWI, ADC)",
+    "corpus-ucsf-pdgm": "pretraining corpus from UCSF-PDGM (T1, T1c, T2, FLAIR, DWI, ADC; follow-up exams "
+                        "grouped under their patient)",
     "corpus-folder": "pretraining corpus from subject folders of <anything>_<modality>.nii.gz",
 }
 
