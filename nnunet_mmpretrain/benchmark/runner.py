@@ -1,0 +1,314 @@
+"""The benchmark runner: every cell of a suite through the real nnU-Net commands.
+
+A *cell* is one (dataset, label budget, fold, seed, method). Its folder ``OUT/cells/NAME/`` holds::
+
+    cell.json           the settings (trainer, plans, schedule, split file and its SHA-256, bundle)
+    nnUNet_results/     the cell's own nnU-Net results folder (cells never collide)
+    test/summary.json   nnUNetv2_evaluate_folder on imagesTs (datasets with "test": true)
+    train.log           output of the commands
+    done.json           written last: the cell is finished and is never run or overwritten again
+
+A cell runs ``nnUNetv2_train DATASET CONFIG FOLD -tr TRAINER -p PLANS [--c]`` with the cell's
+split, seed and schedule in the environment (:mod:`.trainers`); nnU-Net's own validation writes
+``fold_K/validation/summary.json`` (per-case Dice). A crashed cell resumes from its latest
+checkpoint (``--c``) on the next run. Paired cells (same dataset, budget, fold and seed, different
+methods) share one split file ``OUT/splits/DXXX/foldK_BUDGET_seedS.json``.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from nnunet_mmpretrain.benchmark import prepare as prep
+from nnunet_mmpretrain.benchmark.prepare import BenchmarkError, Folders, StepFailed
+from nnunet_mmpretrain.benchmark.suite import DatasetSpec, LabelBudget, Method, Suite
+from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json
+
+log = logging.getLogger("nnunet_mmpretrain.benchmark")
+
+
+@dataclass
+class Cell:
+    name: str
+    dataset: DatasetSpec
+    budget: LabelBudget
+    fold: int
+    seed: int
+    method: Method
+    trainer: str
+
+    @property
+    def split_name(self) -> str:
+        return os.path.join(f"D{self.dataset.id:03d}", f"fold{self.fold}_{self.budget.tag}_seed{self.seed}.json")
+
+
+def build_cells(suite: Suite) -> List[Cell]:
+    """All cells, ordered so that the methods of one (budget, fold, seed) run one after another."""
+    cells = []
+    for ds in suite.datasets:
+        for b in suite.budgets:
+            for fold in suite.folds:
+                for seed in suite.seeds:
+                    for m in suite.methods.values():
+                        name = f"D{ds.id:03d}_{b.tag}_fold{fold}_seed{seed}_{m.name}"
+                        cells.append(Cell(name, ds, b, fold, seed, m, m.trainer_for(ds.task)))
+    return cells
+
+
+def select(cells: List[Cell], patterns: Optional[List[str]], suite: Suite) -> List[Cell]:
+    if not patterns:
+        return cells
+    out = [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+    if not out:
+        raise BenchmarkError(f"{suite.path}: --cell {' '.join(patterns)}: no cell matches; list them with --dry-run "
+                             f"(e.g. {cells[0].name})")
+    return out
+
+
+def fold_dir(f: Folders, cell: Cell, ds_name: str, suite: Suite) -> str:
+    return os.path.join(f.cells, cell.name, "nnUNet_results", ds_name,
+                        f"{cell.trainer}__{suite.plans}__{suite.configuration}", f"fold_{cell.fold}")
+
+
+class Runner:
+    """Prepare, guard and run the selected cells of a suite; see the module docstring."""
+
+    def __init__(self, suite: Suite, out: str, device: Optional[str] = None, dry_run: bool = False):
+        self.suite, self.dry_run = suite, dry_run
+        self.device = device or suite.device
+        self.f = prep.folders_for(suite, out)
+        self.env = prep.base_env(suite, self.f)
+        self._corpus_index = None
+
+    # ----------------------------------------------------------------------------- checks
+    def check_trainers(self, cells: List[Cell]) -> List[Cell]:
+        """Unknown segmentation or pretraining trainer -> BenchmarkError; classification cells
+        whose trainer does not exist yet are left out with a warning (the hook for them)."""
+        keep, seen = [], {}
+        for c in cells:
+            if c.trainer not in seen:
+                seen[c.trainer] = prep.trainer_exists(c.trainer)
+            if seen[c.trainer]:
+                keep.append(c)
+            elif c.dataset.task == "classification":
+                log.warning("cell %s left out: classification trainer %s is not available yet", c.name, c.trainer)
+            else:
+                raise BenchmarkError(f"{self.suite.path}: methods.{c.method.name}: trainer {c.trainer!r} not found by "
+                                     f"nnUNetv2_train; fix the name or add the trainer to nnunet_mmpretrain_ext")
+        for name in sorted({c.method.pretraining for c in keep if c.method.pretraining}):
+            p = self.suite.presets[name]
+            if not prep.trainer_exists(p.trainer):
+                raise BenchmarkError(f"{p.source}: trainer: pretraining trainer {p.trainer!r} of preset {name!r} not "
+                                     f"found by nnUNetv2_train; fix the name or add the trainer")
+        return keep
+
+    def dataset_name(self, ds: DatasetSpec) -> str:
+        name = prep.dataset_folder(self.f.raw, ds.id)
+        if self.dry_run and not name and self.suite.phantoms is not None:   # made by the first step of a real run
+            return f"Dataset{ds.id:03d}_{ds.name or 'Phantom'}"
+        if not name or not os.path.isfile(os.path.join(self.f.raw, name, "dataset.json")):
+            i = self.suite.datasets.index(ds)
+            hint = ds.convert or "convert or copy it into $nnUNet_raw"
+            raise BenchmarkError(f"{self.suite.path}: datasets[{i}]: no Dataset{ds.id:03d}_* with a dataset.json in "
+                                 f"{self.f.raw}; {hint}")
+        return name
+
+    def case_ids(self, ds: DatasetSpec, sub: str = "imagesTr") -> List[str]:
+        folder = os.path.join(self.f.raw, self.dataset_name(ds), sub)
+        with open(os.path.join(self.f.raw, self.dataset_name(ds), "dataset.json")) as fh:
+            ending = json.load(fh).get("file_ending", ".nii.gz")
+        tail = "_0000" + ending
+        return sorted(x[: -len(tail)] for x in os.listdir(folder) if x.endswith(tail)) if os.path.isdir(folder) else []
+
+    def split_for(self, cell: Cell) -> dict:
+        from nnunet_mmpretrain.benchmark.splits import cell_split, check_patient_disjoint
+        ds, s = cell.dataset, self.suite
+        try:
+            sp = cell_split(self.case_ids(ds), s.num_folds, cell.fold, cell.budget.kind, cell.budget.value, ds.id,
+                            cell.seed, ds.patient_regex, s.split_seed)
+        except ValueError as e:
+            raise BenchmarkError(f"{s.path}: datasets[{s.datasets.index(ds)}]: {e}")
+        check_patient_disjoint(sp, ds.patient_regex)
+        return sp
+
+    def write_split(self, cell: Cell, split: dict) -> str:
+        """Write the split file once; refuse when an existing one differs (results depend on it)."""
+        from nnunet_mmpretrain.benchmark.splits import split_bytes
+        path = os.path.join(self.f.splits, cell.split_name)
+        data = split_bytes(split)
+        if os.path.isfile(path):
+            with open(path, "rb") as fh:
+                if fh.read() != data:
+                    raise BenchmarkError(f"{path}: the split differs from the one computed now (data or suite changed); "
+                                         f"use a new --out folder")
+            return path
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+        return path
+
+    def guard(self, cell: Cell, split: dict) -> None:
+        """Leakage guard for cells that use a pretrained encoder."""
+        if not cell.method.pretraining:
+            return
+        from nnunet_mmpretrain.benchmark.leakage import corpus_index, dataset_case_images, find_leaks
+        if self._corpus_index is None:
+            cname = prep.dataset_folder(self.f.raw, self.suite.corpus["dataset"])
+            if not cname or not os.path.isfile(os.path.join(self.f.raw, cname, "manifest.json")):
+                raise BenchmarkError(f"{self.suite.path}: corpus.dataset: no corpus Dataset"
+                                     f"{self.suite.corpus['dataset']:03d}_*/manifest.json in {self.f.raw}; "
+                                     f"convert the corpus first (nnUNetv2_mmpretrain_convert corpus-...)")
+            cache = None if self.dry_run else os.path.join(self.f.out, "leakage", "corpus_hashes.json")
+            self._corpus_index = corpus_index(os.path.join(self.f.raw, cname), cache)
+        raw_ds = os.path.join(self.f.raw, self.dataset_name(cell.dataset))
+        images = dataset_case_images(raw_ds, split["val"], "imagesTr")
+        if cell.dataset.test:
+            images.update(dataset_case_images(raw_ds, self.case_ids(cell.dataset, "imagesTs"), "imagesTs"))
+        leaks = find_leaks(images, self._corpus_index, cell.dataset.patient_regex)
+        if leaks:
+            raise BenchmarkError(f"cell {cell.name}: {len(leaks)} evaluation case(s) are in the pretraining corpus "
+                                 f"{self._corpus_index.name} ({'; '.join(leaks[:3])}{'; ...' if len(leaks) > 3 else ''})"
+                                 f"; remove them from the corpus manifest and pretrain again, or from the evaluation")
+
+    # ----------------------------------------------------------------------------- running
+    def cell_settings(self, cell: Cell, split_file: str, bundle: Optional[str]) -> dict:
+        from nnunet_mmpretrain.benchmark.splits import file_sha256
+        s = self.suite
+        pre = s.presets[cell.method.pretraining] if cell.method.pretraining else None
+        return {"name": cell.name, "suite": s.name, "dataset": cell.dataset.id, "dataset_name": self.dataset_name(cell.dataset),
+                "task": cell.dataset.task, "budget": {"kind": cell.budget.kind, "value": cell.budget.value,
+                                                      "tag": cell.budget.tag, "label": cell.budget.label},
+                "fold": cell.fold, "seed": cell.seed, "method": cell.method.name, "kind": cell.method.kind,
+                "trainer": cell.trainer, "plans": s.plans, "configuration": s.configuration, "schedule": s.schedule,
+                "split_file": os.path.relpath(split_file, self.f.out), "split_sha256": file_sha256(split_file),
+                "pretraining": None if pre is None else {"preset": pre.name, "trainer": pre.trainer},
+                "bundle": bundle, "stem": cell.method.stem, "device": self.device}
+
+    def run_cell(self, cell: Cell, split_file: str, bundle: Optional[str], tag: str) -> Optional[float]:
+        """Run one cell (train + nnU-Net validation [+ test]); returns seconds, None when skipped."""
+        from nnunet_mmpretrain.benchmark.trainers import ENV_SCHEDULE, ENV_SEED, ENV_SPLIT
+        s, folder = self.suite, os.path.join(self.f.cells, cell.name)
+        if os.path.isfile(os.path.join(folder, "done.json")):
+            log.info("%s %s: finished earlier, skipped", tag, cell.name)
+            return None
+        ds_name = self.dataset_name(cell.dataset)
+        settings = self.cell_settings(cell, split_file, bundle) if not self.dry_run else None
+        meta = os.path.join(folder, "cell.json")
+        if settings and os.path.isfile(meta):
+            with open(meta) as fh:
+                old = json.load(fh)
+            diff = [k for k in ("trainer", "plans", "configuration", "schedule", "split_sha256", "pretraining", "stem")
+                    if old.get(k) != settings[k]]
+            if diff:
+                raise BenchmarkError(f"{meta}: this unfinished cell was started with other settings ({', '.join(diff)}); "
+                                     f"use a new --out folder or delete {folder}")
+        elif settings:
+            atomic_write_json(settings, meta)
+        results = os.path.join(folder, "nnUNet_results")
+        extra = {"nnUNet_results": results, ENV_SPLIT: split_file, ENV_SEED: str(cell.seed),
+                 ENV_SCHEDULE: json.dumps(s.schedule, separators=(",", ":"))}
+        if bundle:
+            extra["nnUNet_mmpretrain_bundle"] = bundle
+        if cell.method.stem:
+            extra["nnUNet_mmpretrain_stem"] = cell.method.stem
+        env = dict(self.env, **extra)
+        if not bundle:
+            env.pop("nnUNet_mmpretrain_bundle", None)
+        t0 = time.time()
+        logf = os.path.join(folder, "train.log")
+        fd = fold_dir(self.f, cell, ds_name, s)
+        if not os.path.isfile(os.path.join(fd, "validation", "summary.json")):
+            cmd = ["nnUNetv2_train", cell.dataset.id, s.configuration, cell.fold, "-tr", cell.trainer, "-p", s.plans,
+                   "-device", self.device]
+            if any(os.path.isfile(os.path.join(fd, c)) for c in ("checkpoint_final.pth", "checkpoint_latest.pth")):
+                cmd.append("--c")
+                log.info("%s %s: resuming from its checkpoint", tag, cell.name)
+            prep.run_step(f"{tag} {cell.name}", cmd, env, logf, self.dry_run, extra)
+        if cell.dataset.test:
+            self.evaluate_test(cell, ds_name, env, logf, tag)
+        if self.dry_run:
+            return 0.0
+        summ = os.path.join(fd, "validation", "summary.json")
+        if not os.path.isfile(summ):
+            raise StepFailed(f"{tag} {cell.name}: nnU-Net wrote no {summ}; see {logf}")
+        with open(summ) as fh:
+            dice = json.load(fh)["foreground_mean"]["Dice"]
+        secs = time.time() - t0
+        atomic_write_json({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(secs, 1),
+                           "validation_summary": os.path.relpath(summ, folder), "validation_mean_dice": dice},
+                          os.path.join(folder, "done.json"))
+        log.info("%s %s: done in %.0f s (validation mean Dice %.3f)", tag, cell.name, secs, dice)
+        return secs
+
+    def evaluate_test(self, cell: Cell, ds_name: str, env: Dict[str, str], logf: str, tag: str) -> None:
+        """nnUNetv2_predict on imagesTs + nnUNetv2_evaluate_folder against labelsTs."""
+        s, raw = self.suite, os.path.join(self.f.raw, ds_name)
+        out = os.path.join(self.f.cells, cell.name, "test")
+        if os.path.isfile(os.path.join(out, "summary.json")) or not os.path.isdir(os.path.join(raw, "labelsTs")):
+            return
+        pred = os.path.join(out, "predictions")
+        cmd = ["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", pred, "-d", cell.dataset.id, "-c",
+               s.configuration, "-f", cell.fold, "-tr", cell.trainer, "-p", s.plans, "-device", self.device,
+               "-npp", "1", "-nps", "1"]
+        if not s.schedule.get("mirroring", False):
+            cmd.append("--disable_tta")
+        prep.run_step(f"{tag} {cell.name} test prediction", cmd, env, logf, self.dry_run)
+        model = os.path.dirname(fold_dir(self.f, cell, ds_name, s))
+        prep.run_step(f"{tag} {cell.name} test evaluation",
+                      ["nnUNetv2_evaluate_folder", os.path.join(raw, "labelsTs"), pred, "-djfile",
+                       os.path.join(model, "dataset.json"), "-pfile", os.path.join(model, "plans.json"), "-o",
+                       os.path.join(out, "summary.json"), "-np", "1"], env, logf, self.dry_run)
+
+    def run(self, patterns: Optional[List[str]] = None) -> int:
+        """Prepare, guard, run the cells, write the leaderboard; returns the exit code (0 / 1)."""
+        s, f = self.suite, self.f
+        cells = self.check_trainers(select(build_cells(s), patterns, s))
+        log.info("suite %s: %d cell(s) selected, output %s%s", s.name, len(cells), f.out,
+                 " (dry run: nothing is run or written)" if self.dry_run else "")
+        if not self.dry_run:
+            os.makedirs(f.out, exist_ok=True)
+            atomic_write_json(s.raw | {"resolved_presets": {k: vars(v) for k, v in s.presets.items()}},
+                              os.path.join(f.out, "suite.json"))
+        prep.make_data(s, f, self.env, self.dry_run)
+        data_ready = not (self.dry_run and s.phantoms is not None and not prep.dataset_folder(f.raw, s.phantoms["seg_id"]))
+        splits: Dict[str, str] = {}
+        if data_ready:
+            for c in cells:                      # splits and the leakage guard before any training
+                sp = self.split_for(c)
+                self.guard(c, sp)
+                splits[c.name] = self.write_split(c, sp) if not self.dry_run else os.path.join(f.splits, c.split_name)
+                log.debug("%s: %d training, %d validation cases", c.name, len(sp["train"]), len(sp["val"]))
+        prep.plan_corpus(s, f, self.env, self.dry_run)
+        bundles = {p: prep.pretrain(s, f, self.env, p, self.device, self.dry_run)
+                   for p in sorted({c.method.pretraining for c in cells if c.method.pretraining})}
+        for ds in {c.dataset.id: c.dataset for c in cells}.values():
+            prep.transfer(s, f, self.env, ds.id, self.dry_run)
+        failed, t_start, ran = [], time.time(), 0
+        for i, c in enumerate(cells):
+            tag = f"[{i + 1}/{len(cells)}]"
+            split_file = splits.get(c.name, os.path.join(f.splits, c.split_name))
+            try:
+                secs = self.run_cell(c, split_file, bundles.get(c.method.pretraining), tag)
+            except StepFailed as e:
+                log.error("%s", e)
+                failed.append(c.name)
+                continue
+            if secs is not None and not self.dry_run:
+                ran += 1
+                left = len(cells) - i - 1
+                eta = (time.time() - t_start) / ran * left
+                log.info("%s progress: %d/%d cells, about %.0f min left", tag, i + 1, len(cells), eta / 60)
+        if self.dry_run:
+            return 0
+        from nnunet_mmpretrain.benchmark.leaderboard import write_leaderboard
+        md = write_leaderboard(f.out)
+        log.info("leaderboard: %s", md)
+        if failed:
+            log.error("%d cell(s) failed: %s; run the same command again to resume them", len(failed), ", ".join(failed))
+            return 1
+        return 0
