@@ -24,11 +24,16 @@ A case that fails is skipped with a reason that gives these numbers (it is never
 """
 from __future__ import annotations
 
+import csv
+import io
 import math
+import os
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
+
+from nnunet_mmpretrain.io_utils import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -202,13 +207,9 @@ TABLE_COLUMNS = ("case", "image", "metric_initial", "metric_final", "coverage_in
                  "dice_initial", "dice_final", "rotation_deg", "translation_mm", "iterations", "stop")
 
 
-def write_table(folder: str, case_info: Dict[str, Dict[str, Any]], finished) -> Optional[str]:
+def write_table(folder: str, case_info: Dict[str, Dict[str, Any]], finished: Iterable[str]) -> Optional[str]:
     """Merge this run's registration metrics into ``folder/registration.csv`` (one row per
     registered image of a finished case; rows of cases converted by earlier runs are kept)."""
-    import csv
-    import os
-
-    from nnunet_mmpretrain.io_utils import atomic_write_text
     path = os.path.join(folder, TABLE_NAME)
     rows: Dict[Tuple[str, str], Dict[str, Any]] = {}
     if os.path.isfile(path):
@@ -221,7 +222,6 @@ def write_table(folder: str, case_info: Dict[str, Dict[str, Any]], finished) -> 
     rows = {k: v for k, v in rows.items() if k[0] in keep}
     if not rows:
         return None
-    import io
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.conversion.common import (
