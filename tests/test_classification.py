@@ -168,7 +168,7 @@ def _train(trainer, fold=0, env=None):
                    env={**FAST, **(env or {})})
 
 
-def test_scratch_and_pretrained_runs_through_nnunetv2_train(cls_planned, tmp_path):
+def test_scratch_and_pretrained_runs_through_nnunetv2_train(cls_planned, tmp_path, capsys):
     from nnunet_mmpretrain.classification import metrics as M
     _train("nnUNetTrainerMMClassifier_scratch_smoke")
     _train("nnUNetTrainerMMClassifier_smoke")
@@ -187,14 +187,15 @@ def test_scratch_and_pretrained_runs_through_nnunetv2_train(cls_planned, tmp_pat
         assert sorted(cases) == sorted(cls_planned["splits"][0]["val"]) and np.allclose(p.sum(1), 1, atol=1e-4)
         ck = torch.load(os.path.join(folder, "fold_0", "checkpoint_final.pth"), weights_only=True)
         assert ck["classification"]["input_size"] == s["input_size"]
-    # cross-validation summary command (one fold here; the format test covers several)
-    r = run_cli(["nnUNetv2_mmpretrain_classify_summary", "-d", str(CLS_ID), "-c", "3d_tiny", "-tr",
-                 "nnUNetTrainerMMClassifier_smoke", "-p", PLANS])
+    # cross-validation summary command, in-process (one fold here; the format test covers several)
+    from nnunet_mmpretrain.cli.classify import main_predict, main_summary
+    args = ["-d", str(CLS_ID), "-c", "3d_tiny", "-tr", "nnUNetTrainerMMClassifier_smoke", "-p", PLANS]
+    assert main_summary(args) == 0
     cv = json.load(open(os.path.join(pre, "cv_summary.json")))
-    assert tuple(cv) == M.CV_KEYS and cv["folds"] == ["fold_0"] and "balanced_accuracy" in r.stdout
-    r = run_cli(["nnUNetv2_mmpretrain_classify_summary", "-d", str(CLS_ID), "-c", "3d_tiny", "-tr",
-                 "nnUNetTrainerMMClassifier_smoke", "-p", PLANS, "-f", "0", "1"], check=False)
-    assert r.returncode == 2 and "fold(s) 1" in r.stderr and "Traceback" not in r.stderr
+    assert tuple(cv) == M.CV_KEYS and cv["folds"] == ["fold_0"] and "balanced_accuracy" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main_summary(args + ["-f", "0", "1"])
+    assert e.value.code == 2 and "fold(s) 1" in capsys.readouterr().err
     # prediction of new cases from raw images = the fold's validation probabilities (same preprocessing)
     out = tmp_path / "probs.csv"
     val = cls_planned["splits"][0]["val"]
@@ -204,8 +205,7 @@ def test_scratch_and_pretrained_runs_through_nnunetv2_train(cls_planned, tmp_pat
     for f in os.listdir(raw):
         if f.rsplit("_", 1)[0] in val:
             os.symlink(os.path.join(raw, f), img / f)
-    run_cli(["nnUNetv2_mmpretrain_classify", "-i", str(img), "-o", str(out), "-d", str(CLS_ID), "-c", "3d_tiny",
-             "-tr", "nnUNetTrainerMMClassifier_smoke", "-p", PLANS, "-f", "0", "-device", "cpu"], env=FAST)
+    assert main_predict(["-i", str(img), "-o", str(out), "-f", "0", "-device", "cpu"] + args) == 0
     rows = {r["case"]: r for r in csv.DictReader(open(out))}
     assert sorted(rows) == sorted(val)
     cases, _, p = M.read_probabilities(os.path.join(pre, "fold_0", M.PROB_FILE))
@@ -214,14 +214,19 @@ def test_scratch_and_pretrained_runs_through_nnunetv2_train(cls_planned, tmp_pat
         assert rows[c]["class"] in ("low grade", "high grade")
 
 
-def test_bad_classes_csv_stops_nnunetv2_train_before_any_work(cls_planned, tmp_path):
+def test_bad_classes_csv_stops_nnunetv2_train_before_any_work(cls_planned, tmp_path, monkeypatch, capsys):
+    """nnUNetv2_train's entry point (in-process): exit code 2, one error line, no fold folder."""
+    from nnunetv2.run.run_training import run_training_entry
     bad = tmp_path / "classes.csv"
     bad.write_text("case,label\n" + "".join(f"{c},1\n" for s in cls_planned["splits"][0].values() for c in s))
-    r = run_cli(["nnUNetv2_train", str(CLS_ID), "3d_tiny", "1", "-tr", "nnUNetTrainerMMClassifier_scratch_smoke", "-p",
-                 PLANS, "-device", "cpu"], env={**FAST, "nnUNet_mmpretrain_classes": str(bad)}, check=False)
-    assert r.returncode == 2
-    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(err) == 1 and str(bad) in err[0] and "single class" in err[0] and "Traceback" not in r.stderr
+    monkeypatch.setenv("nnUNet_mmpretrain_classes", str(bad))
+    monkeypatch.setattr("sys.argv", ["nnUNetv2_train", str(CLS_ID), "3d_tiny", "1", "-tr",
+                                     "nnUNetTrainerMMClassifier_scratch_smoke", "-p", PLANS, "-device", "cpu"])
+    with pytest.raises(SystemExit) as e:
+        run_training_entry()
+    assert e.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and str(bad) in err[0] and "single class" in err[0]
     assert not os.path.exists(os.path.join(_results(cls_planned, "nnUNetTrainerMMClassifier_scratch_smoke"), "fold_1"))
 
 

@@ -204,8 +204,18 @@ def load_class_table(path: str, case_ids: Sequence[str], dataset_json: Optional[
     return ClassTable(path=os.path.abspath(path), labels=labels, names=names)
 
 
-def raw_case_ids(dataset_name: str, dataset_json: Mapping) -> List[str]:
-    """Training case ids of a raw dataset (nnU-Net's own file listing)."""
-    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
-    return sorted(get_filenames_of_train_images_and_targets(os.path.join(os.environ["nnUNet_raw"], dataset_name),
-                                                            dict(dataset_json)))
+def load_labels_for_plans(plans: dict, configuration: str, dataset_json: dict) -> ClassTable:
+    """The class table of the plans' dataset, checked against the cases preprocessed for ``configuration``
+    (what a trainer sees); raises :class:`ClassLabelError`."""
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    name = plans["dataset_name"]
+    ident = PlansManager(plans).get_configuration(configuration).data_identifier
+    folder = os.path.join(str(nnUNet_preprocessed), name, ident)
+    if not os.path.isdir(folder):
+        raise ClassLabelError(f"no preprocessed data at {folder}: preprocess configuration {configuration!r} of "
+                              f"{name} first (nnUNetv2_mmpretrain_transfer_plans ... --preprocess or nnU-Net's "
+                              f"preprocessing).")
+    cases = infer_dataset_class(folder).get_identifiers(folder)
+    return load_class_table(find_class_file(name, dataset_json), cases, dataset_json)

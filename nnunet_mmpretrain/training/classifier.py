@@ -42,34 +42,15 @@ from torch import distributed as dist
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_mmpretrain.classification.labels import ClassLabelError, ClassTable
+from nnunet_mmpretrain.classification.labels import ClassLabelError, load_labels_for_plans
 from nnunet_mmpretrain.training.finetune import FinetuneError, PretrainedEncoder
 from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MMClassifierBase", "nnUNetTrainerMMClassifier", "nnUNetTrainerMMClassifier_scratch",
-           "nnUNetTrainerMMClassifier_linearProbe", "nnUNetTrainerMMClassifier_decoderFeatures",
-           "nnUNetTrainerMMClassifier_labelSmoothing", "nnUNetTrainerMMClassifier_demo",
-           "nnUNetTrainerMMClassifier_scratch_demo", "nnUNetTrainerMMClassifier_smoke",
-           "nnUNetTrainerMMClassifier_scratch_smoke", "nnUNetTrainerMMClassifier_linearProbe_smoke"]
-
-
-def load_labels_for(plans: dict, configuration: str, dataset_json: dict) -> ClassTable:
-    """The dataset's validated class table, checked against its preprocessed cases."""
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunet_mmpretrain.classification.labels import find_class_file, load_class_table
-    name = plans["dataset_name"]
-    ident = PlansManager(plans).get_configuration(configuration).data_identifier
-    folder = os.path.join(str(nnUNet_preprocessed), name, ident)
-    if not os.path.isdir(folder):
-        raise ClassLabelError(f"no preprocessed data at {folder}: preprocess configuration {configuration!r} of "
-                              f"{name} first (nnUNetv2_mmpretrain_transfer_plans ... --preprocess or nnU-Net's "
-                              f"preprocessing).")
-    cases = infer_dataset_class(folder).get_identifiers(folder)
-    return load_class_table(find_class_file(name, dataset_json), cases, dataset_json)
+__all__ = ["MMClassifierBase"] + [f"nnUNetTrainerMMClassifier{v}" for v in (
+    "", "_scratch", "_linearProbe", "_decoderFeatures", "_labelSmoothing", "_demo", "_scratch_demo", "_smoke",
+    "_scratch_smoke", "_linearProbe_smoke")]
 
 
 class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
@@ -89,7 +70,7 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold, dataset_json: dict, device=torch.device("cuda")):
         try:                               # before nnU-Net makes any folder or log file
-            self.class_table = load_labels_for(plans, configuration, dataset_json)
+            self.class_table = load_labels_for_plans(plans, configuration, dataset_json)
         except ClassLabelError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -124,6 +105,8 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunet_mmpretrain.classification.network import build_classifier
+        if self.device.type == "cpu" and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))   # nnU-Net takes every core
         self._set_batch_size_and_oversample()
         self.batch_size = int(self.configuration_manager.configuration.get("classification_batch_size",
                                                                            self.batch_size))
@@ -403,8 +386,8 @@ class nnUNetTrainerMMClassifier_scratch_demo(nnUNetTrainerMMClassifier_demo):
 
 
 class nnUNetTrainerMMClassifier_smoke(ShortSchedule, MMClassifierBase):
-    """Tests: 2 epochs x 2 iterations."""
-    schedule = Schedule(epochs=2, iterations=2, val_iterations=1, save_every=50)
+    """Tests: 2 epochs x 1 iteration."""
+    schedule = Schedule(epochs=2, iterations=1, val_iterations=1, save_every=50)
     warmup_epochs = 0
 
 
