@@ -16,9 +16,10 @@ and writes ``OUT/leaderboard/``:
 * ``splits.sha256``: ``sha256sum`` lines of the split files.
 
 Task hook: :data:`METRIC_READERS` maps a task to a reader returning, per evaluation, the run's
-score per region and the per-case scores. Classification cells are read from
-``fold_K/validation/classification_summary.json`` = ``{"per_case": {case: {"label": y,
-"prediction": p}}}`` (accuracy in %, region ``accuracy``), which the classification trainer writes.
+score per region and the per-case scores. Classification cells are read from the classifier's
+``fold_K/validation_probabilities.csv`` (columns ``case,label,prediction,prob_*``): accuracy in %,
+region ``accuracy``, per case 100 (correct) or 0, so the paired test runs over per-case
+correctness (a crude test for binary outcomes; the CI is the informative column there).
 """
 from __future__ import annotations
 
@@ -91,9 +92,9 @@ def read_segmentation(cell_dir: str, cell: dict, regions: Dict[str, str]) -> Dic
 def read_classification(cell_dir: str, cell: dict, regions: Dict[str, str]) -> Dict[str, Scores]:
     fold = os.path.join(cell_dir, "nnUNet_results", cell["dataset_name"],
                         f"{cell['trainer']}__{cell['plans']}__{cell['configuration']}", f"fold_{cell['fold']}")
-    with open(os.path.join(fold, "validation", "classification_summary.json")) as f:
-        pc = json.load(f)["per_case"]
-    cases = {c: 100.0 * (v["label"] == v["prediction"]) for c, v in pc.items()}
+    import csv
+    with open(os.path.join(fold, "validation_probabilities.csv"), newline="") as f:
+        cases = {r["case"]: 100.0 * (int(r["label"]) == int(r["prediction"])) for r in csv.DictReader(f)}
     return {"cv": ({"accuracy": float(np.mean(list(cases.values())))}, {"accuracy": cases})}
 
 

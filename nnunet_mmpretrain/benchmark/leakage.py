@@ -3,8 +3,8 @@
 Two checks per evaluation case (validation side of a cell's split, and the test cases when the
 cell is also evaluated on ``imagesTs``):
 
-* by **id**: the case id or its patient id (:func:`splits.patient_of`) equals a corpus case id or
-  subject;
+* by **id**: the case id equals a corpus case id or subject, or its patient id
+  (:func:`splits.patient_of`) equals the patient id of one (another time point of the patient);
 * by **content**: the voxel data of one of its channel images equals a corpus image. The hash is
   SHA-256 over the shape and the voxels cast to float32, so a copy written with another
   compression, file name or integer type is still caught (a resampled copy is not).
@@ -107,11 +107,13 @@ def find_leaks(case_images: Dict[str, List[str]], index: CorpusIndex, patient_re
     corpus image X``. Empty when nothing leaks."""
     leaks = []
     cache = hash_cache if hash_cache is not None else {}
+    patients = {patient_of(i, patient_regex): src for i, src in index.ids.items()}   # time points of one patient
     for case, images in sorted(case_images.items()):
-        for i in (case, patient_of(case, patient_regex)):
-            if i in index.ids:
-                leaks.append(f"{case}: id {i!r} is corpus case {index.ids[i]!r}")
-                break
+        pat = patient_of(case, patient_regex)
+        if case in index.ids:
+            leaks.append(f"{case}: id {case!r} is corpus case {index.ids[case]!r}")
+        elif pat in patients:
+            leaks.append(f"{case}: id {pat!r} is corpus case {patients[pat]!r}")
         for p in images:
             h = _cached_hash(p, cache)
             if h in index.hashes:

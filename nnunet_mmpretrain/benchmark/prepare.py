@@ -77,8 +77,13 @@ def base_env(suite: Suite, f: Folders) -> Dict[str, str]:
     env.setdefault("nnUNet_results", os.path.join(f.out, "nnUNet_results_unused"))
     env["nnUNet_extTrainer"] = ext_trainer_value(env.get("nnUNet_extTrainer"))
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env.update(suite.env)
     return env
+
+
+def train_env(suite: Suite, env: Dict[str, str]) -> Dict[str, str]:
+    """The environment of ``nnUNetv2_train`` runs: ``env`` + the suite's ``env`` block (e.g.
+    ``nnUNet_n_proc_DA=0``, which nnU-Net's planner would not accept)."""
+    return dict(env, **suite.env)
 
 
 def dataset_folder(raw_or_pre: str, dataset_id: int) -> Optional[str]:
@@ -166,7 +171,7 @@ def pretrain(suite: Suite, f: Folders, env: Dict[str, str], preset_name: str, de
     results = os.path.join(f.pretraining(preset_name), "nnUNet_results")
     corpus = dataset_folder(f.raw, suite.corpus["dataset"]) or f"Dataset{suite.corpus['dataset']:03d}_CORPUS"
     fold = os.path.join(results, corpus, f"{p.trainer}__{p.plans}__{p.configuration}", "fold_all")
-    e = dict(env, nnUNet_results=results)
+    e = dict(train_env(suite, env), nnUNet_results=results)
     logf = os.path.join(f.pretraining(preset_name), "pretraining.log")
     final = os.path.join(fold, "checkpoint_final.pth")
     if not os.path.isfile(final):

@@ -70,6 +70,18 @@ def select(cells: List[Cell], patterns: Optional[List[str]], suite: Suite) -> Li
     return out
 
 
+#: the file nnU-Net (segmentation) / the classifier trainer writes when a fold is validated
+RESULT_FILES = {"segmentation": os.path.join("validation", "summary.json"), "classification": "summary.json"}
+
+
+def _score(task: str, path: str) -> str:
+    with open(path) as fh:
+        s = json.load(fh)
+    if task == "classification":
+        return f"validation accuracy {s['metrics']['accuracy']:.3f}"
+    return f"validation mean Dice {s['foreground_mean']['Dice']:.3f}"
+
+
 def fold_dir(f: Folders, cell: Cell, ds_name: str, suite: Suite) -> str:
     return os.path.join(f.cells, cell.name, "nnUNet_results", ds_name,
                         f"{cell.trainer}__{suite.plans}__{suite.configuration}", f"fold_{cell.fold}")
@@ -216,33 +228,31 @@ class Runner:
             extra["nnUNet_mmpretrain_bundle"] = bundle
         if cell.method.stem:
             extra["nnUNet_mmpretrain_stem"] = cell.method.stem
-        env = dict(self.env, **extra)
+        env = dict(prep.train_env(s, self.env), **extra)
         if not bundle:
             env.pop("nnUNet_mmpretrain_bundle", None)
         t0 = time.time()
         logf = os.path.join(folder, "train.log")
         fd = fold_dir(self.f, cell, ds_name, s)
-        if not os.path.isfile(os.path.join(fd, "validation", "summary.json")):
+        summ = os.path.join(fd, RESULT_FILES[cell.dataset.task])
+        if not os.path.isfile(summ):
             cmd = ["nnUNetv2_train", cell.dataset.id, s.configuration, cell.fold, "-tr", cell.trainer, "-p", s.plans,
                    "-device", self.device]
             if any(os.path.isfile(os.path.join(fd, c)) for c in ("checkpoint_final.pth", "checkpoint_latest.pth")):
                 cmd.append("--c")
                 log.info("%s %s: resuming from its checkpoint", tag, cell.name)
             prep.run_step(f"{tag} {cell.name}", cmd, env, logf, self.dry_run, extra)
-        if cell.dataset.test:
+        if cell.dataset.test and cell.dataset.task == "segmentation":
             self.evaluate_test(cell, ds_name, env, logf, tag)
         if self.dry_run:
             return 0.0
-        summ = os.path.join(fd, "validation", "summary.json")
         if not os.path.isfile(summ):
-            raise StepFailed(f"{tag} {cell.name}: nnU-Net wrote no {summ}; see {logf}")
-        with open(summ) as fh:
-            dice = json.load(fh)["foreground_mean"]["Dice"]
-        secs = time.time() - t0
+            raise StepFailed(f"{tag} {cell.name}: the training wrote no {summ}; see {logf}")
+        score, secs = _score(cell.dataset.task, summ), time.time() - t0
         atomic_write_json({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(secs, 1),
-                           "validation_summary": os.path.relpath(summ, folder), "validation_mean_dice": dice},
+                           "validation_summary": os.path.relpath(summ, folder), "score": score},
                           os.path.join(folder, "done.json"))
-        log.info("%s %s: done in %.0f s (validation mean Dice %.3f)", tag, cell.name, secs, dice)
+        log.info("%s %s: done in %.0f s (%s)", tag, cell.name, secs, score)
         return secs
 
     def evaluate_test(self, cell: Cell, ds_name: str, env: Dict[str, str], logf: str, tag: str) -> None:

@@ -22,7 +22,7 @@ A suite (``plans/NAME.json``)::
                   "random_frozen": {"finetune": "random_frozen"}},
       "references": [{"dataset": 525, "fraction": 1.0, "method": "pretrained", "region": "mean",
                       "value": 76.80, "metric": "Dice %", "source": "BrainMVP (CVPR 2025)"}],
-      "device": "cpu", "env": {"nnUNet_n_proc_DA": "0"}
+      "device": "cpu", "env": {"nnUNet_n_proc_DA": "0"}            # for the nnUNetv2_train runs only
     }
 
 A preset (``plans/presets/NAME.json``): ``{"format": "nnunet_mmpretrain.preset/1", "name": ...,
@@ -51,10 +51,10 @@ KINDS = {
     "random_frozen": ("nnUNetTrainerMMBench_randomFrozen", False),
     "pretrained_template_aug": ("nnUNetTrainerMMBench_pretrainedTemplateAug", True),
 }
-#: classification hook: kind -> trainer name suffix after nnUNetTrainerMMClassifier
-CLASSIFIER = "nnUNetTrainerMMClassifier"
+#: classification tasks: kind -> trainer (benchmark/trainers.py, over training/classifier.py)
+CLASSIFIER = "nnUNetTrainerMMBenchClassifier"
 CLASSIFIER_SUFFIX = {"scratch": "", "pretrained": "_pretrained", "pretrained_frozen": "_pretrainedFrozen",
-                     "random_frozen": "_randomFrozen", "pretrained_template_aug": "_pretrainedTemplateAug"}
+                     "random_frozen": "_randomFrozen", "pretrained_template_aug": "_pretrained"}
 STEMS = ("modality", "repeat", "reinit")
 TASKS = ("segmentation", "classification")
 SCHEDULE_KEYS = ("epochs", "iterations", "val_iterations", "mirroring", "save_every", "initial_lr")

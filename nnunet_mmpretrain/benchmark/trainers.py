@@ -22,7 +22,10 @@ Classes: ``nnUNetTrainerMMBench`` (from scratch), ``nnUNetTrainerMMBench_pretrai
 ``nnUNetTrainerMMBench_pretrainedFrozen`` (encoder stages fixed after injection),
 ``nnUNetTrainerMMBench_randomFrozen`` (the same stages fixed at their random initialisation: the
 control that separates what the encoder learned from what fine-tuning the rest does),
-``nnUNetTrainerMMBench_pretrainedTemplateAug`` (template-substitution training).
+``nnUNetTrainerMMBench_pretrainedTemplateAug`` (template-substitution training);
+``nnUNetTrainerMMBenchClassifier[_pretrained|_pretrainedFrozen|_randomFrozen]``: the same kinds for
+classification tasks over the classifier of ``training/classifier.py`` (frozen = its linear
+probe: the whole encoder, stem included, fixed; only the head trains).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_mmpretrain.training.classifier import MMClassifierBase
 from nnunet_mmpretrain.training.finetune import PretrainedEncoder, TemplateSubstitution
 from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule
 
@@ -43,7 +47,9 @@ ENV_SPLIT = "nnUNet_mmpretrain_bench_split"
 ENV_SEED = "nnUNet_mmpretrain_bench_seed"
 
 __all__ = ["nnUNetTrainerMMBench", "nnUNetTrainerMMBench_pretrained", "nnUNetTrainerMMBench_pretrainedFrozen",
-           "nnUNetTrainerMMBench_randomFrozen", "nnUNetTrainerMMBench_pretrainedTemplateAug"]
+           "nnUNetTrainerMMBench_randomFrozen", "nnUNetTrainerMMBench_pretrainedTemplateAug",
+           "nnUNetTrainerMMBenchClassifier", "nnUNetTrainerMMBenchClassifier_pretrained",
+           "nnUNetTrainerMMBenchClassifier_pretrainedFrozen", "nnUNetTrainerMMBenchClassifier_randomFrozen"]
 
 
 def schedule_from_env(default: Schedule) -> Schedule:
@@ -126,3 +132,23 @@ class nnUNetTrainerMMBench_randomFrozen(BenchmarkCell, nnUNetTrainer):
 class nnUNetTrainerMMBench_pretrainedTemplateAug(BenchmarkCell, TemplateSubstitution, PretrainedEncoder,
                                                  nnUNetTrainer):
     """Encoder from the bundle + template-substitution augmentation (missing-modality training)."""
+
+
+class nnUNetTrainerMMBenchClassifier(BenchmarkCell, MMClassifierBase):
+    """Classification from scratch (never loads a bundle), the cell's schedule, split and seed."""
+    use_bundle = False
+
+
+class nnUNetTrainerMMBenchClassifier_pretrained(BenchmarkCell, MMClassifierBase):
+    """Classification, encoder from ``$nnUNet_mmpretrain_bundle``, everything trains."""
+    use_bundle = True
+
+
+class nnUNetTrainerMMBenchClassifier_pretrainedFrozen(BenchmarkCell, MMClassifierBase):
+    """Linear probe of the pretrained encoder (encoder fixed, head trains)."""
+    use_bundle, linear_probe, lr = True, True, 1e-3
+
+
+class nnUNetTrainerMMBenchClassifier_randomFrozen(BenchmarkCell, MMClassifierBase):
+    """Linear probe of a random encoder: the control of ``_pretrainedFrozen``."""
+    use_bundle, linear_probe, lr = False, True, 1e-3

@@ -1,0 +1,291 @@
+"""Benchmark runner: statistics against scipy, patient-level splits, label budgets, the leakage
+guard, suite validation, and ``nnUNetv2_mmpretrain_benchmark phantom-smoke`` end to end (real
+nnU-Net commands: phantoms, corpus planning, pretraining, export, plan transfer, 6 training cells
+with nnU-Net's validation, the leaderboard)."""
+import csv
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from conftest import run_cli
+
+from nnunet_mmpretrain.benchmark import splits as sp
+from nnunet_mmpretrain.benchmark import stats
+
+SEG = "Dataset990_PhantomBraTS"
+
+
+# ------------------------------------------------------------------------------------ statistics
+def test_wilcoxon_matches_scipy_and_exact_values():
+    d = [1.5, -0.3, 2.2, 0.8, -1.1, 3.0, 0.4, 1.9]
+    assert stats.wilcoxon_p(d) == pytest.approx(scipy.stats.wilcoxon(d).pvalue)
+    assert stats.wilcoxon_p([1, 2, 3, 4, 5]) == pytest.approx(2 / 32)      # exact: all 5 ranks positive
+    assert stats.wilcoxon_p([0.0, 0.0, 0.0]) == 1.0                       # no difference at all
+    assert np.isnan(stats.wilcoxon_p([]))
+
+
+def test_bootstrap_ci_matches_scipy_percentile_bootstrap():
+    rng = np.random.default_rng(3)
+    d = rng.normal(2.0, 3.0, size=40)
+    lo, hi = stats.bootstrap_ci(d, n_boot=20000, seed=1)
+    ref = scipy.stats.bootstrap((d,), np.mean, n_resamples=20000, method="percentile", confidence_level=0.95,
+                                random_state=np.random.default_rng(2)).confidence_interval
+    width = ref.high - ref.low
+    assert lo == pytest.approx(ref.low, abs=0.05 * width) and hi == pytest.approx(ref.high, abs=0.05 * width)
+    assert lo < d.mean() < hi
+    assert stats.bootstrap_ci([1.0, 2.0], seed=5) == stats.bootstrap_ci([1.0, 2.0], seed=5)   # reproducible
+    assert all(np.isnan(stats.bootstrap_ci([1.0])))
+
+
+def test_paired_averages_each_case_over_paired_runs():
+    base = {(0, 0): {"a": 50, "b": 60, "c": 70, "d": 80, "e": 90}, (0, 1): {"a": 52, "b": 58, "c": 71, "d": 79, "e": 91}}
+    meth = {(0, 0): {"a": 55, "b": 61, "c": 69, "d": 85, "e": 99}, (0, 1): {"a": 53, "b": 66, "c": 72, "d": 83, "e": 95},
+            (0, 2): {"a": 0, "b": 0, "c": 0, "d": 0, "e": 0}}               # unpaired run: ignored
+    r = stats.paired(meth, base)
+    per_case = np.array([(5 + 1) / 2, (1 + 8) / 2, (-1 + 1) / 2, (5 + 4) / 2, (9 + 4) / 2])
+    assert r.n_cases == 5 and r.n_runs == 2
+    assert r.delta == pytest.approx(per_case.mean())
+    assert r.p == pytest.approx(scipy.stats.wilcoxon(per_case).pvalue)
+    assert r.ci_low <= r.delta <= r.ci_high
+    assert (r.wins, r.losses) == (4, 0)
+    m, s = stats.mean_std([1.0, 2.0, 4.0])
+    assert (m, s) == (pytest.approx(7 / 3), pytest.approx(np.std([1, 2, 4], ddof=1)))
+
+
+# ------------------------------------------------------------------------------------ splits
+BRATS = [f"BraTS-GLI-{p:05d}-{t:03d}" for p in range(1, 13) for t in range(2 if p % 3 == 0 else 1)]
+
+
+def test_patient_level_folds_keep_time_points_together():
+    assert sp.patient_of("BraTS-GLI-00003-001") == "BraTS-GLI-00003" == sp.patient_of("BraTS-GLI-00003-000")
+    assert sp.patient_of("phantom_0001") == "phantom_0001"
+    folds = sp.kfold(BRATS, 5)
+    assert sorted(c for f in folds for c in f["val"]) == sorted(BRATS)          # every case validated once
+    for f in folds:
+        assert not set(f["train"]) & set(f["val"])
+        sp.check_patient_disjoint(f)                                            # raises if a patient straddles
+        for p in ("BraTS-GLI-00003", "BraTS-GLI-00006", "BraTS-GLI-00009", "BraTS-GLI-00012"):
+            sides = {("val" if c in f["val"] else "train") for c in BRATS if c.startswith(p)}
+            assert len(sides) == 1, (p, f)
+    assert folds == sp.kfold(BRATS, 5)                                          # deterministic
+    with pytest.raises(ValueError, match="both sides"):
+        sp.check_patient_disjoint({"train": ["BraTS-GLI-00003-000"], "val": ["BraTS-GLI-00003-001"]})
+    with pytest.raises(ValueError, match="patients cannot fill"):
+        sp.kfold(BRATS[:3], 5)
+
+
+def test_label_budgets_subsample_training_patients_only_reproducibly_and_nested():
+    def split(frac, seed, kind="fraction"):
+        return sp.cell_split(BRATS, 3, 1, kind, frac, 525, seed)
+    full, s40, s20 = split(1.0, 0), split(0.4, 0), split(0.2, 0)
+    assert full["train"] == full["all_train"]
+    assert s20["val"] == s40["val"] == full["val"]                               # validation untouched
+    assert set(s20["train"]) < set(s40["train"]) < set(full["train"])            # nested budgets
+    n_pat = len(sp.group_by_patient(full["train"]))
+    assert len(sp.group_by_patient(s40["train"])) == round(0.4 * n_pat)
+    assert split(0.4, 0) == s40                                                  # reproducible per fold/seed
+    assert len({tuple(split(0.4, s)["train"]) for s in range(6)}) > 1            # seeds draw different subsets
+    for s in (s20, s40):                                                         # whole patients only
+        pats = sp.group_by_patient(s["train"])
+        assert all(len(cs) == len([c for c in BRATS if sp.patient_of(c) == p]) for p, cs in pats.items())
+    n4 = split(4, 2, "cases")
+    assert len(n4["train"]) in (4, 5) and set(n4["train"]) <= set(full["train"])  # 4 cases, or 5 with a 2-visit patient
+
+
+# ------------------------------------------------------------------------------------ leakage guard
+def _corpus(raw, cid, cases):
+    """A corpus whose cases are {case_id: {modality: image path}}."""
+    from nnunet_mmpretrain.corpus.manifest import CorpusCase, CorpusManifest, save_manifest
+    folder = os.path.join(raw, f"Dataset{cid}_LeakCorpus")
+    os.makedirs(folder, exist_ok=True)
+    man = CorpusManifest(name="LeakCorpus", cases=[CorpusCase(case_id=c, images=im, subject=c, session="ses-1",
+                                                              source="s") for c, im in cases.items()],
+                         sources={"s": {}}, root=folder)
+    save_manifest(man, folder)
+    return folder
+
+
+def test_leakage_guard_by_id_and_by_content(phantom_raw, tmp_path):
+    import nibabel as nib
+    from nnunet_mmpretrain.benchmark.leakage import corpus_index, dataset_case_images, find_leaks
+    raw_ds = os.path.join(phantom_raw, SEG)
+    ev = dataset_case_images(raw_ds, ["phantom_0001", "phantom_0002"])
+    assert [len(v) for v in ev.values()] == [4, 4]
+    src = nib.load(ev["phantom_0002"][0])                        # same voxels, other dtype, name and compression
+    copy = str(tmp_path / "renamed.nii")
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj).astype(np.float32), src.affine), copy)
+    other = ev["phantom_0001"][0].replace("phantom_0001", "phantom_0003")
+    clean = corpus_index(_corpus(str(tmp_path / "a"), 993, {"c0": {"t1": other}}))
+    assert find_leaks(ev, clean) == []
+    by_id = corpus_index(_corpus(str(tmp_path / "b"), 993, {"phantom_0001": {"t1": other}}))
+    assert find_leaks(ev, by_id) == ["phantom_0001: id 'phantom_0001' is corpus case 'phantom_0001'"]
+    by_hash = corpus_index(_corpus(str(tmp_path / "c"), 993, {"c0": {"t1": copy}}))
+    assert find_leaks(ev, by_hash) == ["phantom_0002: image phantom_0002_0000.nii.gz equals corpus image c0/t1"]
+    brats = corpus_index(_corpus(str(tmp_path / "d"), 993, {"BraTS-GLI-00007-000": {"t1": other}}))
+    leaks = find_leaks({"BraTS-GLI-00007-001": []}, brats)      # another time point of the same patient
+    assert leaks == ["BraTS-GLI-00007-001: id 'BraTS-GLI-00007' is corpus case 'BraTS-GLI-00007-000'"]
+
+
+def _suite(tmp_path, **over):
+    s = {"format": "nnunet_mmpretrain.suite/1", "name": "leak", "corpus": {"dataset": 993},
+         "plans": "mmPretrainPlans", "configuration": "3d_bench",
+         "datasets": [{"id": 990, "convert": "nnUNetv2_mmpretrain_make_phantoms --what seg"}],
+         "num_folds": 3, "folds": [0], "seeds": [0, 1], "schedule": {"epochs": 1, "iterations": 1, "val_iterations": 1},
+         "presets": {"cpu-smoke": "presets/cpu-smoke.json"},
+         "methods": {"scratch": {"finetune": "scratch"}, "pretrained": {"finetune": "pretrained", "pretraining": "cpu-smoke"}}}
+    s.update(over)
+    path = str(tmp_path / f"{s['name']}.json")
+    with open(path, "w") as f:
+        json.dump(s, f)
+    return path
+
+
+def test_runner_refuses_a_cell_whose_validation_case_is_in_the_corpus(phantom_raw, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    os.symlink(os.path.join(phantom_raw, SEG), raw / SEG)
+    cases = sorted(f[:-7] for f in os.listdir(os.path.join(phantom_raw, SEG, "labelsTr")))
+    val = sp.kfold(cases, 3)[0]["val"][0]
+    img = os.path.join(phantom_raw, SEG, "imagesTr", f"{val}_0002.nii.gz")
+    _corpus(str(raw), 993, {"subject_x": {"t2": img}})
+    env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(tmp_path / "pre")}
+    r = run_cli(["nnUNetv2_mmpretrain_benchmark", _suite(tmp_path), "--out", str(tmp_path / "out")], env=env, check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "cell D990_frac100_fold0_seed0_pretrained" in err[0]
+    assert f"{val}: image {val}_0002.nii.gz equals corpus image subject_x/t2" in err[0]
+    assert not os.path.isdir(tmp_path / "out" / "cells")                      # refused before any training
+    assert not os.path.isdir(tmp_path / "out" / "pretraining")
+
+
+@pytest.mark.parametrize("change, expect", [
+    ({"seedz": [0]}, "leak.json: seedz: unknown key"),
+    ({"methods": {"scratch": {"finetune": "scratch"}, "x": {"finetune": "frozen"}}},
+     "leak.json: methods.x.finetune: unknown method 'frozen'; use one of scratch, pretrained"),
+    ({"methods": {"pretrained": {"finetune": "pretrained", "pretraining": "cpu-smoke"}}},
+     "leak.json: methods: needs a 'scratch' method"),
+    ({"seeds": [0], "folds": [0]}, "leak.json: seeds: a single run per method gives no spread"),
+])
+def test_bad_suites_exit_2_with_one_line_naming_file_and_key(tmp_path, change, expect):
+    r = run_cli(["nnUNetv2_mmpretrain_benchmark", _suite(tmp_path, **change), "--dry-run"], check=False)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and expect in r.stderr, r.stderr
+
+
+def test_missing_dataset_exits_2_with_the_fix(tmp_path):
+    (tmp_path / "raw").mkdir()
+    env = {"nnUNet_raw": str(tmp_path / "raw"), "nnUNet_preprocessed": str(tmp_path / "pre")}
+    r = run_cli(["nnUNetv2_mmpretrain_benchmark", _suite(tmp_path), "--dry-run"], env=env, check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "leak.json: datasets[0]: no Dataset990_* " in r.stderr and "make_phantoms --what seg" in r.stderr
+    r = run_cli(["nnUNetv2_mmpretrain_benchmark", "no-such-suite"], check=False)
+    assert r.returncode == 2 and "no-such-suite: no such suite file; use a JSON path or one of" in r.stderr
+    assert "phantom-smoke" in r.stderr
+
+
+# ------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("bench") / "smoke")
+    dry = run_cli(["nnUNetv2_mmpretrain_benchmark", "phantom-smoke", "--out", out, "--dry-run"])
+    assert not os.path.exists(out)
+    r = run_cli(["nnUNetv2_mmpretrain_benchmark", "phantom-smoke", "--out", out], timeout=1200)
+    return {"out": out, "stdout": r.stdout, "dry": dry.stdout}
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_suite_end_to_end_leaderboard(smoke):
+    out = smoke["out"]
+    assert "[6/6] D990_frac100_fold0_seed1_random_frozen" in smoke["dry"]
+    assert "nnUNetv2_train 990 3d_bench 0 -tr nnUNetTrainerMMBench_pretrainedFrozen -p mmPretrainPlans" in smoke["dry"]
+    assert re.search(r"\[3/6\] D990_frac100_fold0_seed0_random_frozen: done in \d+ s", smoke["stdout"])
+    lb = os.path.join(out, "leaderboard")
+    rows = _rows(os.path.join(lb, "leaderboard.csv"))
+    methods = {"scratch", "pretrained_frozen", "random_frozen"}
+    regions = {"whole tumor", "tumor core", "enhancing tumor", "mean"}
+    assert {(r["method"], r["region"]) for r in rows} == {(m, g) for m in methods for g in regions}
+    for r in rows:
+        assert r["runs"] == "2" and r["evaluation"] == "cv" and r["n_cases"] == "2"
+        assert re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", r["mean_pm_std"]), r
+        assert 0 <= float(r["mean"]) <= 100
+        if r["method"] != "scratch":
+            assert 0 < float(r["p_wilcoxon"]) <= 1
+            if r["region"] == "mean":
+                assert float(r["ci95_low"]) <= float(r["delta_vs_scratch"]) <= float(r["ci95_high"])
+        else:
+            assert r["p_wilcoxon"] == r["delta_vs_scratch"] == ""
+    comps = _rows(os.path.join(lb, "comparisons.csv"))
+    assert {(c["method"], c["baseline"]) for c in comps} >= {("pretrained_frozen", "random_frozen"),
+                                                             ("pretrained_frozen", "scratch")}
+    md = open(os.path.join(lb, "leaderboard.md")).read()
+    assert "| labels | method | region | runs | mean ± std | Δ vs scratch | p (Wilcoxon) | 95 % CI of Δ |" in md
+    assert "internal cross-validation" in md and "## Other paired comparisons" in md
+    png = os.path.join(lb, "label_efficiency.png")
+    assert os.path.getsize(png) > 10_000
+    import matplotlib.image as mpimg
+    img = mpimg.imread(png)[..., :3]
+    assert (img.min(axis=2) < 0.9).mean() > 0.02                                 # ink, not a blank canvas
+    assert len(np.unique((img * 8).astype(int).reshape(-1, 3), axis=0)) >= 6     # several colours (methods)
+    # split files written and hashed beside the leaderboard
+    for line in open(os.path.join(lb, "splits.sha256")).read().split("\n")[:-1]:
+        digest, rel = line.split("  ")
+        assert sp.file_sha256(os.path.join(out, rel)) == digest and digest in md
+        split = json.load(open(os.path.join(out, rel)))
+        assert len(split["train"]) == 4 and len(split["val"]) == 2 and not set(split["train"]) & set(split["val"])
+
+
+def test_smoke_cells_use_their_own_results_and_the_frozen_encoders(smoke):
+    import torch
+    from nnunet_mmpretrain.transfer.bundle import load_bundle
+    out = smoke["out"]
+    bundle = load_bundle(os.path.join(out, "pretraining", "cpu-smoke", "bundle"))
+
+    def final(cell):
+        cj = json.load(open(os.path.join(out, "cells", cell, "cell.json")))
+        fold = os.path.join(out, "cells", cell, "nnUNet_results", SEG, f"{cj['trainer']}__mmPretrainPlans__3d_bench",
+                            "fold_0")
+        assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
+        return torch.load(os.path.join(fold, "checkpoint_final.pth"), weights_only=False)["network_weights"], fold
+    stage_keys = [k for k in bundle["encoder"] if k.startswith("encoder.stages.") and k.endswith(".weight")]
+    assert len(stage_keys) > 10
+    frozen, fold = final("D990_frac100_fold0_seed0_pretrained_frozen")
+    assert os.path.isfile(os.path.join(fold, "pretrained_weights_report.json"))
+    assert all(torch.equal(frozen[k], bundle["encoder"][k]) for k in stage_keys)  # loaded and kept fixed
+    scratch, _ = final("D990_frac100_fold0_seed0_scratch")
+    assert not any(torch.equal(scratch[k], bundle["encoder"][k]) for k in stage_keys)
+    rnd, fold = final("D990_frac100_fold0_seed0_random_frozen")
+    assert not os.path.isfile(os.path.join(fold, "pretrained_weights_report.json"))
+    log = open(os.path.join(out, "cells", "D990_frac100_fold0_seed0_random_frozen", "train.log")).read()
+    assert "encoder frozen: " in log and "benchmark cell: seed 0" in log
+
+
+def test_smoke_rerun_skips_finished_cells_resumes_one_and_regenerates_the_leaderboard(smoke):
+    out = smoke["out"]
+    done = {c: os.path.getmtime(os.path.join(out, "cells", c, "done.json")) for c in os.listdir(os.path.join(out, "cells"))}
+    csv_before = open(os.path.join(out, "leaderboard", "leaderboard.csv")).read()
+    # a "crashed" cell: trained, but validation and the done marker are missing -> --c finishes it
+    cell = "D990_frac100_fold0_seed1_scratch"
+    fold = os.path.join(out, "cells", cell, "nnUNet_results", SEG, "nnUNetTrainerMMBench__mmPretrainPlans__3d_bench",
+                        "fold_0")
+    shutil.rmtree(os.path.join(fold, "validation"))
+    os.remove(os.path.join(out, "cells", cell, "done.json"))
+    r = run_cli(["nnUNetv2_mmpretrain_benchmark", "phantom-smoke", "--out", out, "--cell", cell])
+    assert f"[1/1] {cell}: resuming from its checkpoint" in r.stdout and "--c" in r.stdout
+    assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
+    r = run_cli(["nnUNetv2_mmpretrain_benchmark", "phantom-smoke", "--out", out])
+    assert r.stdout.count("finished earlier, skipped") == 6 and "nnUNetv2_train" not in r.stdout
+    for c, t in done.items():
+        if c != cell:
+            assert os.path.getmtime(os.path.join(out, "cells", c, "done.json")) == t   # never rewritten
+    shutil.rmtree(os.path.join(out, "leaderboard"))
+    run_cli(["nnUNetv2_mmpretrain_benchmark", "phantom-smoke", "--out", out, "--leaderboard-only"])
+    assert open(os.path.join(out, "leaderboard", "leaderboard.csv")).read() == csv_before
