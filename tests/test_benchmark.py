@@ -289,3 +289,33 @@ def test_smoke_rerun_skips_finished_cells_resumes_one_and_regenerates_the_leader
     shutil.rmtree(os.path.join(out, "leaderboard"))
     run_cli(["nnUNetv2_mmpretrain_benchmark", "phantom-smoke", "--out", out, "--leaderboard-only"])
     assert open(os.path.join(out, "leaderboard", "leaderboard.csv")).read() == csv_before
+
+
+def test_smoke_missing_modality_template_vs_zero_fill(smoke, tmp_path):
+    """The same finished model, channel 3 (FLAIR) removed from its validation cases: filled with the
+    bundle's template (nnUNetv2_mmpretrain_predict) and with zeros (nnUNetv2_predict)."""
+    from nnunet_mmpretrain.benchmark.suite import PLANS_DIR
+    out = smoke["out"]
+    suite = json.load(open(os.path.join(PLANS_DIR, "phantom-smoke.json")))
+    suite["missing_modality"] = {"methods": ["pretrained_frozen"], "channels": [3], "fills": ["template", "zero"]}
+    path = str(tmp_path / "phantom-smoke-missing.json")
+    json.dump(suite, open(path, "w"))
+    cell = "D990_frac100_fold0_seed0_pretrained_frozen"
+    r = run_cli(["nnUNetv2_mmpretrain_benchmark", path, "--out", out, "--cell", cell])
+    assert f"[1/1] {cell}: finished earlier, skipped" in r.stdout             # the training is not redone
+    assert "without channel 3 (FLAIR), template fill: nnUNetv2_mmpretrain_predict" in r.stdout
+    assert "without channel 3 (FLAIR), zero fill: nnUNetv2_predict" in r.stdout
+    base = os.path.join(out, "cells", cell, "missing")
+    assert sorted(os.listdir(os.path.join(base, "no3_template", "input"))) == sorted(
+        f"{c}_{i:04d}.nii.gz" for c in ("phantom_0000", "phantom_0005") for i in range(3))  # FLAIR absent
+    assert len(os.listdir(os.path.join(base, "no3_zero", "input"))) == 8                # FLAIR = zeros
+    subs = json.load(open(os.path.join(base, "no3_template", "predictions", "template_substitutions.json")))
+    assert "flair" in json.dumps(subs)
+    rows = _rows(os.path.join(out, "leaderboard", "leaderboard.csv"))
+    ev = {(r["evaluation"], r["method"]) for r in rows}
+    assert {("cv-no3_template", "pretrained_frozen"), ("cv-no3_zero", "pretrained_frozen")} <= ev
+    comps = _rows(os.path.join(out, "leaderboard", "comparisons.csv"))
+    c = [x for x in comps if x["baseline"] == "pretrained_frozen (zero fill)" and x["region"] == "mean"]
+    assert len(c) == 1 and c[0]["n_cases"] == "2" and c[0]["evaluation"] == "cv-no3"
+    assert "channel 3 removed and filled with the template" in open(os.path.join(out, "leaderboard",
+                                                                                  "leaderboard.md")).read()

@@ -86,6 +86,8 @@ def read_segmentation(cell_dir: str, cell: dict, regions: Dict[str, str]) -> Dic
     test = os.path.join(cell_dir, "test", "summary.json")
     if os.path.isfile(test):
         out["test"] = read_nnunet_summary(test, regions)
+    for summ in sorted(glob.glob(os.path.join(cell_dir, "missing", "no*_*", "summary.json"))):
+        out["cv-" + os.path.basename(os.path.dirname(summ))] = read_nnunet_summary(summ, regions)   # cv-no0_zero
     return out
 
 
@@ -117,6 +119,14 @@ def collect(out: str) -> Tuple[dict, List[dict], List[str]]:
         cell["scores"] = METRIC_READERS[cell.get("task", "segmentation")](cdir, cell, regions.get(cell["dataset"], {}))
         cells.append(cell)
     return suite, cells, unfinished
+
+
+def eval_name(ev: str) -> str:
+    """``cv`` / ``test`` / ``cv-no2_template`` in words."""
+    if ev.startswith("cv-no"):
+        ch, fill = ev[5:].split("_", 1)
+        return f"validation cases with input channel {ch} removed and filled with {'the template' if fill == 'template' else 'zeros'}"
+    return EVAL_NAMES.get(ev, ev)
 
 
 def _fmt(x: float, nd: int = 2) -> str:
@@ -179,6 +189,17 @@ def tables(suite: dict, cells: List[dict]) -> Tuple[List[dict], List[dict]]:
                               "baseline": b, "region": reg, "delta": q.delta, "p_wilcoxon": q.p, "ci95_low": q.ci_low,
                               "ci95_high": q.ci_high, "n_cases": q.n_cases, "n_runs": q.n_runs, "wins": q.wins,
                               "losses": q.losses})
+    for (ds, ev, tag, m), g in groups.items():          # missing channel: template vs zero fill, same model
+        if not (ev.startswith("cv-no") and ev.endswith("_template")):
+            continue
+        zero = groups.get((ds, ev[: -len("template")] + "zero", tag, m))
+        for reg in (list(next(iter(g["runs"].values()))) if zero else []):
+            q = paired({k: v.get(reg, {}) for k, v in g["cases"].items()},
+                       {k: v.get(reg, {}) for k, v in zero["cases"].items()})
+            comps.append({"dataset": ds, "evaluation": ev[: -len("_template")], "labels": g["cell"]["budget"]["label"],
+                          "method": f"{m} (template fill)", "baseline": f"{m} (zero fill)", "region": reg,
+                          "delta": q.delta, "p_wilcoxon": q.p, "ci95_low": q.ci_low, "ci95_high": q.ci_high,
+                          "n_cases": q.n_cases, "n_runs": q.n_runs, "wins": q.wins, "losses": q.losses})
     return rows, comps
 
 
@@ -205,7 +226,7 @@ def markdown(suite: dict, rows: List[dict], comps: List[dict], unfinished: List[
     for r in rows:
         sections.setdefault((r["dataset"], r["dataset_name"], r["evaluation"]), []).append(r)
     for (ds, name, ev), rs in sections.items():
-        md += [f"## {name}: {ev} = {EVAL_NAMES.get(ev, ev)}", "",
+        md += [f"## {name}: {ev} = {eval_name(ev)}", "",
                "| labels | method | region | runs | mean ± std | Δ vs scratch | p (Wilcoxon) | 95 % CI of Δ | "
                "cases | paper |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rs:
@@ -250,7 +271,7 @@ def plot(rows: List[dict], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = sorted({(r["dataset_name"], r["evaluation"]) for r in rows})
+    panels = sorted({(r["dataset_name"], r["evaluation"]) for r in rows if not r["evaluation"].startswith("cv-no")})
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.2 * (len(panels) + 1), 4.2), squeeze=False)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for ax, (name, ev) in zip(axes[0], panels):

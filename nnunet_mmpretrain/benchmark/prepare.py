@@ -169,7 +169,7 @@ def pretrain(suite: Suite, f: Folders, env: Dict[str, str], preset_name: str, de
     if os.path.isfile(os.path.join(bundle, "encoder_bundle.pt")):
         return bundle
     results = os.path.join(f.pretraining(preset_name), "nnUNet_results")
-    corpus = dataset_folder(f.raw, suite.corpus["dataset"]) or f"Dataset{suite.corpus['dataset']:03d}_CORPUS"
+    corpus = dataset_folder(f.raw, suite.corpus["dataset"]) or f"Dataset{suite.corpus['dataset']:03d}_NAME"
     fold = os.path.join(results, corpus, f"{p.trainer}__{p.plans}__{p.configuration}", "fold_all")
     e = dict(train_env(suite, env), nnUNet_results=results)
     logf = os.path.join(f.pretraining(preset_name), "pretraining.log")

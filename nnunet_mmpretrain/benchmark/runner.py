@@ -259,8 +259,11 @@ class Runner:
         """nnUNetv2_predict on imagesTs + nnUNetv2_evaluate_folder against labelsTs."""
         s, raw = self.suite, os.path.join(self.f.raw, ds_name)
         out = os.path.join(self.f.cells, cell.name, "test")
-        if os.path.isfile(os.path.join(out, "summary.json")) or not os.path.isdir(os.path.join(raw, "labelsTs")):
+        if os.path.isfile(os.path.join(out, "summary.json")):
             return
+        if not self.dry_run and not os.path.isdir(os.path.join(raw, "labelsTs")):
+            raise StepFailed(f"{tag} {cell.name}: the suite asks for a test evaluation but {raw} has no labelsTs; "
+                             f"set \"test\": false for this dataset or add the test labels")
         pred = os.path.join(out, "predictions")
         cmd = ["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", pred, "-d", cell.dataset.id, "-c",
                s.configuration, "-f", cell.fold, "-tr", cell.trainer, "-p", s.plans, "-device", self.device,
@@ -273,6 +276,26 @@ class Runner:
                       ["nnUNetv2_evaluate_folder", os.path.join(raw, "labelsTs"), pred, "-djfile",
                        os.path.join(model, "dataset.json"), "-pfile", os.path.join(model, "plans.json"), "-o",
                        os.path.join(out, "summary.json"), "-np", "1"], env, logf, self.dry_run)
+
+    def fold_dir(self, cell: Cell, ds_name: str) -> str:
+        return fold_dir(self.f, cell, ds_name, self.suite)
+
+    def missing(self, cell: Cell, split_file: str, bundle: Optional[str], tag: str) -> None:
+        """Missing-modality evaluations of a finished cell (:mod:`.missing`)."""
+        from nnunet_mmpretrain.benchmark.missing import run_missing
+        from nnunet_mmpretrain.benchmark.trainers import ENV_SPLIT
+        if os.path.isfile(split_file):
+            with open(split_file) as fh:
+                split = json.load(fh)
+        elif self.dry_run:
+            split = {"val": []}              # data not made yet: the commands are still listed
+        else:
+            raise StepFailed(f"{tag} {cell.name}: no split file {split_file}")
+        env = dict(prep.train_env(self.suite, self.env), nnUNet_results=os.path.join(self.f.cells, cell.name,
+                                                                                      "nnUNet_results"))
+        env[ENV_SPLIT] = split_file
+        run_missing(self, cell, self.dataset_name(cell.dataset), split, env,
+                    os.path.join(self.f.cells, cell.name, "missing.log"), tag, bundle)
 
     def run(self, patterns: Optional[List[str]] = None) -> int:
         """Prepare, guard, run the cells, write the leaderboard; returns the exit code (0 / 1)."""
@@ -295,7 +318,7 @@ class Runner:
                 log.debug("%s: %d training, %d validation cases", c.name, len(sp["train"]), len(sp["val"]))
         prep.plan_corpus(s, f, self.env, self.dry_run)
         bundles = {p: prep.pretrain(s, f, self.env, p, self.device, self.dry_run)
-                   for p in sorted({c.method.pretraining for c in cells if c.method.pretraining})}
+                   for p in sorted({p for c in cells for p in s.presets_for(c.method)})}
         for ds in {c.dataset.id: c.dataset for c in cells}.values():
             prep.transfer(s, f, self.env, ds.id, self.dry_run)
         failed, t_start, ran = [], time.time(), 0
@@ -304,6 +327,8 @@ class Runner:
             split_file = splits.get(c.name, os.path.join(f.splits, c.split_name))
             try:
                 secs = self.run_cell(c, split_file, bundles.get(c.method.pretraining), tag)
+                if s.missing_modality:
+                    self.missing(c, split_file, bundles.get(c.method.pretraining), tag)
             except StepFailed as e:
                 log.error("%s", e)
                 failed.append(c.name)

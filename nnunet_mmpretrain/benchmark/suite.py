@@ -22,7 +22,9 @@ A suite (``plans/NAME.json``)::
                   "random_frozen": {"finetune": "random_frozen"}},
       "references": [{"dataset": 525, "fraction": 1.0, "method": "pretrained", "region": "mean",
                       "value": 76.80, "metric": "Dice %", "source": "BrainMVP (CVPR 2025)"}],
-      "device": "cpu", "env": {"nnUNet_n_proc_DA": "0"}            # for the nnUNetv2_train runs only
+      "device": "cpu", "env": {"nnUNet_n_proc_DA": "0"},           # for the nnUNetv2_train runs only
+      "missing_modality": {"methods": ["pretrained"], "channels": [0, 3],  # optional, see missing.py
+                           "fills": ["template", "zero"], "bundle_preset": null}
     }
 
 A preset (``plans/presets/NAME.json``): ``{"format": "nnunet_mmpretrain.preset/1", "name": ...,
@@ -139,10 +141,16 @@ class Suite:
     device: str = "cpu"
     env: Dict[str, str] = field(default_factory=dict)
     split_seed: int = 12345
+    missing_modality: Optional[dict] = None
     raw: dict = field(default_factory=dict)
 
-    def used_presets(self) -> List[str]:
-        return sorted({m.pretraining for m in self.methods.values() if m.pretraining})
+    def presets_for(self, method: Method) -> List[str]:
+        """Presets a cell of ``method`` needs: its own, and the template donor of missing-modality runs."""
+        out = [method.pretraining] if method.pretraining else []
+        mm = self.missing_modality
+        if mm and method.name in mm["methods"] and mm.get("bundle_preset") and "template" in mm.get("fills", ["template"]):
+            out.append(mm["bundle_preset"])
+        return out
 
 
 def resolve_suite_path(name_or_path: str) -> str:
@@ -215,7 +223,7 @@ def _parse_preset(d, c: _Checker, key: str, name: str, source: str) -> Preset:
 
 TOP_KEYS = {"format", "name", "description", "phantoms", "corpus", "plans", "configuration", "datasets", "num_folds",
             "folds", "seeds", "label_fractions", "labelled_cases", "schedule", "presets", "methods", "references",
-            "device", "env", "split_seed", "notes"}
+            "device", "env", "split_seed", "missing_modality", "notes"}
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -361,6 +369,25 @@ def parse_suite(d: dict, path: str) -> Suite:
     for i, r in enumerate(refs):
         c.keys(r, f"references[{i}]", {"dataset", "fraction", "method", "region", "value", "metric", "source", "label"},
                required=("dataset", "value", "source"))
+    mm = d.get("missing_modality")
+    if mm is not None:
+        c.keys(mm, "missing_modality", {"methods", "channels", "fills", "bundle_preset"}, required=("methods",))
+        for i, mname in enumerate(c.typed(mm["methods"], "missing_modality.methods", list, "a list of methods")):
+            if mname not in methods:
+                c.fail(f"missing_modality.methods[{i}]", f"{mname!r} is not a method of this suite")
+        fills = mm.get("fills", ["template", "zero"])
+        if not isinstance(fills, list) or not fills or set(fills) - {"template", "zero"}:
+            c.fail("missing_modality.fills", f"expected a list of 'template' / 'zero', got {json.dumps(fills)}")
+        if "channels" in mm:
+            c.int_list(mm["channels"], "missing_modality.channels")
+        bp = mm.get("bundle_preset")
+        if bp is not None and bp not in presets:
+            c.fail("missing_modality.bundle_preset", f"unknown preset {bp!r}")
+        if "template" in fills:
+            for mname in mm["methods"]:
+                if not methods[mname].pretraining and bp is None:
+                    c.fail("missing_modality.bundle_preset", f"method {mname!r} has no bundle whose templates "
+                                                             f"could fill a channel; name a preset here")
     device = d.get("device", "cpu")
     if device not in ("cpu", "cuda", "mps"):
         c.fail("device", f"unknown device {device!r}; use cpu, cuda or mps")
@@ -369,4 +396,4 @@ def parse_suite(d: dict, path: str) -> Suite:
                  num_folds=num_folds, seeds=seeds, budgets=budgets, schedule=dict(sched), methods=methods,
                  presets=presets, corpus=dict(corpus), plans=plans, configuration=configuration, phantoms=phantoms,
                  references=refs, device=device, env={k: str(v) for k, v in env.items()},
-                 split_seed=int(d.get("split_seed", 12345)), raw=d)
+                 split_seed=int(d.get("split_seed", 12345)), missing_modality=mm, raw=d)
