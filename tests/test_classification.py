@@ -117,7 +117,7 @@ def test_good_label_files_by_id_and_by_name(tmp_path):
 
 # ---------------------------------------------------------------- network and data pieces
 def test_input_size_crop_pad_and_balanced_sampling():
-    from nnunet_mmpretrain.classification.data import balanced_probabilities, centre_bbox, crop_or_pad
+    from nnunet_mmpretrain.classification.data import balanced_probabilities, centre_bbox, crop_or_pad, stratified_splits
     from nnunet_mmpretrain.classification.network import plan_input_size
     assert plan_input_size([[50, 61, 49], [52, 60, 51]], [4, 4, 4]) == [52, 64, 52]
     a = np.arange(2 * 5 * 8 * 3, dtype=np.float32).reshape(2, 5, 8, 3) + 1
@@ -128,6 +128,10 @@ def test_input_size_crop_pad_and_balanced_sampling():
     assert centre_bbox((5,), (8,)) == [[-1, 7]]
     p = balanced_probabilities(["a", "b", "c", "d"], {"a": 0, "b": 0, "c": 0, "d": 1})
     assert p[3] == pytest.approx(0.5) and p[:3].sum() == pytest.approx(0.5)
+    labels = {f"c{i:02d}": int(i < 4) for i in range(12)}              # 4 of class 1, 8 of class 0
+    splits = stratified_splits(labels, n_splits=5)
+    assert len(splits) == 4 and sorted(c for s in splits for c in s["val"]) == sorted(labels)
+    assert all(sum(labels[c] for c in s["val"]) == 1 and not set(s["val"]) & set(s["train"]) for s in splits)
 
 
 @pytest.mark.parametrize("features", ["bottleneck", "decoder"])

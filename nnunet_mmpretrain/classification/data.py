@@ -28,6 +28,18 @@ def balanced_probabilities(identifiers: Sequence[str], labels: Mapping[str, int]
     return p / p.sum()
 
 
+def stratified_splits(labels: Mapping[str, int], n_splits: int = 5, seed: int = 12345) -> List[dict]:
+    """nnU-Net's ``splits_final.json`` format ([{"train": [...], "val": [...]}, ...]) with folds
+    stratified by class (sklearn's StratifiedKFold; nnU-Net's own split ignores classes, so a small
+    fold can hold a single class). Fewer folds when the rarest class has fewer than ``n_splits`` cases."""
+    from sklearn.model_selection import StratifiedKFold
+    keys = sorted(labels)
+    y = np.array([labels[k] for k in keys])
+    k = max(2, min(n_splits, int(np.bincount(y).min())))
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [{"train": [keys[i] for i in tr], "val": [keys[i] for i in va]} for tr, va in skf.split(keys, y)]
+
+
 def centre_bbox(shape: Sequence[int], size: Sequence[int]) -> List[List[int]]:
     """Bounding box [[lo, hi], ...] of ``size`` centred on ``shape`` (lo < 0 pads, hi > shape pads),
     the position nnUNetDataLoader gives a case without random offset."""
@@ -57,3 +69,16 @@ class ClassificationLoader(nnUNetDataLoader):
         batch = super().generate_train_batch()
         batch["class"] = torch.tensor([self.labels[k] for k in batch["keys"]], dtype=torch.long)
         return batch
+
+
+def background_loaders(dl_tr, dl_val, pin_memory: bool = False):
+    """nnU-Net's augmenter processes around the two loaders (``$nnUNet_n_proc_DA``; 0: in the main process)."""
+    from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+    from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+    n = get_allowed_n_proc_DA()
+    if n == 0:
+        return SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+    mk = lambda dl, k: NonDetMultiThreadedAugmenter(dl, None, k, num_cached=max(2, k), seeds=None,
+                                                    pin_memory=pin_memory, wait_time=0.002)
+    return mk(dl_tr, n), mk(dl_val, max(1, n // 2))

@@ -14,17 +14,16 @@ This module only wires pure pieces into nnU-Net's trainer:
 * data: the whole preprocessed case cropped / padded to the planned input size, nnU-Net's
   augmentation, class-balanced sampling (:mod:`~nnunet_mmpretrain.classification.data`);
 * loss: cross-entropy (optional label smoothing); AdamW, linear warm-up then cosine;
-* folds: nnU-Net's ``splits_final.json``; after training the validation cases are classified and
-  ``summary.json`` + ``validation_probabilities.csv`` are written in the fold folder
-  (:mod:`~nnunet_mmpretrain.classification.metrics`).
+* folds: nnU-Net's ``splits_final.json`` (written class-stratified when missing); after training the
+  validation cases are classified, ``summary.json`` + ``validation_probabilities.csv`` are written
+  in the fold folder (:mod:`~nnunet_mmpretrain.classification.metrics`).
 
 Plans keys read from the configuration (both optional): ``classification_input_size`` [X, Y, Z]
 (default: the largest preprocessed case, rounded up to the encoder's total stride) and
 ``classification_batch_size`` (default: the configuration's batch size).
 
-nnU-Net's progress plot is kept; its "pseudo dice" curve is the balanced accuracy of the
-validation batches (also what selects ``checkpoint_best.pth``). Checkpoints load with
-``torch.load(weights_only=True)``.
+nnU-Net's progress plot is kept: its "pseudo dice" is the balanced accuracy of the validation
+batches (it also selects ``checkpoint_best.pth``). Checkpoints load with ``weights_only=True``.
 """
 from __future__ import annotations
 
@@ -139,6 +138,16 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         return opt, WarmupCosine(opt, self.num_epochs, self.warmup_epochs)
 
+    def do_split(self):
+        """nnU-Net's ``splits_final.json``; when there is none yet, it is written with class-stratified folds."""
+        path = os.path.join(self.preprocessed_dataset_folder_base, "splits_final.json")
+        if self.fold != "all" and not os.path.isfile(path) and self.local_rank == 0:
+            from nnunet_mmpretrain.classification.data import stratified_splits
+            from nnunet_mmpretrain.io_utils import atomic_write_json
+            atomic_write_json(stratified_splits(self.class_table.labels), path)
+            self._log(f"wrote class-stratified folds to {path}")
+        return super().do_split()
+
     def set_deep_supervision_enabled(self, enabled: bool):
         pass                               # no segmentation output
 
@@ -147,15 +156,12 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
 
     def load_pretrained_encoder(self):
         path, _ = self.bundle_settings()
-        if self.use_bundle is False:
-            self._log("encoder from scratch (this trainer never loads a bundle)")
-            return
-        if not path:
-            if self.use_bundle:
-                raise FinetuneError(f"{type(self).__name__} needs a pretrained encoder bundle: export "
-                                    f"nnUNet_mmpretrain_bundle=FOLDER or transfer plans with --bundle FOLDER.")
-            self._log("no encoder bundle configured: encoder from scratch")
-            return
+        if self.use_bundle and not path:
+            raise FinetuneError(f"{type(self).__name__} needs a pretrained encoder bundle: export "
+                                f"nnUNet_mmpretrain_bundle=FOLDER or transfer plans with --bundle FOLDER.")
+        if self.use_bundle is False or not path:
+            return self._log("encoder from scratch (" + ("this trainer never loads a bundle)" if self.use_bundle is
+                                                         False else "no encoder bundle configured)"))
         super().load_pretrained_encoder()
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
@@ -172,10 +178,7 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
         return rot, dummy_2d, initial, (0, 1, 2)
 
     def get_dataloaders(self):
-        from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-        from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-        from nnunet_mmpretrain.classification.data import ClassificationLoader
+        from nnunet_mmpretrain.classification.data import ClassificationLoader, background_loaders
         lm, cm = self.label_manager, self.configuration_manager
         rot, dummy_2d, initial, mirror = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         tr_t = self.get_training_transforms(self.input_size, rot, None, mirror, dummy_2d,
@@ -189,12 +192,7 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
         dl_tr = ClassificationLoader(ds_tr, self.batch_size, initial, self.input_size, lm, labels,
                                      self.balanced_sampling, tr_t)
         dl_val = ClassificationLoader(ds_val, self.batch_size, self.input_size, self.input_size, lm, labels, False, val_t)
-        n = get_allowed_n_proc_DA()
-        if n == 0:
-            return SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
-        mk = lambda dl, k: NonDetMultiThreadedAugmenter(dl, None, k, num_cached=max(2, k), seeds=None,
-                                                        pin_memory=self.device.type == "cuda", wait_time=0.002)
-        return mk(dl_tr, n), mk(dl_val, max(1, n // 2))
+        return background_loaders(dl_tr, dl_val, pin_memory=self.device.type == "cuda")
 
     def on_train_start(self):
         super().on_train_start()           # nnU-Net's set-up, then the bundle (PretrainedEncoder)
@@ -376,9 +374,9 @@ class nnUNetTrainerMMClassifier_labelSmoothing(nnUNetTrainerMMClassifier):
 
 
 class nnUNetTrainerMMClassifier_demo(ShortSchedule, MMClassifierBase):
-    """README measurement: 10 epochs x 12 iterations, no mirroring."""
-    schedule = Schedule(epochs=10, iterations=12, val_iterations=2, save_every=50)
-    warmup_epochs = 1
+    """README measurement on CPU: 10 epochs x 6 iterations, lr 1e-3, no mirroring."""
+    schedule = Schedule(epochs=10, iterations=6, val_iterations=1, save_every=50)
+    warmup_epochs, lr = 1, 1e-3
 
 
 class nnUNetTrainerMMClassifier_scratch_demo(nnUNetTrainerMMClassifier_demo):
