@@ -129,7 +129,7 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
         n_train = sum(p.numel() for p in self.network.parameters() if p.requires_grad)
         counts = ", ".join(f"{self.class_table.names[k]}: {c}" for k, c in self.class_table.counts().items())
         self._log(f"classifier: {type(self._net().encoder).__name__} of {self.configuration_manager.network_arch_class_name} "
-                  f"+ {self.features} pooling + head ({n_train / 1e6:.3f} M trainable parameters); whole-case input "
+                  f"+ {self.features} pooling + head ({n_train:,} trainable parameters); whole-case input "
                   f"{self.input_size}, batch {self.batch_size}; classes ({self.class_table.path}): {counts}")
 
     def configure_optimizers(self):
