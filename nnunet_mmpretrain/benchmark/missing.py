@@ -91,3 +91,24 @@ def run_missing(runner, cell, ds_name: str, split: dict, env: Dict[str, str], lo
                           ["nnUNetv2_evaluate_folder", os.path.join(raw_ds, "labelsTr"), pred, "-djfile",
                            os.path.join(model, "dataset.json"), "-pfile", os.path.join(model, "plans.json"), "-o",
                            summary, "-np", "1", "--chill"], env, logf, runner.dry_run)
+
+
+def check_spec(mm: dict, c, methods: dict, presets: dict) -> None:
+    """Validate a suite's ``missing_modality`` block; ``c`` is the suite's checker (raises SuiteError)."""
+    c.keys(mm, "missing_modality", {"methods", "channels", "fills", "bundle_preset"}, required=("methods",))
+    for i, mname in enumerate(c.typed(mm["methods"], "missing_modality.methods", list, "a list of methods")):
+        if mname not in methods:
+            c.fail(f"missing_modality.methods[{i}]", f"{mname!r} is not a method of this suite")
+    fills = mm.get("fills", ["template", "zero"])
+    if not isinstance(fills, list) or not fills or set(fills) - {"template", "zero"}:
+        c.fail("missing_modality.fills", f"expected a list of 'template' / 'zero', got {json.dumps(fills)}")
+    if "channels" in mm:
+        c.int_list(mm["channels"], "missing_modality.channels")
+    bp = mm.get("bundle_preset")
+    if bp is not None and bp not in presets:
+        c.fail("missing_modality.bundle_preset", f"unknown preset {bp!r}")
+    if "template" in fills:
+        for mname in mm["methods"]:
+            if not methods[mname].pretraining and bp is None:
+                c.fail("missing_modality.bundle_preset", f"method {mname!r} has no bundle whose templates "
+                                                         f"could fill a channel; name a preset here")

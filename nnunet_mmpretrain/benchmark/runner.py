@@ -96,6 +96,7 @@ class Runner:
         self.f = prep.folders_for(suite, out)
         self.env = prep.base_env(suite, self.f)
         self._corpus_index = None
+        self._eval_hashes: dict = {}      # evaluation image hashes, shared by all cells of the run
 
     # ----------------------------------------------------------------------------- checks
     def check_trainers(self, cells: List[Cell]) -> List[Cell]:
@@ -112,7 +113,7 @@ class Runner:
             else:
                 raise BenchmarkError(f"{self.suite.path}: methods.{c.method.name}: trainer {c.trainer!r} not found by "
                                      f"nnUNetv2_train; fix the name or add the trainer to nnunet_mmpretrain_ext")
-        for name in sorted({c.method.pretraining for c in keep if c.method.pretraining}):
+        for name in sorted({p for c in keep for p in self.suite.presets_for(c.method)}):
             p = self.suite.presets[name]
             if not prep.trainer_exists(p.trainer):
                 raise BenchmarkError(f"{p.source}: trainer: pretraining trainer {p.trainer!r} of preset {name!r} not "
@@ -181,7 +182,7 @@ class Runner:
         images = dataset_case_images(raw_ds, split["val"], "imagesTr")
         if cell.dataset.test:
             images.update(dataset_case_images(raw_ds, self.case_ids(cell.dataset, "imagesTs"), "imagesTs"))
-        leaks = find_leaks(images, self._corpus_index, cell.dataset.patient_regex)
+        leaks = find_leaks(images, self._corpus_index, cell.dataset.patient_regex, self._eval_hashes)
         if leaks:
             raise BenchmarkError(f"cell {cell.name}: {len(leaks)} evaluation case(s) are in the pretraining corpus "
                                  f"{self._corpus_index.name} ({'; '.join(leaks[:3])}{'; ...' if len(leaks) > 3 else ''})"

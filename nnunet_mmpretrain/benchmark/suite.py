@@ -371,23 +371,8 @@ def parse_suite(d: dict, path: str) -> Suite:
                required=("dataset", "value", "source"))
     mm = d.get("missing_modality")
     if mm is not None:
-        c.keys(mm, "missing_modality", {"methods", "channels", "fills", "bundle_preset"}, required=("methods",))
-        for i, mname in enumerate(c.typed(mm["methods"], "missing_modality.methods", list, "a list of methods")):
-            if mname not in methods:
-                c.fail(f"missing_modality.methods[{i}]", f"{mname!r} is not a method of this suite")
-        fills = mm.get("fills", ["template", "zero"])
-        if not isinstance(fills, list) or not fills or set(fills) - {"template", "zero"}:
-            c.fail("missing_modality.fills", f"expected a list of 'template' / 'zero', got {json.dumps(fills)}")
-        if "channels" in mm:
-            c.int_list(mm["channels"], "missing_modality.channels")
-        bp = mm.get("bundle_preset")
-        if bp is not None and bp not in presets:
-            c.fail("missing_modality.bundle_preset", f"unknown preset {bp!r}")
-        if "template" in fills:
-            for mname in mm["methods"]:
-                if not methods[mname].pretraining and bp is None:
-                    c.fail("missing_modality.bundle_preset", f"method {mname!r} has no bundle whose templates "
-                                                             f"could fill a channel; name a preset here")
+        from nnunet_mmpretrain.benchmark.missing import check_spec
+        check_spec(mm, c, methods, presets)
     device = d.get("device", "cpu")
     if device not in ("cpu", "cuda", "mps"):
         c.fail("device", f"unknown device {device!r}; use cpu, cuda or mps")
