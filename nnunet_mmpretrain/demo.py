@@ -77,6 +77,23 @@ def write_results(rows: dict, out: str) -> str:
     return "\n".join(md)
 
 
+def pretext_lines(summary: dict, goal: float = 0.8) -> list:
+    """The demo's verdict on the proxy tasks from ``pretraining_summary/summary.json``: per view
+    the validation masked-voxel error against both baselines, and whether the task was learned
+    (error at most ``goal`` x the patch-mean baseline and below the fill left in place)."""
+    last, lines, learned = summary["last"], [], True
+    for v, name in (("cmr", "cross-modal view"), ("md", "template view")):
+        m, pm, fl = (last[f"val_{v}_{k}"] for k in ("masked_mse", "baseline_patch_mean", "baseline_fill"))
+        ok = m <= goal * pm and m < fl
+        learned &= ok if v == "cmr" else True
+        lines.append(f"{name}: masked-voxel MSE (validation) {m:.3f} = {m / pm:.2f} x the patch-mean baseline "
+                     f"({pm:.3f}), {m / fl:.2f} x the fill left in place ({fl:.3f})")
+    lines.append("proxy task learned: " + ("YES, the cross-modal error is at most " + f"{goal} x the patch mean and below "
+                                           "the fill" if learned else "NO, the cross-modal error is not clearly below "
+                                           "both baselines: the encoder has little to transfer"))
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="nnunet_mmpretrain.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,10 +152,9 @@ def main(argv=None) -> int:
                      "test": _dice(json.load(open(os.path.join(pred, "summary.json"))))}
     table = write_results(rows, out)
     summ = json.load(open(os.path.join(pre_fold, "pretraining_summary", "summary.json")))
-    f, l = summ["first"], summ["last"]
     print("\n=== pretraining (BrainMVP proxy tasks) ===")
-    print(f"train loss {f['train_loss']:.3f} -> {l['train_loss']:.3f}; cross-modal masked-voxel MSE (val) "
-          f"{f['val_masked_mse']:.3f} -> {l['val_masked_mse']:.3f} (patch-mean baseline {l['val_baseline_patch_mean']:.3f})")
+    for line in pretext_lines(summ):
+        print(line)
     print(f"plots: {os.path.join(pre_fold, 'progress_pretrain.png')}, {os.path.join(pre_fold, 'montage_pretrain.png')}")
     print("\n=== segmentation, Dice (scratch vs pretrained encoder, same plans/split/schedule) ===")
     print(table)

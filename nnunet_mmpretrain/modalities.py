@@ -1,6 +1,6 @@
 """Canonical modality vocabulary shared by every stage of the plugin.
 
-The vocabulary follows BrainMVP's released code (REFERENCE.md section 1): eight slots, in this
+The vocabulary follows BrainMVP's released code (docs/METHOD.md): eight slots, in this
 order, each with the aliases found in the public releases (BraTS 2021/2023, IXI, UCSF-PDGM,
 ISLES 2022, MSD). The slot index is what the pretraining templates and the per-modality stems are
 indexed by, so the order is part of the checkpoint format and must never change; new modalities

@@ -5,12 +5,13 @@ name, so this module re-exports the plugin's trainers from the installed package
 imports would break). Add new trainer modules to the list below.
 """
 from nnunet_mmpretrain.training.smoke import *  # noqa: F401,F403
-from nnunet_mmpretrain.training.pretrain import (  # noqa: F401
-    nnUNetTrainerMMPretrain, nnUNetTrainerMMPretrain_5epochs, nnUNetTrainerMMPretrain_demo,
-    nnUNetTrainerMMPretrain_subjectPositives, nnUNetTrainerMMPretrain_tau02)
+from nnunet_mmpretrain.training.pretrain import nnUNetTrainerMMPretrain  # noqa: F401
+from nnunet_mmpretrain.training.pretrain_variants import *  # noqa: F401,F403
 from nnunet_mmpretrain.training.finetune import (  # noqa: F401
-    nnUNetTrainerMMFinetune, nnUNetTrainerMMFinetune_demo, nnUNetTrainerMMFinetune_frozen,
-    nnUNetTrainerMMFinetune_smoke, nnUNetTrainerMMFinetune_templateAug, nnUNetTrainerMMFinetune_templateAug_smoke,
-    nnUNetTrainerMMFinetune_warmup)
+    nnUNetTrainerMMFinetune, nnUNetTrainerMMFinetune_dad, nnUNetTrainerMMFinetune_dad_smoke,
+    nnUNetTrainerMMFinetune_demo, nnUNetTrainerMMFinetune_frozen, nnUNetTrainerMMFinetune_smoke,
+    nnUNetTrainerMMFinetune_templateAug, nnUNetTrainerMMFinetune_templateAug_smoke,
+    nnUNetTrainerMMFinetune_templateAugConsistency, nnUNetTrainerMMFinetune_templateAugConsistency_smoke,
+    nnUNetTrainerMMFinetune_templateAugRandom, nnUNetTrainerMMFinetune_warmup)
 from nnunet_mmpretrain.benchmark.trainers import *  # noqa
 from nnunet_mmpretrain.training.classifier import *  # noqa

@@ -49,7 +49,7 @@ from nnunet_mmpretrain.modalities import MODALITIES  # noqa: E402
 from nnunet_mmpretrain.pretrain.cross_modal import cross_modal_fill  # noqa: E402
 from nnunet_mmpretrain.pretrain.masking import apply_fill, block_mask  # noqa: E402
 from nnunet_mmpretrain.pretrain.objectives import ObjectiveConfig  # noqa: E402
-from nnunet_mmpretrain.training.pretrain_step import MaskSpec, brainmvp_forward, mae_forward  # noqa: E402
+from nnunet_mmpretrain.pretrain.step import MaskSpec, PretrainBatch, brainmvp_forward, mae_forward  # noqa: E402
 
 PRESETS = {
     "tiny": dict(features=(8, 16, 32), blocks=(1, 3, 4), patch=32, batch=2, grid=(96, 112, 96)),
@@ -132,8 +132,9 @@ class Timer:
 def brainmvp_step(net, opt, batch, mask, objective, tm: Timer):
     target, partner, m_idx, n_idx, starts = batch
     opt.zero_grad(set_to_none=True)
-    loss = tm("forward", lambda: brainmvp_forward(net, net, target, partner, m_idx, n_idx, starts, objective,
-                                                  EPOCH, NUM_EPOCHS, mask)[0])
+    b = PretrainBatch(target, partner, m_idx, n_idx, starts)
+    loss = tm("forward", lambda: brainmvp_forward(net, b, objective=objective, epoch=EPOCH, num_epochs=NUM_EPOCHS,
+                                                  mask=mask, templates=net.templates)[0])
     tm("backward", loss.backward)
     tm("optimizer", opt.step)
 

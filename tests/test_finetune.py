@@ -146,34 +146,60 @@ def test_transfer_refuses_a_damaged_bundle(transferred, tmp_path):
     assert r.returncode == 2 and "truncated or damaged" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_template_substitution_is_wired_after_the_spatial_transform(transferred):
-    """The trainer variant's pipeline holds the transform right after nnU-Net's SpatialTransform,
-    and the transform replaces 1..3 channels of a 4-channel sample, leaving the others."""
+def _corr(a, b, mask):
+    return float(np.corrcoef(a[mask].ravel(), b[mask].ravel())[0, 1])
+
+
+def test_template_substitution_is_aligned_with_the_case(transferred):
+    """The substitution variant's training dataset appends, per channel, the template placed on the
+    case voxel for voxel: inside the brain it correlates with the channel it replaces better than a
+    crop of the same template taken at a random position."""
     os.environ["nnUNet_mmpretrain_bundle"] = transferred["bundle"]
     try:
         tr = _trainer("nnUNetTrainerMMFinetune_templateAug_smoke")
         tr.initialize()
         tr.output_folder = os.path.join(transferred["nnUNet_results"], "templ_aug_check")
         os.makedirs(tr.output_folder, exist_ok=True)
-        from nnunet_mmpretrain.transfer.substitution import TemplateSubstitutionTransform
-        deep = tr._get_deep_supervision_scales()
-        rot, dummy, _, mirror = tr.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        composed = tr.get_training_transforms(tr.configuration_manager.patch_size, rot, deep, mirror, dummy,
-                                              use_mask_for_norm=tr.configuration_manager.use_mask_for_norm,
-                                              is_cascaded=False, foreground_labels=tr.label_manager.foreground_labels,
-                                              regions=tr.label_manager.foreground_regions,
-                                              ignore_label=tr.label_manager.ignore_label)
-        kinds = [type(t).__name__ for t in composed.transforms]
-        i = kinds.index("TemplateSubstitutionTransform")
-        assert kinds[i - 1] == "SpatialTransform"
-        t = composed.transforms[i]
-        img = torch.randn(4, 32, 32, 32)
-        out = t(image=img.clone(), segmentation=torch.zeros(1, 32, 32, 32))
-        assert 1 <= len(out["substituted_channels"]) <= 3
-        for c in range(4):
-            assert torch.equal(out["image"][c], img[c]) == (c not in out["substituted_channels"])
+        ds_tr, ds_val = tr.get_tr_and_val_datasets()
+        from nnunet_mmpretrain.transfer.aligned import TemplateChannelsDataset
+        assert isinstance(ds_tr, TemplateChannelsDataset) and not isinstance(ds_val, TemplateChannelsDataset)
+        key = sorted(ds_tr.identifiers)[0]
+        data, seg, _, props = ds_tr.load_case(key)
+        C = tr.num_input_channels
+        assert data.shape[0] == 2 * C
+        rng = np.random.default_rng(0)
+        for c in range(C):                       # flair, t1, t1c, t2: every modality has a template
+            real, tmpl = data[c], data[C + c]
+            brain = real != 0
+            aligned = _corr(real, tmpl, brain)
+            shift = [int(rng.integers(4, 9)) * int(rng.choice([-1, 1])) for _ in range(3)]
+            shifted = np.roll(tmpl, shift, axis=(0, 1, 2))
+            # the phantoms' subjects differ (deformations, tumours), so a population template reaches
+            # r ~ 0.25-0.4 even when placed right; misplaced by 4-8 voxels it drops to ~0
+            assert aligned > 0.15 and aligned > _corr(real, shifted, brain) + 0.1, (c, aligned)
+        assert np.all(data[C:][:, ~(data[:C] != 0).any(0)] == 0)     # 0 outside the case, as the real channels
+        from nnunet_mmpretrain.transfer.aligned import draw_substitutions, substitute
+        chosen = draw_substitutions(400, [0, 1, 2, 3], 4, 3, np.random.default_rng(1))
+        hit = np.mean([len(k) > 0 for k in chosen])
+        assert 0.68 < hit < 0.82 and max(len(k) for k in chosen) == 3       # BrainMVP: k ~ U{0..3}
+        batch = torch.from_numpy(np.stack([data, data]))
+        out = substitute(batch, [[1], []])
+        assert out.shape[1] == C and torch.equal(out[0, 1], batch[0, C + 1]) and torch.equal(out[1], batch[1, :C])
     finally:
         os.environ.pop("nnUNet_mmpretrain_bundle", None)
+
+
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerMMFinetune_templateAugConsistency_smoke",
+                                     "nnUNetTrainerMMFinetune_dad_smoke"])
+def test_consistency_and_dad_variants_train_through_nnunet(transferred, tmp_path, trainer):
+    run_cli(["nnUNetv2_train", str(SEG_ID), "3d_tiny", "0", "-tr", trainer, "-p", "mmPretrainPlans", "-device", "cpu"],
+            env={"nnUNet_results": str(tmp_path), "nnUNet_mmpretrain_bundle": transferred["bundle"],
+                 "nnUNet_n_proc_DA": "0"})
+    fold = tmp_path / SEG / f"{trainer}__mmPretrainPlans__3d_tiny" / "fold_0"
+    log = open(next(fold.glob("training_log*.txt"))).read()
+    assert ("consistency weight 0.1" in log) if "Consistency" in trainer else ("DAD augmentation after" in log)
+    summary = json.load(open(fold / "validation" / "summary.json"))
+    assert np.isfinite(summary["foreground_mean"]["Dice"])
 
 
 def test_predict_fills_a_missing_channel_with_the_template(transferred, tmp_path):

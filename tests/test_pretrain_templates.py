@@ -13,11 +13,12 @@ GRID = (12, 10, 8)
 
 
 def _ramp_templates():
-    """Template of slot s holds s * 1000 + linear voxel index (min-max range known)."""
+    """Template of slot s holds s * 1000 + linear voxel index (min-max range known); BrainMVP's
+    [0, 1] value space, so crops equal the normalised ramp."""
     n = int(np.prod(GRID))
     init = np.stack([s * 1000 + np.arange(n, dtype=np.float32).reshape(GRID)
                      for s in range(len(MODALITIES))])
-    return ModalityTemplates(GRID, init=init, eps=0.0), n
+    return ModalityTemplates(GRID, init=init, eps=0.0, value_space="minmax"), n
 
 
 def test_default_shape_and_nbytes():
@@ -46,8 +47,8 @@ def test_crop_at_known_offset_returns_the_right_voxels():
 
 def test_min_max_range():
     torch.manual_seed(0)
-    t = ModalityTemplates(GRID, init=torch.randn(8, *GRID) * 50 + 7)
-    vol = t.normalised_volume("t2")
+    t = ModalityTemplates(GRID, init=torch.randn(8, *GRID) * 50 + 7, value_space="minmax")
+    vol = t.volume("t2")
     assert abs(vol.min().item()) < 1e-6 and abs(vol.max().item() - 1) < 1e-5
     out = t(torch.arange(8), torch.zeros(8, 3, dtype=torch.long), GRID)
     assert out.min() >= 0 and out.max() <= 1
@@ -79,8 +80,8 @@ def test_gradient_reaches_the_template_through_the_crop():
     others = torch.ones(8, dtype=torch.bool)
     others[4] = False
     assert g[others].abs().sum() == 0
-    # the zero-initialised template also gets a signal (through the min-max statistics)
-    z = ModalityTemplates(GRID)
+    # the zero-initialised min-max template also gets a signal (through the min-max statistics)
+    z = ModalityTemplates(GRID, value_space="minmax")
     crop = z(torch.tensor([0]), torch.tensor([[0, 0, 0]]), (4, 4, 4))
     (crop * torch.randn(1, 1, 4, 4, 4)).sum().backward()
     assert z.templates.grad[0].abs().sum() > 0
@@ -148,17 +149,18 @@ def test_export_nifti(tmp_path):
     assert np.allclose(img.affine[:3, :3], np.diag([1, 1, 2]))
     assert np.allclose(img.affine[:3, 3], [-5, 0, 3])
     written = np.asarray(img.dataobj)
-    assert np.allclose(written, t.normalised_volume("t1").detach().numpy(), atol=1e-6)
+    assert np.allclose(written, t.volume("t1").detach().numpy(), atol=1e-6)
     p = t.export_nifti(str(tmp_path / "raw"), transpose=(2, 1, 0), normalised=False,
                        modalities=["flair"])
     assert nib.load(p[0]).shape == GRID[::-1]
 
 
-def test_forward_and_gradient_match_a_naive_reference():
+@pytest.mark.parametrize("space", ["data", "minmax"])
+def test_forward_and_gradient_match_a_naive_reference(space):
     torch.manual_seed(3)
     init = torch.randn(8, *GRID)
-    t = ModalityTemplates(GRID, init=init)
-    ref = ModalityTemplates(GRID, init=init)
+    t = ModalityTemplates(GRID, init=init, value_space=space)
+    ref = ModalityTemplates(GRID, init=init, value_space=space)
     idx = torch.tensor([1, 6, 1])
     starts = torch.tensor([[-1, 3, 2], [4, 4, 4], [9, -2, 5]])
     w = torch.randn(3, 1, 5, 5, 5)
@@ -166,9 +168,23 @@ def test_forward_and_gradient_match_a_naive_reference():
     (out * w).sum().backward()
     expected = []
     for slot, (sx, sy, sz) in zip(idx.tolist(), starts.tolist()):
-        vol = torch.nn.functional.pad(ref.normalised_volume(slot), (5, 5, 5, 5, 5, 5))
+        vol = torch.nn.functional.pad(ref.volume(slot), (5, 5, 5, 5, 5, 5))
         expected.append(vol[sx + 5:sx + 10, sy + 5:sy + 10, sz + 5:sz + 10])
     expected = torch.stack(expected).unsqueeze(1)
     (expected * w).sum().backward()
     assert torch.allclose(out, expected, atol=1e-6)
     assert torch.allclose(t.templates.grad, ref.templates.grad, atol=1e-4)
+
+
+def test_data_space_templates_are_used_as_they_are():
+    """Default value space: a z-score-like template (negative and > 1 values) is cropped unchanged,
+    so it can represent dark and bright tissue; outside the grid the fill is 0 (background)."""
+    init = torch.randn(8, *GRID) * 2 - 0.5
+    t = ModalityTemplates(GRID, init=init)
+    assert t.value_space == "data"
+    out = t(torch.tensor([3]), torch.tensor([[2, 1, -1]]), (4, 4, 4))[0, 0]
+    assert torch.equal(out[:, :, 1:], init[3, 2:6, 1:5, 0:3])
+    assert torch.all(out[:, :, 0] == 0)
+    assert out.min() < 0 and out.max() > 1
+    with pytest.raises(ValueError, match="value_space"):
+        ModalityTemplates(GRID, value_space="unit")

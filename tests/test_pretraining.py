@@ -24,13 +24,18 @@ def test_pretraining_runs_through_nnunet_train(pretrained):
     ck = torch.load(os.path.join(fold, "checkpoint_final.pth"), weights_only=True)
     assert ck["current_epoch"] == 5 and ck["trainer_name"] == TRAINER
     log = ck["mm_log"]
-    for k in ("train_loss", "train_l_md", "train_l_cmr", "val_loss", "val_masked_mse", "lr"):
+    for k in ("train_loss", "train_l_md", "train_l_cmr", "val_loss", "val_md_masked_mse", "val_cmr_masked_mse",
+              "val_cmr_baseline_fill", "lr"):
         assert len(log[k]) == 5 and np.all(np.isfinite(log[k])), k
+    # validation runs on fixed patches and masks: the baselines do not move between epochs
+    for k in ("val_md_baseline_patch_mean", "val_cmr_baseline_patch_mean", "val_cmr_baseline_fill"):
+        assert np.ptp(log[k]) < 1e-6, (k, log[k])
+    assert np.ptp(log["val_md_masked_mse"]) > 0             # ... while the network's error does
     assert log["train_l_mcl"][-1] > 0 and log["train_l_mcl"][0] == 0     # MCL switched on after 2/3
     assert ck["mmpretrain"]["modalities_seen"] == ["flair", "pd", "t1", "t1c", "t2"]
     t = ck["network_weights"]["templates.templates"]
     from nnunet_mmpretrain.modalities import MODALITIES
-    for i, m in enumerate(MODALITIES):   # templates of corpus modalities learned, others untouched
+    for i, m in enumerate(MODALITIES):   # templates of corpus modalities start at their mean, others at 0
         assert (float(t[i].abs().max()) > 0) == (m in ck["mmpretrain"]["modalities_seen"]), m
     for f in ("progress_pretrain.png", "montage_pretrain.png", "pretraining_summary/summary.json",
               "pretraining_summary/templates/template_t1c.nii.gz"):
@@ -168,3 +173,28 @@ def test_single_modality_corpus_needs_consent(nnunet_dirs, planned_corpus, monke
     tr = get_trainer_from_args("982", "3d_tiny", "all", TRAINER, "mmPretrainPlans", device=torch.device("cpu"))
     tr.initialize()
     assert tr.objective.w_cmr == 0.0
+
+
+def test_non_finite_loss_stops_training_naming_step_and_cases(pretrained):
+    tr = _trainer(pretrained)
+    tr.initialize()
+    tr.output_folder = pretrained["fold"]
+    from nnunet_mmpretrain.training.pretrain_checkpoint import PretrainingError
+    dl = tr._loader(sorted(tr.corpus_props), seed=0)
+    batch = dl.generate_train_batch()
+    batch["target"][0, 0, 3, 3, 3] = np.nan
+    with pytest.raises(PretrainingError, match="non-finite loss") as e:
+        tr.train_step(batch)
+    msg = str(e.value)
+    assert batch["keys"][0] in msg and "epoch 0" in msg and "checkpoint" in msg
+
+
+def test_dad_pretraining_variant_trains_through_nnunet(planned_corpus, tmp_path):
+    trainer = "nnUNetTrainerMMPretrain_dad_3epochs"
+    run_cli(["nnUNetv2_train", str(CORPUS_ID), "3d_tiny", "all", "-tr", trainer, "-p", "mmPretrainPlans",
+             "-device", "cpu"], env={"nnUNet_results": str(tmp_path), "nnUNet_n_proc_DA": "0"})
+    fold = _fold_dir(str(tmp_path), trainer)
+    ck = torch.load(os.path.join(fold, "checkpoint_final.pth"), weights_only=True)
+    assert ck["trainer_name"] == trainer and ck["current_epoch"] == 3
+    assert np.all(np.isfinite(ck["mm_log"]["train_loss"]))
+    assert os.path.isfile(os.path.join(fold, "pretraining_summary", "templates", "template_t1.nii.gz"))

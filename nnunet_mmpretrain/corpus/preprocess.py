@@ -167,5 +167,8 @@ def plan_and_preprocess_corpus(dataset_id: int, preset: str = "ResEncM", like: O
     secs = time.time() - t
     shutil.rmtree(os.path.join(data_folder, PARTIAL), ignore_errors=True)
     done = sum(r == "done" for _, r in res)
+    if manifest.atlas_registered and done:   # starting values of the modality templates
+        from nnunet_mmpretrain.corpus.means import means_for_configuration
+        means_for_configuration(plans_file, CONFIGURATION)
     return CorpusPlanResult(plans_file, data_folder, done, len(res) - done, secs,
                             planner.corpus_block["left_out_cases"])

@@ -1,7 +1,7 @@
 """Contrastive losses: BrainMVP's modality-aware contrastive learning (MCL, symmetric InfoNCE
 between the two views of a sample) and the DAD paper's multi-positive loss (same subject, other
 modality or view = positive), with optional negatives gathered across torch.distributed ranks.
-REFERENCE.md sections 1 ("Modality-aware contrastive learning") and 2.
+docs/METHOD.md ("The proxy tasks").
 
 Shapes: B = local batch, N = local number of embeddings, D = embedding size, C = channels.
 
@@ -146,7 +146,7 @@ def multi_positive_info_nce(z: torch.Tensor, subject_ids: Union[torch.Tensor, Se
                             temperature: float = 0.1, gather: bool = False,
                             normalize: bool = True) -> torch.Tensor:
     """Multi-positive (SupCon-style) InfoNCE: embeddings of the same subject (other modality or
-    view) are positives, all other embeddings negatives (DAD paper, REFERENCE.md section 2).
+    view) are positives, all other embeddings negatives (Wen et al. 2023).
 
     For anchor i with positives P(i) (same subject id, j != i):
     ``l_i = -1/|P(i)| sum_{p in P(i)} log( exp(s_ip / t) / sum_{a != i} exp(s_ia / t) )``;

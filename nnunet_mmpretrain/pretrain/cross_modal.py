@@ -1,6 +1,6 @@
 """Cross-modal reconstruction (CMR) inputs: pick (target m, partner n != m) per sample from the
 modalities each case actually has, and fill the masked blocks of m with n's co-registered voxels
-(REFERENCE.md section 1, "Cross-modal reconstruction").
+(docs/METHOD.md, "The proxy tasks").
 
 Shapes: B = batch, C_i = channels of case i, X, Y, Z = patch size.
 """

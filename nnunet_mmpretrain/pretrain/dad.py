@@ -1,4 +1,4 @@
-"""Domain adaptive denormalization (DAD), REFERENCE.md section 2.
+"""Domain adaptive denormalization (DAD), Wen et al. 2023; docs/METHOD.md.
 
 An image is re-expressed with the first two moments of another domain (another modality,
 scanner or case): ``x' = sigma_t * (x - mu_s) / sigma_s + mu_t`` on the foreground, per channel,

@@ -1,6 +1,11 @@
-"""Light, skip-free reconstruction decoder for pretraining (REFERENCE.md section 1, "Decoder for
-pretraining"): transposed convolutions from the bottleneck back to full resolution and a 1x1x1
-head. Without skip connections the encoder has to carry the information.
+"""Reconstruction heads for pretraining.
+
+* :class:`ReconstructionDecoder`: BrainMVP's light, skip-free decoder: transposed convolutions
+  from the bottleneck back to full resolution and a 1x1x1 head. Without skip connections the
+  encoder has to carry the information, but a deep bottleneck (4^3 at a 32^3 patch) can only
+  paint block-sized detail.
+* :class:`HypercolumnDecoder`: a 1x1x1 readout of every encoder stage (no spatial kernel), so
+  each stage must compute what the reconstruction needs at its own resolution.
 
 Shapes: B = batch, C = bottleneck channels, (x, y, z) = bottleneck size,
 (X, Y, Z) = (x, y, z) * total stride per axis.
@@ -101,3 +106,33 @@ class ReconstructionDecoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, x, y, z) -> (B, out_channels, X, Y, Z)."""
         return self.head(self.up(x))
+
+
+class HypercolumnDecoder(nn.Module):
+    """A readout that leaves all spatial reasoning to the encoder: each stage's features (skips,
+    shallowest first) go through a 1x1x1 convolution to ``width`` channels, are upsampled
+    (trilinear) to the patch, concatenated, and a LeakyReLU + 1x1x1 convolution gives the output.
+    No spatial kernel: whatever the reconstruction needs must be computed by the encoder stages,
+    at every resolution, in a form the downstream U-Net decoder can read from its skips.
+
+    Args:
+        stage_channels: channels of each encoder stage's output (shallowest first).
+        width: channels per stage after the 1x1x1 projection.
+        out_channels: output channels (1 for the reconstruction).
+
+    Input: list of (B, C_s, X_s, Y_s, Z_s) -> output (B, out_channels, X_0, Y_0, Z_0).
+    """
+
+    def __init__(self, stage_channels: Sequence[int], width: int = 8, out_channels: int = 1):
+        super().__init__()
+        self.proj = nn.ModuleList([nn.Conv3d(int(c), width, kernel_size=1) for c in stage_channels])
+        self.act = nn.LeakyReLU(0.01)
+        self.head = nn.Conv3d(width * len(stage_channels), out_channels, kernel_size=1)
+
+    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        """list of stage outputs -> (B, out_channels, X, Y, Z) at the first stage's resolution."""
+        size = skips[0].shape[2:]
+        parts = [p(s) if s.shape[2:] == size else
+                 nn.functional.interpolate(p(s), size=size, mode="trilinear", align_corners=False)
+                 for p, s in zip(self.proj, skips)]
+        return self.head(self.act(torch.cat(parts, 1)))

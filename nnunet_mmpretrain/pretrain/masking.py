@@ -1,4 +1,4 @@
-"""Block masking for the BrainMVP proxy tasks (REFERENCE.md section 1, "Block masking").
+"""Block masking for the BrainMVP proxy tasks (docs/METHOD.md, "The proxy tasks").
 
 A patch (X, Y, Z) is cut into cubes of ``block_size`` voxels per axis; a fixed number of those
 blocks is masked per sample and later *replaced* (not zeroed) by a fill: the partner modality's

@@ -1,5 +1,5 @@
-"""The combined BrainMVP objective (REFERENCE.md section 1, "Loss") and the masked-voxel
-diagnostics DESIGN.md asks for.
+"""The combined BrainMVP objective (docs/METHOD.md, "The proxy tasks") and the masked-voxel
+diagnostics of "Watching the proxy tasks".
 
 ``total = w_md * L_MD + w_cmr * L_CMR + w_mcl * L_MCL`` where L_MD is the reconstruction loss of
 the template-filled view, L_CMR that of the cross-modal view and L_MCL the symmetric InfoNCE
@@ -155,7 +155,7 @@ def compute(config: ObjectiveConfig, *, target: torch.Tensor, recon_md: torch.Te
 @torch.no_grad()
 def masked_error_report(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                         filled_input: torch.Tensor) -> Dict[str, float]:
-    """Is the masked-voxel task being learned? (DESIGN.md, "The network must know ...")
+    """Is the masked-voxel task being learned? (docs/METHOD.md, "Watching the proxy tasks")
 
     Args:
         pred: (B, 1, X, Y, Z) reconstruction.

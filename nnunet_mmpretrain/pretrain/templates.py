@@ -1,10 +1,17 @@
-"""Learnable modality templates for modality template distillation (MD), REFERENCE.md section 1.
+"""Learnable modality templates for modality template distillation (MD); docs/METHOD.md.
 
 One learnable volume per modality on a canonical grid (the atlas grid for registered corpora,
-e.g. SRI24 240 x 240 x 155). At each use a template is min-max normalised over its whole volume
-and cropped at the patch's position; the crop fills the masked blocks of the template view, so
-the reconstruction loss reaches the template through the fill and it learns a mean appearance
-of its modality.
+e.g. SRI24 240 x 240 x 155). At each use a template is cropped at the patch's position; the crop
+fills the masked blocks of the template view, so the reconstruction loss reaches the template
+through the fill and it learns a mean appearance of its modality.
+
+Value space: by default (``value_space='data'``) a template holds values in the space of the
+network's inputs (nnU-Net's z-scores: brain about -2..5, background 0) and is used as it is, so
+it can represent dark and bright tissue; start it from the corpus mean of its modality
+(``init=``) and the fill is meaningful from the first step. ``value_space='minmax'`` reproduces
+the released BrainMVP code, which squeezes each template into [0, 1] at every use (its inputs
+are [0, 1]); in z-score space that template cannot represent the data, so it is kept only as an
+ablation.
 
 Shapes: B = batch, M = number of templates, (GX, GY, GZ) = template grid,
 (X, Y, Z) = patch. Axes follow the arrays the trainer feeds (nnU-Net's preprocessed axis order);
@@ -39,7 +46,9 @@ class ModalityTemplates(nn.Module):
         init: ``'zeros'`` (BrainMVP), a mapping modality -> array (GX, GY, GZ) (e.g. a corpus
             mean; modalities missing from the mapping start at zero), or an array
             (M, GX, GY, GZ) in ``modalities`` order.
-        eps: added to (max - min) in the min-max normalisation; an all-constant template (the
+        value_space: ``'data'`` (default: used as they are) or ``'minmax'`` (BrainMVP's [0, 1]
+            squeeze at each use; see the module docstring).
+        eps: (``'minmax'`` only) added to (max - min) in the min-max normalisation; an all-constant template (the
             zero init) normalises to zeros, never NaN. Note that the normalisation makes the
             gradient reaching the raw template scale with 1 / (max - min + eps): large while the
             template is nearly flat. Adam-type optimisers are insensitive to that scale, but a
@@ -55,7 +64,8 @@ class ModalityTemplates(nn.Module):
     """
 
     def __init__(self, grid_shape: Sequence[int], modalities: Sequence[str] = MODALITIES,
-                 init: InitLike = "zeros", eps: float = 1e-6, position_free: str = "random"):
+                 init: InitLike = "zeros", eps: float = 1e-6, position_free: str = "random",
+                 value_space: str = "data"):
         super().__init__()
         self.modalities: Tuple[str, ...] = tuple(canonical(m) for m in modalities)
         if len(set(self.modalities)) != len(self.modalities):
@@ -64,6 +74,9 @@ class ModalityTemplates(nn.Module):
         if position_free not in ("random", "center"):
             raise ValueError(f"position_free must be 'random' or 'center', got {position_free!r}")
         self.position_free = position_free
+        if value_space not in ("data", "minmax"):
+            raise ValueError(f"value_space must be 'data' or 'minmax', got {value_space!r}")
+        self.value_space = value_space
         self.eps = float(eps)
         data = torch.zeros(len(self.modalities), *self.grid_shape, dtype=torch.float32)
         if isinstance(init, str):
@@ -93,7 +106,7 @@ class ModalityTemplates(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"modalities={list(self.modalities)}, grid_shape={self.grid_shape}, "
-                f"eps={self.eps}, position_free={self.position_free!r}")
+                f"eps={self.eps}, position_free={self.position_free!r}, value_space={self.value_space!r}")
 
     # ------------------------------------------------------------------ normalisation / crops
     def _rows(self, modality_idx: torch.Tensor) -> List[int]:
@@ -113,14 +126,18 @@ class ModalityTemplates(nn.Module):
         lo, hi = t.min(), t.max()
         return lo, hi - lo + self.eps
 
-    def normalised_volume(self, modality: Union[str, int]) -> torch.Tensor:
-        """Whole min-max normalised template of one modality (name or vocabulary slot).
+    def volume(self, modality: Union[str, int]) -> torch.Tensor:
+        """Whole template of one modality (name or vocabulary slot) as the network sees it: the
+        raw values (``value_space='data'``) or the min-max normalised ones (``'minmax'``: in
+        [0, 1], zeros for a constant template).
 
         Returns:
-            (GX, GY, GZ) tensor in [0, 1] (zeros for a constant template), differentiable.
+            (GX, GY, GZ) tensor, differentiable.
         """
         slot = MODALITIES.index(canonical(modality)) if isinstance(modality, str) else int(modality)
         row = self._rows(torch.tensor([slot]))[0]
+        if self.value_space == "data":
+            return self.templates[row]
         lo, scale = self._minmax(row)
         return (self.templates[row] - lo) / scale
 
@@ -148,14 +165,15 @@ class ModalityTemplates(nn.Module):
             modality_idx: LongTensor (B,) of vocabulary slots (index in :data:`MODALITIES`).
             starts: LongTensor (B, 3) (one entry per grid axis): voxel index in the template grid
                 of the patch's first voxel. Any value is accepted: parts of the crop outside the
-                grid are zero (= the normalised template minimum). None selects the
+                grid are zero (the background of z-scored data; the minimum in ``'minmax'``). None selects the
                 position-free mode described in the class docstring.
             patch_shape: (X, Y, Z).
             generator: CPU generator for the random position-free crop.
 
         Returns:
-            (B, 1, X, Y, Z) tensor on the templates' device, values in [0, 1]; differentiable
-            with respect to :attr:`templates` (through the crop and the min-max statistics).
+            (B, 1, X, Y, Z) tensor on the templates' device (values in [0, 1] for ``'minmax'``);
+            differentiable with respect to :attr:`templates` (through the crop and, for
+            ``'minmax'``, the min-max statistics).
         """
         patch = tuple(int(p) for p in patch_shape)
         if len(patch) != len(self.grid_shape):
@@ -173,13 +191,14 @@ class ModalityTemplates(nn.Module):
         dev = self.templates.device
         n_vox = math.prod(self.grid_shape)
         uniq = sorted(set(rows))
-        with torch.no_grad():
-            vols = [self.templates[r].reshape(-1) for r in uniq]
-            base = torch.tensor(uniq, device=dev) * n_vox
-            arg_lo = torch.stack([v.argmin() for v in vols]) + base
-            arg_hi = torch.stack([v.argmax() for v in vols]) + base
+        index_parts, boxes = [], []
+        if self.value_space == "minmax":
+            with torch.no_grad():
+                vols = [self.templates[r].reshape(-1) for r in uniq]
+                base = torch.tensor(uniq, device=dev) * n_vox
+                index_parts += [torch.stack([v.argmin() for v in vols]) + base,
+                                torch.stack([v.argmax() for v in vols]) + base]
         grid_strides = [math.prod(self.grid_shape[k + 1:]) for k in range(len(patch))]
-        index_parts, boxes = [arg_lo, arg_hi], []
         for row, start in zip(rows, start_list):
             lin = torch.tensor(row * n_vox, device=dev)
             box, pads = [], []
@@ -197,11 +216,14 @@ class ModalityTemplates(nn.Module):
             boxes.append((uniq.index(row), box, pads))
         values = self.templates.reshape(-1).index_select(0, torch.cat(index_parts))
         n_u = len(uniq)
-        lo = values[:n_u]
-        scale = values[n_u:2 * n_u] - lo + self.eps
+        if self.value_space == "data":
+            lo, scale, n_stats = torch.zeros(n_u, device=dev), torch.ones(n_u, device=dev), 0
+        else:
+            lo, n_stats = values[:n_u], 2 * n_u
+            scale = values[n_u:2 * n_u] - lo + self.eps
         crops = []
         sizes = [math.prod(b) for _, b, _ in boxes]
-        for (u, box, pads), vals in zip(boxes, values[2 * n_u:].split(sizes)):
+        for (u, box, pads), vals in zip(boxes, values[n_stats:].split(sizes)):
             crop = (vals.view(box) - lo[u]) / scale[u]
             flat_pad = [v for pair in reversed(pads) for v in pair]  # F.pad wants last axis first
             if any(flat_pad):
@@ -221,7 +243,7 @@ class ModalityTemplates(nn.Module):
         weights_only=True)``."""
         return {"format": STATE_FORMAT, "modalities": list(self.modalities),
                 "grid_shape": list(self.grid_shape), "eps": self.eps,
-                "position_free": self.position_free,
+                "position_free": self.position_free, "value_space": self.value_space,
                 "templates": self.templates.detach().cpu().clone()}
 
     def load_state(self, state: Mapping) -> None:
@@ -238,12 +260,13 @@ class ModalityTemplates(nn.Module):
             self.templates.copy_(state["templates"].to(self.templates.device))
         self.eps = float(state["eps"])
         self.position_free = str(state["position_free"])
+        self.value_space = str(state.get("value_space", "minmax"))
 
     @classmethod
     def from_state(cls, state: Mapping) -> "ModalityTemplates":
         """New instance from :meth:`state` output (on CPU)."""
         obj = cls(state["grid_shape"], state["modalities"], eps=state["eps"],
-                  position_free=state["position_free"])
+                  position_free=state["position_free"], value_space=state.get("value_space", "minmax"))
         obj.load_state(state)
         return obj
 
@@ -262,7 +285,7 @@ class ModalityTemplates(nn.Module):
             transpose: axis permutation applied to each (GX, GY, GZ) volume before writing, e.g.
                 (2, 1, 0) for arrays in SimpleITK's (z, y, x) order; ``affine`` refers to the
                 permuted array.
-            normalised: write the min-max normalised template (what the network sees), else the
+            normalised: write the template as the network sees it (:meth:`volume`), else the
                 raw parameter.
             modalities: subset to write (default all).
 
@@ -288,7 +311,7 @@ class ModalityTemplates(nn.Module):
         with torch.no_grad():
             for m in names:
                 row = self.modalities.index(m)
-                vol = self.normalised_volume(m) if normalised else self.templates[row]
+                vol = self.volume(m) if normalised else self.templates[row]
                 arr = vol.detach().float().cpu().numpy()
                 if transpose is not None:
                     arr = np.transpose(arr, tuple(transpose))

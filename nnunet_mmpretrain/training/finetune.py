@@ -21,6 +21,7 @@ import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_mmpretrain.training.finetune_augment import AlignedTemplateSubstitution, DADAugmentation
 from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule
 
 ENV_BUNDLE = "nnUNet_mmpretrain_bundle"
@@ -102,12 +103,14 @@ class LinearWarmup:
         return opt, WarmupPoly(opt, self.initial_lr, self.num_epochs, self.warmup_epochs)
 
 
-class TemplateSubstitution:
-    """Mixin: BrainMVP's template-substitution augmentation. After nnU-Net's spatial transform,
-    with probability ``template_p`` a sample gets 1..min(3, C-1) channels replaced by the bundle's
-    template of the modality each channel carries (missing-modality robustness)."""
+class RandomTemplateSubstitution:
+    """Mixin for bundles whose templates have no place in the world (corpus not on one grid):
+    after nnU-Net's spatial transform, with probability ``template_p`` a sample gets
+    1..min(3, C-1) channels replaced by a crop of their modality's template at a random position.
+    The anatomy of the substituted channel does not match the others; use
+    :class:`TemplateSubstitution` (aligned) whenever the bundle has template geometry."""
 
-    template_p: float = 0.5
+    template_p: float = 0.75
 
     def get_training_transforms(self, *args, **kwargs):
         from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
@@ -118,14 +121,18 @@ class TemplateSubstitution:
         path, _ = self.bundle_settings()
         if not path:
             raise FinetuneError(f"{type(self).__name__} needs a bundle with templates: export {ENV_BUNDLE}=FOLDER.")
-        bank = TemplateBank.from_bundle(load_bundle(path), target_spacing=self.configuration_manager.spacing)
+        bank = TemplateBank.from_bundle(load_bundle(path), target_spacing=self.configuration_manager.spacing,
+                                        position_free=True)
         t = TemplateSubstitutionTransform(bank, channels_to_modalities(self.dataset_json["channel_names"]),
                                           p_per_sample=self.template_p)
         at = next((i + 1 for i, x in enumerate(composed.transforms) if isinstance(x, SpatialTransform)), 0)
         composed.transforms.insert(at, t)
-        self.print_to_log_file(f"template substitution after transform #{at} (p={self.template_p}; "
+        self.print_to_log_file(f"template substitution (random positions) after transform #{at} (p={self.template_p}; "
                                f"templates: {', '.join(bank.modalities)})")
         return composed
+
+
+TemplateSubstitution = AlignedTemplateSubstitution
 
 
 class nnUNetTrainerMMFinetune(PretrainedEncoder, nnUNetTrainer):
@@ -142,13 +149,40 @@ class nnUNetTrainerMMFinetune_warmup(LinearWarmup, PretrainedEncoder, nnUNetTrai
 
 
 class nnUNetTrainerMMFinetune_templateAug(TemplateSubstitution, PretrainedEncoder, nnUNetTrainer):
-    """Pretrained encoder + template-substitution augmentation (p = 0.5 per sample)."""
+    """Pretrained encoder + BrainMVP's template substitution, templates aligned with each case
+    (k ~ U{0..min(3, C-1)} channels per sample)."""
+
+
+class nnUNetTrainerMMFinetune_templateAugConsistency(TemplateSubstitution, PretrainedEncoder, nnUNetTrainer):
+    """Template substitution + BrainMVP's consistency term: two differently substituted copies of
+    each sample, MSE between their bottleneck features x 0.1."""
+    consistency_weight = 0.1
+
+
+class nnUNetTrainerMMFinetune_templateAugRandom(RandomTemplateSubstitution, PretrainedEncoder, nnUNetTrainer):
+    """Template substitution at random positions (for bundles of corpora that are not on one grid)."""
+
+
+class nnUNetTrainerMMFinetune_dad(DADAugmentation, PretrainedEncoder, nnUNetTrainer):
+    """Pretrained encoder + domain adaptive denormalization of the input channels (p = 0.3)."""
 
 
 class nnUNetTrainerMMFinetune_templateAug_smoke(ShortSchedule, TemplateSubstitution, PretrainedEncoder, nnUNetTrainer):
-    """Tests: the augmentation on every sample, 2 epochs x 4 iterations."""
+    """Tests: aligned substitution, 2 epochs x 4 iterations."""
     schedule = Schedule(epochs=2, iterations=4, val_iterations=2)
-    template_p = 1.0
+
+
+class nnUNetTrainerMMFinetune_templateAugConsistency_smoke(ShortSchedule, TemplateSubstitution, PretrainedEncoder,
+                                                           nnUNetTrainer):
+    """Tests: substitution + consistency term, 2 epochs x 4 iterations."""
+    schedule = Schedule(epochs=2, iterations=4, val_iterations=2)
+    consistency_weight = 0.1
+
+
+class nnUNetTrainerMMFinetune_dad_smoke(ShortSchedule, DADAugmentation, PretrainedEncoder, nnUNetTrainer):
+    """Tests: DAD augmentation on every sample, 2 epochs x 4 iterations."""
+    schedule = Schedule(epochs=2, iterations=4, val_iterations=2)
+    dad_p = 1.0
 
 
 class nnUNetTrainerMMFinetune_smoke(ShortSchedule, PretrainedEncoder, nnUNetTrainer):

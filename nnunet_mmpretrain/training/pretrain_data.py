@@ -18,19 +18,9 @@ import numpy as np
 import torch
 from batchgenerators.dataloading.data_loader import DataLoader
 
+from nnunet_mmpretrain.geometry import grid_geometry, template_grid_shape  # noqa: F401 (re-exported)
 from nnunet_mmpretrain.modalities import MODALITIES
 from nnunet_mmpretrain.pretrain.cross_modal import draw_pairs
-
-
-def grid_geometry(props: dict, transpose_forward: Sequence[int], target_spacing: Sequence[float]
-                  ) -> Tuple[np.ndarray, np.ndarray]:
-    """(offset of the cropped, resampled case on the grid (3,), grid shape of the full image (3,)),
-    in the preprocessed (transposed, resampled) voxel space."""
-    orig = np.array([props["spacing"][i] for i in transpose_forward], dtype=float)
-    scale = orig / np.asarray(target_spacing, dtype=float)
-    bbox_start = np.array([b[0] for b in props["bbox_used_for_cropping"]], dtype=float)
-    full = np.array(props["shape_before_cropping"], dtype=float)
-    return np.round(bbox_start * scale).astype(np.int64), np.round(full * scale).astype(np.int64)
 
 
 class CorpusPatchLoader(DataLoader):
@@ -81,9 +71,3 @@ class CorpusPatchLoader(DataLoader):
             "n_idx": np.array([MODALITIES.index(n) if n is not None else -1 for _, n in pairs], np.int64),
             "subject": [self.props[k].get("subject", k) for k in keys],
         }
-
-
-def template_grid_shape(properties: Dict[str, dict], transpose_forward, target_spacing) -> List[int]:
-    """The canonical grid: the largest full (uncropped) image of the corpus in preprocessed space."""
-    shapes = np.stack([grid_geometry(p, transpose_forward, target_spacing)[1] for p in properties.values()])
-    return [int(s) for s in shapes.max(0)]

@@ -11,7 +11,7 @@ for ResEnc, ``encoder.stages.0`` for PlainConv). Here the stem slot inside the e
 * ``stems.<slot>.*`` are the stem's keys for one modality (``key_to_stem`` + the rest).
 
 Running modality m through its own stem tells the network which modality it must rebuild from a
-patch whose masked blocks hold another modality (DESIGN.md: without it the target is ambiguous).
+patch whose masked blocks hold another modality (without it the target is ambiguous; docs/METHOD.md).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from nnunet_mmpretrain.modalities import MODALITIES
 from nnunet_mmpretrain.pretrain.contrastive import ProjectionHead, pool_features
-from nnunet_mmpretrain.pretrain.heads import ReconstructionDecoder
+from nnunet_mmpretrain.pretrain.heads import HypercolumnDecoder, ReconstructionDecoder
 from nnunet_mmpretrain.pretrain.templates import ModalityTemplates
 
 
@@ -50,10 +50,15 @@ class MMPretrainNetwork(nn.Module):
         strides: the plans' per-stage strides (for the decoder).
         proj_dim: projection head output size (0: contrastive term on pooled features directly).
         position_free: template crop mode when patches carry no atlas position.
+        decoder: ``'skipfree'`` (BrainMVP's light decoder from the bottleneck) or
+            ``'hypercolumn'`` (1x1x1 readout of every stage, :class:`HypercolumnDecoder`).
+        template_init: starting templates (see :class:`ModalityTemplates`), e.g. corpus means.
+        template_space: ``'data'`` or ``'minmax'`` (see :class:`ModalityTemplates`).
     """
 
     def __init__(self, nnunet_net: nn.Module, template_grid: Optional[Sequence[int]],
-                 strides: Sequence, proj_dim: int = 128, position_free: str = "random"):
+                 strides: Sequence, proj_dim: int = 128, position_free: str = "random",
+                 decoder: str = "skipfree", template_init="zeros", template_space: str = "data"):
         super().__init__()
         self.key_to_encoder: str = nnunet_net.key_to_encoder
         self.key_to_stem: str = nnunet_net.key_to_stem
@@ -64,12 +69,16 @@ class MMPretrainNetwork(nn.Module):
         stem = _get(nnunet_net, self.key_to_stem)
         self.stems = nn.ModuleList([deepcopy(stem) for _ in MODALITIES])
         _set(encoder, self.key_to_stem[len("encoder."):], nn.Identity())
-        encoder.return_skips = False
+        if decoder not in ("skipfree", "hypercolumn"):
+            raise ValueError(f"decoder must be 'skipfree' or 'hypercolumn', got {decoder!r}")
+        encoder.return_skips = decoder == "hypercolumn"
         self.encoder = encoder
         bottleneck = int(encoder.output_channels[-1])
-        self.decoder = ReconstructionDecoder(bottleneck, strides)
+        self.decoder = ReconstructionDecoder(bottleneck, strides) if decoder == "skipfree" else \
+            HypercolumnDecoder([int(c) for c in encoder.output_channels])
         self.proj = ProjectionHead(bottleneck, max(bottleneck, 128), proj_dim) if proj_dim else None
-        self.templates = ModalityTemplates(template_grid, position_free=position_free) if template_grid else None
+        self.templates = ModalityTemplates(template_grid, position_free=position_free, init=template_init,
+                                           value_space=template_space) if template_grid else None
 
     def stem_forward(self, x: torch.Tensor, modality_idx: torch.Tensor) -> torch.Tensor:
         """x (B, 1, X, Y, Z), modality_idx (B,) vocabulary slots -> stem features (B, F0, X', Y', Z')."""
@@ -85,18 +94,8 @@ class MMPretrainNetwork(nn.Module):
     def forward(self, x: torch.Tensor, modality_idx: torch.Tensor):
         """x (B, 1, X, Y, Z) -> (reconstruction (B, 1, X, Y, Z), bottleneck (B, C, x, y, z),
         embedding (B, D) for the contrastive term)."""
-        feat = self.encoder(self.stem_forward(x, modality_idx))
-        if isinstance(feat, (list, tuple)):
-            feat = feat[-1]
+        out = self.encoder(self.stem_forward(x, modality_idx))
+        feat = out[-1] if isinstance(out, (list, tuple)) else out
         pooled = pool_features(feat)
         z = self.proj(pooled) if self.proj is not None else pooled
-        return self.decoder(feat), feat, z
-
-    def encoder_state_dict(self) -> dict:
-        """The encoder without its stem, keyed as in the nnU-Net network (``encoder.*``)."""
-        return {f"encoder.{k}": v.detach().cpu().clone() for k, v in self.encoder.state_dict().items()}
-
-    def stem_state_dicts(self) -> dict:
-        """modality -> stem state dict keyed as in the nnU-Net network (``key_to_stem.*``)."""
-        return {m: {f"{self.key_to_stem}.{k}": v.detach().cpu().clone() for k, v in s.state_dict().items()}
-                for m, s in zip(MODALITIES, self.stems)}
+        return self.decoder(out), feat, z

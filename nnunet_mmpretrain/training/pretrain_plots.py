@@ -20,10 +20,10 @@ def _save(fig, path: str) -> None:
 
 
 def plot_progress(log: Dict[str, List[float]], path: str) -> None:
-    """Three panels: loss terms (train solid, val dashed); masked-voxel MSE of the cross-modal view
-    against its two baselines; learning rate."""
+    """Four panels: loss terms (train solid, val dashed); per view (template, cross-modal) the
+    masked-voxel MSE on the fixed validation patches against its two baselines; learning rate."""
     plt = _plt()
-    fig, ax = plt.subplots(1, 3, figsize=(16, 4.2))
+    fig, ax = plt.subplots(1, 4, figsize=(20, 4.2))
     ep = np.arange(len(log["train_loss"]))
     for k, c in (("loss", "k"), ("l_md", "tab:blue"), ("l_cmr", "tab:orange"), ("l_mcl", "tab:green")):
         ax[0].plot(ep, log[f"train_{k}"], color=c, label=f"train {k}")
@@ -31,12 +31,14 @@ def plot_progress(log: Dict[str, List[float]], path: str) -> None:
             ax[0].plot(ep, log[f"val_{k}"], color=c, ls="--", label=f"val {k}")
     ax[0].set_yscale("log")
     ax[0].set_title("loss terms")
-    for k, c in (("masked_mse", "tab:red"), ("baseline_patch_mean", "0.5"), ("baseline_fill", "tab:purple")):
-        if len(log[f"val_{k}"]) == len(ep):
-            ax[1].plot(ep, log[f"val_{k}"], color=c, label=k)
-    ax[1].set_title("cross-modal view: error on masked voxels (val)")
-    ax[2].plot(ep, log["lr"], color="k")
-    ax[2].set_title("learning rate (network)")
+    for a, v, name in ((ax[1], "md", "template view"), (ax[2], "cmr", "cross-modal view")):
+        for k, c, lab in (("masked_mse", "tab:red", "network"), ("baseline_patch_mean", "0.5", "patch mean"),
+                          ("baseline_fill", "tab:purple", "fill left in place")):
+            if len(log[f"val_{v}_{k}"]) == len(ep):
+                a.plot(ep, log[f"val_{v}_{k}"], color=c, label=lab)
+        a.set_title(f"{name}: MSE on masked voxels (fixed val patches)", fontsize=9)
+    ax[3].plot(ep, log["lr"], color="k")
+    ax[3].set_title("learning rate (network)")
     for a in ax:
         a.set_xlabel("epoch")
         a.legend(fontsize=7) if a.get_legend_handles_labels()[0] else None
@@ -62,7 +64,7 @@ def plot_montage(net, batch, path: str) -> None:
         with torch.no_grad():
             shown = 0
             for i, m in enumerate(MODALITIES):
-                vol = net.templates.normalised_volume(m).float().cpu().numpy()
+                vol = net.templates.volume(m).float().cpu().numpy()
                 if shown < 5 and float(vol.max() - vol.min()) > 0:
                     ax[0, shown].imshow(vol[vol.shape[0] // 2], cmap="gray")
                     ax[0, shown].set_title(f"template {m}", fontsize=8)
@@ -73,7 +75,7 @@ def plot_montage(net, batch, path: str) -> None:
         imgs = [target[b, 0, z], view_md[b, 0, z], recon[b, 0, z], view_cmr[b, 0, z], recon[nb + b, 0, z]]
         titles = ["target", "template view", "recon", "cross-modal view", "recon"]
         for j, (im, t) in enumerate(zip(imgs, titles)):
-            ax[b + 1, j].imshow(im.numpy(), cmap="gray", vmin=-2, vmax=3)
+            ax[b + 1, j].imshow(im.numpy(), cmap="gray", vmin=-2, vmax=3)  # z-scores
             ax[b + 1, j].set_title(f"{t}" + (f" ({keys[b]})" if j == 0 else ""), fontsize=8)
     fig.tight_layout()
     _save(fig, path)

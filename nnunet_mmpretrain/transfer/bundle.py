@@ -5,7 +5,8 @@ A bundle is a folder::
 
     encoder_bundle.pt   tensors + plain metadata (see BUNDLE_KEYS)
     bundle.json         the metadata for people (no tensors)
-    templates/          template_<modality>.nii.gz (normalised to [0, 1]) for the modalities trained
+    templates/          template_<modality>.nii.gz for the modalities trained, on the corpus images'
+                        world grid (they overlay the corpus in a viewer) when the corpus is on one grid
     pretraining_plans.json
 
 ``encoder_bundle.pt`` holds:
@@ -14,7 +15,10 @@ A bundle is a folder::
   plans (``encoder.stages.*``); ``key_to_encoder`` / ``key_to_stem`` / ``keys_to_in_proj`` name
   the dynamic-network-architectures contract,
 * ``stems``: modality -> stem weights (``key_to_stem.*``, 1 input channel),
-* ``templates``: modality -> raw template volume (normalise with min-max before use),
+* ``templates``: modality -> template volume as the network saw it (``template_space`` 'data':
+  nnU-Net z-scores; 'minmax': BrainMVP's [0, 1]), axes in nnU-Net's preprocessed order,
+* ``template_geometry``: the world geometry of the template grid
+  (:class:`nnunet_mmpretrain.geometry.GridGeometry` as a dict) or None (position-free templates),
 * ``modalities_trained``: modalities the corpus had (stems of other modalities are untrained),
 * ``network_class_name``, ``arch_kwargs`` (JSON), ``plans`` (JSON), ``configuration``,
   ``vocabulary``, ``versions``, ``epoch``.
@@ -88,9 +92,13 @@ def bundle_from_checkpoint(checkpoint_path: str) -> dict:
         stems[m] = {f"{key_to_stem}.{k[len(pre):]}": v for k, v in sd.items() if k.startswith(pre)}
     trained = list(ck["mmpretrain"]["modalities_seen"])
     templates = {}
+    space = ck["mmpretrain"].get("template_space") or "minmax"
     if "templates.templates" in sd:
+        from nnunet_mmpretrain.pretrain.templates import ModalityTemplates
         t = sd["templates.templates"]
-        templates = {m: t[i].clone() for i, m in enumerate(vocab) if m in trained}
+        bank = ModalityTemplates(tuple(t.shape[1:]), modalities=vocab, init=t, value_space=space)
+        with torch.no_grad():
+            templates = {m: bank.volume(m).detach().clone() for m in vocab if m in trained}
     # the reference network tells which keys the encoder (minus stem) must have
     expected = {k for k in ref.state_dict() if k.startswith("encoder.") and not k.startswith(key_to_stem + ".")}
     missing = sorted(expected - set(encoder))
@@ -102,6 +110,8 @@ def bundle_from_checkpoint(checkpoint_path: str) -> dict:
         "stems": stems,
         "templates": templates,
         "template_spacing": [float(s) for s in conf["spacing"]],
+        "template_space": space,
+        "template_geometry": ck["mmpretrain"].get("template_geometry"),
         "modalities_trained": trained,
         "vocabulary": vocab,
         "key_to_encoder": key_to_encoder,
@@ -119,14 +129,14 @@ def bundle_from_checkpoint(checkpoint_path: str) -> dict:
 
 def save_bundle(bundle: dict, folder: str) -> str:
     """Write the bundle folder (atomic per file); returns the path of encoder_bundle.pt."""
+    from nnunet_mmpretrain.geometry import GridGeometry, write_grid_nifti
     from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json
-    from nnunet_mmpretrain.pretrain.templates import ModalityTemplates
     os.makedirs(folder, exist_ok=True)
-    if bundle["templates"]:
-        mods = list(bundle["templates"])
-        grid = tuple(bundle["templates"][mods[0]].shape)
-        t = ModalityTemplates(grid, modalities=mods, init={m: bundle["templates"][m].numpy() for m in mods})
-        t.export_nifti(os.path.join(folder, "templates"), spacing=bundle["template_spacing"], modalities=mods)
+    geo = bundle.get("template_geometry")
+    geo = GridGeometry.from_dict(geo) if geo else None
+    for m, vol in bundle["templates"].items():
+        write_grid_nifti(vol.float().numpy(), geo, os.path.join(folder, "templates", f"template_{m}.nii.gz"),
+                         spacing=bundle["template_spacing"])
     atomic_write_json(json.loads(bundle["plans"]), os.path.join(folder, "pretraining_plans.json"))
     meta = {k: v for k, v in bundle.items() if k not in ("encoder", "stems", "templates", "plans")}
     meta["encoder_keys"] = len(bundle["encoder"])

@@ -3,7 +3,7 @@
 Loading goes through ``network.encoder.load_state_dict(strict=True)``: the decoder keeps a
 reference to the same encoder modules, so its ``decoder.encoder.*`` aliases see the new values
 (writing a *full* state dict under ``encoder.*`` only would let the stale ``decoder.encoder.*``
-copy win; REFERENCE.md section 4). The stem is adapted to the downstream channels
+copy win). The stem is adapted to the downstream channels
 (:mod:`nnunet_mmpretrain.transfer.stem`); everything outside the encoder stays as nnU-Net
 initialised it.
 """

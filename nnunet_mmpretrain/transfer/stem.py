@@ -1,5 +1,5 @@
 """Stem adaptation: build a downstream network's C-channel stem from the pretrained
-1-channel stems of an encoder bundle (DESIGN.md "Single-channel encoder input").
+1-channel stems of an encoder bundle (docs/METHOD.md, "Input").
 
 The pretraining encoder sees one modality at a time through a per-modality stem
 (``bundle['stems'][modality]``, keys ``<key_to_stem>.*``, input projection weight

@@ -3,7 +3,7 @@ missing channel with its modality template.
 
 During fine-tuning BrainMVP replaces up to min(3, C-1) input channels of a sample with the
 learned template of the modality each carries, so the network learns to cope with missing
-modalities (REFERENCE.md section 1, "Downstream use"). At inference, nnU-Net requires every
+modalities (docs/METHOD.md, "Fine-tuning with templates"). At inference, nnU-Net requires every
 channel: :func:`fill_missing_channel` puts the template of a missing modality on the case's grid.
 
 Templates come from the encoder bundle (``bundle['templates']``: raw learned volumes on the

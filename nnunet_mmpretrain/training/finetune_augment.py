@@ -1,0 +1,117 @@
+"""Fine-tuning augmentations as trainer mixins (put them before ``PretrainedEncoder``):
+
+* :class:`AlignedTemplateSubstitution`: BrainMVP's template substitution with templates placed on
+  each case voxel for voxel (:mod:`nnunet_mmpretrain.transfer.aligned`), k ~ U{0..min(3, C-1)}
+  channels per sample; with ``consistency_weight > 0`` two differently substituted copies of each
+  sample go through the network and the MSE between their bottleneck features is added (BrainMVP's
+  fine-tuning consistency term, weight 0.1).
+* :class:`DADAugmentation`: domain adaptive denormalization of the input channels with another
+  modality's foreground statistics (from nnU-Net's dataset fingerprint).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+class AlignedTemplateSubstitution:
+    """Mixin: template substitution aligned with the case (see the module docstring)."""
+
+    template_max_channels: int = 3
+    consistency_weight: float = 0.0
+
+    def get_tr_and_val_datasets(self):
+        from nnunet_mmpretrain.modalities import channels_to_modalities
+        from nnunet_mmpretrain.training.finetune import FinetuneError, ENV_BUNDLE
+        from nnunet_mmpretrain.transfer.aligned import CaseTemplates, TemplateChannelsDataset
+        from nnunet_mmpretrain.transfer.bundle import load_bundle
+        tr, val = super().get_tr_and_val_datasets()
+        path, _ = self.bundle_settings()
+        if not path:
+            raise FinetuneError(f"{type(self).__name__} needs a bundle with templates: export {ENV_BUNDLE}=FOLDER.")
+        bundle = load_bundle(path)
+        templates = CaseTemplates.from_bundle(bundle, self.plans_manager.transpose_forward)
+        if templates.geometry is None or not templates.modalities:
+            raise FinetuneError(f"the bundle {path} has no templates placed in the world (its corpus is not on one "
+                                f"grid): aligned template substitution is impossible; use "
+                                f"nnUNetTrainerMMFinetune_templateAugRandom (random-position crops) instead.")
+        mods = channels_to_modalities(self.dataset_json["channel_names"])
+        self._substitution_eligible = [c for c, m in enumerate(mods) if templates.has(m)]
+        self.print_to_log_file(f"aligned template substitution: channels {self._substitution_eligible} "
+                               f"({', '.join(str(mods[c]) for c in self._substitution_eligible)}), up to "
+                               f"{self.template_max_channels} per sample; consistency weight {self.consistency_weight}")
+        return TemplateChannelsDataset(tr, templates, mods), val
+
+    def _draw(self, batch_size: int):
+        from nnunet_mmpretrain.transfer.aligned import draw_substitutions
+        return draw_substitutions(batch_size, self._substitution_eligible, self.num_input_channels,
+                                  self.template_max_channels, np.random.default_rng())
+
+    def train_step(self, batch: dict) -> dict:
+        from nnunet_mmpretrain.transfer.aligned import substitute
+        data = batch["data"]
+        if data.shape[1] != 2 * self.num_input_channels:
+            return super().train_step(batch)
+        if self.consistency_weight <= 0:
+            return super().train_step({**batch, "data": substitute(data, self._draw(data.shape[0]))})
+        return self._consistency_step(data, batch["target"])
+
+    def _consistency_step(self, data, target) -> dict:
+        from torch import autocast
+        from nnunetv2.utilities.helpers import dummy_context
+        from nnunet_mmpretrain.transfer.aligned import substitute
+        from nnunet_mmpretrain.transfer.inject import unwrap
+        B = data.shape[0]
+        x = torch.cat([substitute(data, self._draw(B)), substitute(data, self._draw(B))]).to(self.device)
+        dup = lambda t: torch.cat([t, t]).to(self.device, non_blocking=True)
+        target = [dup(t) for t in target] if isinstance(target, list) else dup(target)
+        net = unwrap(self.network)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            skips = net.encoder(x)
+            output = net.decoder(skips)
+            l_seg = self.loss(output, target)
+            l_cons = torch.nn.functional.mse_loss(skips[-1][:B].float(), skips[-1][B:].float())
+            loss = l_seg + self.consistency_weight * l_cons
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}
+
+
+def modality_stats_bank(intensity_per_channel: dict) -> np.ndarray:
+    """(K, 2) DAD bank in nnU-Net's z-score space: for every ordered pair of channels (c, o), the
+    statistics of o expressed in c's normalisation, ((mu_o - mu_c) / sd_c, sd_o / sd_c), from the
+    raw foreground statistics of nnU-Net's fingerprint ({"0": {"mean":, "std":}, ...}).
+    A single channel gives [(0, 1)] (no other domain to borrow from)."""
+    st = [(float(v["mean"]), float(v["std"])) for _, v in sorted(intensity_per_channel.items(), key=lambda kv: int(kv[0]))]
+    bank = [((mo - mc) / sc, so / sc) for i, (mc, sc) in enumerate(st) for j, (mo, so) in enumerate(st) if i != j]
+    return np.array(bank or [(0.0, 1.0)], np.float32)
+
+
+class DADAugmentation:
+    """Mixin: after nnU-Net's spatial transform, with probability ``dad_p`` per sample each
+    channel is re-expressed with another modality's foreground statistics (bank from the dataset
+    fingerprint, :func:`modality_stats_bank`), jittered by ``dad_jitter``."""
+
+    dad_p: float = 0.3
+    dad_jitter: float = 0.1
+
+    def get_training_transforms(self, *args, **kwargs):
+        from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+        from nnunet_mmpretrain.pretrain.dad import DADTransform
+        composed = nnUNetTrainer.get_training_transforms(*args, **kwargs)
+        bank = modality_stats_bank(self.plans_manager.foreground_intensity_properties_per_channel)
+        at = next((i + 1 for i, x in enumerate(composed.transforms) if isinstance(x, SpatialTransform)), 0)
+        composed.transforms.insert(at, DADTransform(bank, p=self.dad_p, jitter=self.dad_jitter))
+        self.print_to_log_file(f"DAD augmentation after transform #{at} (p={self.dad_p}, {len(bank)} bank entries)")
+        return composed

@@ -1,0 +1,69 @@
+"""Variants of the pretraining trainer: a few class attributes each over
+:class:`~nnunet_mmpretrain.training.pretrain.nnUNetTrainerMMPretrain`."""
+from __future__ import annotations
+
+from nnunet_mmpretrain.pretrain.objectives import ObjectiveConfig
+from nnunet_mmpretrain.training.pretrain import nnUNetTrainerMMPretrain
+from nnunet_mmpretrain.training.schedules import Schedule
+
+
+class nnUNetTrainerMMPretrain_subjectPositives(nnUNetTrainerMMPretrain):
+    """Contrastive term with the cross-modal positives of Wen et al. 2023: every view of the same
+    subject (any modality) is a positive; temperature 0.1."""
+    objective = ObjectiveConfig(temperature=0.1, positives="subject")
+
+
+class nnUNetTrainerMMPretrain_tau02(nnUNetTrainerMMPretrain):
+    """BrainMVP with temperature 0.2 (projection head and cross-rank negatives are on in every variant)."""
+    objective = ObjectiveConfig(temperature=0.2)
+
+
+class nnUNetTrainerMMPretrain_dad(nnUNetTrainerMMPretrain):
+    """BrainMVP + domain adaptive denormalization: each view is re-expressed, with probability
+    0.5, with the foreground statistics of another sample of the batch (another case, source or
+    modality); the network rebuilds the original."""
+    dad_p = 0.5
+
+
+class nnUNetTrainerMMPretrain_brainmvpOriginal(nnUNetTrainerMMPretrain):
+    """The released BrainMVP code's template handling, for the ablation: zero-initialised
+    templates squeezed into [0, 1] at each use."""
+    template_init = "zeros"
+    template_space = "minmax"
+
+
+#: The CPU recipe's objective: equal weights, reconstruction measured on the masked voxels only,
+#: contrastive term with temperature 0.2 from 2/3 of training.
+CPU_OBJECTIVE = ObjectiveConfig(w_md=1.0, w_cmr=1.0, w_mcl=1.0, recon_region="masked", temperature=0.2)
+
+
+class nnUNetTrainerMMPretrain_cpu(nnUNetTrainerMMPretrain):
+    """The CPU recipe (small patches, minutes of training; see docs/METHOD.md): 60 % of the 8^3
+    blocks masked (0.875 of a 32^3 patch leaves 8 visible blocks), loss on the masked voxels, AdamW
+    1e-3 with a 2-epoch warm-up, equal weights, and a hypercolumn readout instead of the skip-free
+    decoder, so that every encoder stage has to compute what the reconstruction needs.
+    40 epochs x 30 iterations."""
+    schedule = Schedule(epochs=40, iterations=30, val_iterations=4, save_every=10)
+    objective = CPU_OBJECTIVE
+    mask_ratio = 0.6
+    lr = 1e-3
+    warmup_epochs = 2
+    decoder = "hypercolumn"
+
+
+class nnUNetTrainerMMPretrain_cpuBrainMVP(nnUNetTrainerMMPretrain):
+    """BrainMVP's defaults (mask 0.875, AdamW 3e-4, weights 10/1/1, whole-patch loss, skip-free
+    decoder) on the CPU recipe's schedule: the reference point of the pretext benchmark."""
+    schedule = nnUNetTrainerMMPretrain_cpu.schedule
+    warmup_epochs = 2
+
+
+class nnUNetTrainerMMPretrain_demo(nnUNetTrainerMMPretrain_cpu):
+    """The demo: the CPU recipe, 20 epochs x 30 iterations (about 3 minutes on 2 cores)."""
+    schedule = Schedule(epochs=20, iterations=30, val_iterations=4, save_every=5)
+
+
+class nnUNetTrainerMMPretrain_5epochs(nnUNetTrainerMMPretrain):
+    """Tests: 5 epochs x 3 iterations; MCL from epoch 2, template warm-up epoch 0."""
+    schedule = Schedule(epochs=5, iterations=3, val_iterations=1, save_every=2)
+    warmup_epochs = 1

@@ -1,0 +1,109 @@
+"""The BrainMVP step as a plain function: per-view diagnostics, fixed masks, evaluation mode,
+DAD on the views; the corpus means and the grid geometry it relies on."""
+import numpy as np
+import pytest
+import torch
+
+from nnunet_mmpretrain.pretrain.objectives import ObjectiveConfig
+from nnunet_mmpretrain.pretrain.step import MaskSpec, PretrainBatch, brainmvp_forward, dad_views
+from nnunet_mmpretrain.pretrain.templates import ModalityTemplates
+
+P = (16, 16, 16)
+
+
+class EchoNet(torch.nn.Module):
+    """Returns its input as the reconstruction (a network that leaves the fill in place)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, m):
+        return x * self.w, x.mean(dim=(2, 3, 4), keepdim=True), torch.randn(x.shape[0], 4)
+
+
+def _batch(B=3):
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(B, 1, *P, generator=g)
+    partner = torch.randn(B, 1, *P, generator=g)
+    return PretrainBatch(target, partner, torch.tensor([1, 2, 3][:B]), torch.tensor([2, -1, 1][:B]),
+                         torch.zeros(B, 3, dtype=torch.long))
+
+
+def test_per_view_errors_equal_the_fill_baseline_for_a_network_that_copies_its_input():
+    batch = _batch()
+    tm = ModalityTemplates((20, 20, 20), init=torch.randn(8, 20, 20, 20))
+    _, logs, (target, view_md, view_cmr, recon) = brainmvp_forward(
+        EchoNet(), batch, objective=ObjectiveConfig(), epoch=5, num_epochs=10, mask=MaskSpec(0.5, 4), templates=tm)
+    for v in ("md", "cmr"):
+        assert logs[f"{v}_masked_mse"] == pytest.approx(logs[f"{v}_baseline_fill"], rel=1e-6)
+        assert logs[f"{v}_baseline_patch_mean"] > 0
+    # the single-modality sample (n = -1) gets the template in its cross-modal view
+    m = view_cmr[1] != target[1]
+    assert torch.allclose(view_cmr[1][m], tm(batch.m_idx[1:2], batch.starts[1:2], P)[0][m])
+    assert 0 <= logs["emb_std"] < 1
+
+
+def test_fixed_masks_and_evaluation_mode_make_validation_reproducible():
+    batch = _batch()
+    g = torch.Generator().manual_seed(3)
+    from nnunet_mmpretrain.pretrain.masking import block_mask
+    masks = tuple(block_mask(3, P, 4, 0.5, generator=g) for _ in range(2))
+    tm = ModalityTemplates((20, 20, 20), init=torch.randn(8, 20, 20, 20))
+    net = EchoNet()
+    # during the template warm-up (epoch 0 of 10) training fills the cross-modal view with the
+    # template; evaluation always measures the final task (the partner), so curves are comparable
+    kw = dict(objective=ObjectiveConfig(template_warmup_fraction=0.5), num_epochs=10, templates=tm, masks=masks)
+    _, train_logs, (_, _, v_train, _) = brainmvp_forward(net, batch, epoch=0, **kw)
+    _, a, (_, _, v_eval, _) = brainmvp_forward(net, batch, epoch=0, evaluate=True, **kw)
+    _, b, _ = brainmvp_forward(net, batch, epoch=9, evaluate=True, **kw)
+    assert not torch.equal(v_train, v_eval)
+    assert torch.equal(v_eval[0][masks[1][0]], batch.partner[0][masks[1][0]])
+    for k in ("md_masked_mse", "cmr_masked_mse", "md_baseline_patch_mean", "cmr_baseline_fill"):
+        assert a[k] == b[k]
+
+
+def test_dad_views_borrows_another_samples_foreground_statistics():
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(2, 1, 8, 8, 8)
+    x[0, 0, 2:6, 2:6, 2:6] = torch.randn(4, 4, 4, generator=g) * 0.5 + 1.0
+    x[1, 0, 1:7, 1:7, 1:7] = torch.randn(6, 6, 6, generator=g) * 2.0 - 3.0
+    out = dad_views(x, p=1.0, jitter=0.0, generator=g)
+    fg0, fg1 = x[0] != 0, x[1] != 0
+    assert out[0][fg0].mean().item() == pytest.approx(x[1][fg1].mean().item(), abs=1e-4)
+    assert out[0][fg0].std(unbiased=False).item() == pytest.approx(x[1][fg1].std(unbiased=False).item(), rel=1e-3)
+    assert torch.all(out[0][~fg0] == 0)                       # background stays
+    assert torch.equal(dad_views(x, p=0.0), x)
+
+
+def test_corpus_means_place_cases_at_their_grid_offsets():
+    from nnunet_mmpretrain.corpus.means import corpus_means
+    grid = (10, 12, 8)
+    props = {}
+    cases = {}
+    for k, (off, val) in enumerate((((1, 2, 0), 1.0), ((3, 0, 2), 3.0))):
+        shape = (5, 6, 4)
+        props[f"c{k}"] = {"spacing": [2.0, 2.0, 2.0], "shape_before_cropping": grid,
+                          "bbox_used_for_cropping": [[o, o + s] for o, s in zip(off, shape)],
+                          "modalities": ["t1", "t2"] if k == 0 else ["t1"]}
+        cases[f"c{k}"] = np.stack([np.full(shape, val, np.float32)] * len(props[f"c{k}"]["modalities"]))
+    means = corpus_means(lambda k: cases[k], props, [0, 1, 2], [2.0, 2.0, 2.0], grid)
+    assert set(means) == {"t1", "t2"}
+    assert means["t1"][1, 2, 0] == 1.0 and means["t1"][4, 4, 2] == 2.0 and means["t1"][7, 5, 5] == 3.0
+    assert means["t1"][9, 11, 7] == 0.0 and means["t2"][3, 2, 2] == 1.0 and means["t2"][7, 5, 5] == 0.0
+
+
+def test_grid_geometry_writes_a_volume_on_the_reference_image():
+    import SimpleITK as sitk
+    from nnunet_mmpretrain.geometry import GridGeometry
+    props = {"sitk_stuff": {"spacing": (1.0, 2.0, 3.0), "origin": (5.0, -4.0, 2.0),
+                            "direction": (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)},
+             "shape_before_cropping": (7, 9, 11)}                  # transposed order (transpose 2, 1, 0)
+    geo = GridGeometry.from_case(props, transpose_backward=(2, 1, 0))
+    vol = np.arange(7 * 9 * 11, dtype=np.float32).reshape(7, 9, 11)
+    img = geo.to_image(vol)
+    assert img.GetSpacing() == (1.0, 2.0, 3.0) and img.GetOrigin() == (5.0, -4.0, 2.0)
+    assert np.array_equal(sitk.GetArrayFromImage(img), np.transpose(vol, (2, 1, 0)))
+    assert GridGeometry.from_dict(geo.to_dict()) == geo
+    half = geo.to_image(vol[::2, ::3, ::1])                     # a coarser grid is resampled back
+    assert sitk.GetArrayFromImage(half).shape == (11, 9, 7)
