@@ -39,7 +39,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mmpretrain.training.classifier import MMClassifierBase
-from nnunet_mmpretrain.training.finetune import PretrainedEncoder, TemplateSubstitution
+from nnunet_mmpretrain.training.finetune import PretrainedEncoder, TemplateSubstitution, freeze_encoder_stages  # noqa: F401
 from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule
 
 ENV_SCHEDULE = "nnUNet_mmpretrain_bench_schedule"
@@ -59,19 +59,6 @@ def schedule_from_env(default: Schedule) -> Schedule:
         return default
     d = json.loads(raw)
     return Schedule(**{k: d[k] for k in Schedule.__dataclass_fields__ if k in d})
-
-
-def freeze_encoder_stages(network, key_to_stem: str = "encoder.stem") -> int:
-    """Set ``requires_grad=False`` on every ``encoder.*`` parameter outside the stem
-    (``key_to_stem``); returns the number of parameter tensors frozen. The stem (adapted to the
-    downstream channels), the decoder and the heads keep training. Works on wrapped networks."""
-    from nnunet_mmpretrain.transfer.inject import unwrap
-    n = 0
-    for k, p in unwrap(network).named_parameters():
-        if k.startswith("encoder.") and not k.startswith(key_to_stem + "."):
-            p.requires_grad_(False)
-            n += 1
-    return n
 
 
 class BenchmarkCell(ShortSchedule):

@@ -32,6 +32,19 @@ class FinetuneError(RuntimeError):
     """A clear, user-facing problem with the bundle or its settings."""
 
 
+def freeze_encoder_stages(network, key_to_stem: str = "encoder.stem") -> int:
+    """Set ``requires_grad=False`` on every ``encoder.*`` parameter outside the stem
+    (``key_to_stem``); returns the number of parameter tensors frozen. The stem (adapted to the
+    downstream channels), the decoder and the heads keep training. Works on wrapped networks."""
+    from nnunet_mmpretrain.transfer.inject import unwrap
+    n = 0
+    for k, p in unwrap(network).named_parameters():
+        if k.startswith("encoder.") and not k.startswith(key_to_stem + "."):
+            p.requires_grad_(False)
+            n += 1
+    return n
+
+
 class PretrainedEncoder:
     """Mixin (before the nnU-Net trainer class): inject the bundle when a fresh training starts."""
 
@@ -47,6 +60,11 @@ class PretrainedEncoder:
         super().on_train_start()
         if self.current_epoch == 0:
             self.load_pretrained_encoder()
+        if self.freeze_encoder:   # every start, also on --c (a checkpoint does not keep requires_grad)
+            from nnunet_mmpretrain.transfer.inject import unwrap
+            stem = getattr(unwrap(self.network), "key_to_stem", "encoder.stem")
+            n = freeze_encoder_stages(self.network, stem)
+            self.print_to_log_file(f"encoder frozen: {n} parameter tensors fixed ({stem}, decoder and heads train)")
 
     def load_pretrained_encoder(self):
         from nnunet_mmpretrain.io_utils import atomic_write_json
@@ -67,15 +85,6 @@ class PretrainedEncoder:
         if self.local_rank == 0:
             atomic_write_json({"bundle": os.path.abspath(path), **report.to_dict()},
                               os.path.join(self.output_folder, "pretrained_weights_report.json"))
-        if self.freeze_encoder:
-            net = unwrap(self.network)
-            stem = bundle["key_to_stem"]
-            n = 0
-            for k, p in net.named_parameters():
-                if k.startswith("encoder.") and not k.startswith(stem + "."):
-                    p.requires_grad_(False)
-                    n += 1
-            self.print_to_log_file(f"encoder frozen: {n} parameter tensors fixed (stem and decoder train)")
 
 
 class WarmupPoly:
