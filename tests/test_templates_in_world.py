@@ -72,7 +72,7 @@ def test_missing_channel_fill_lands_on_the_anatomy(bundle, tmp_path, modality):
     deformed phantoms correlate about 0.37 in T1; two undeformed ones with other noise 0.75)."""
     import nibabel as nib
     from nnunet_mmpretrain.synthetic.phantom import PhantomParams, make_case
-    from nnunet_mmpretrain.transfer.substitution import fill_missing_channel
+    from nnunet_mmpretrain.transfer.fill import fill_missing_channel
     mods = ["t1", "t1c", "t2", "flair"]
     case = make_case(123, 3.0, tuple(mods), tumour=None,
                      p=PhantomParams(rotation_deg=0, scale_range=(1, 1), translation_mm=0, elastic_mm=0))

@@ -1,4 +1,4 @@
-"""Template substitution augmentation and the inference fill (transfer/substitution.py)."""
+"""Template substitution augmentation (transfer/substitution.py) and the inference fill (transfer/fill.py)."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_mmpretrain.transfer.substitution import (FillResult, TemplateBank, TemplateSubstitutionTransform,
-                                                     brain_mask, fill_missing_channel)
+from nnunet_mmpretrain.transfer.fill import FillResult, fill_missing_channel
+from nnunet_mmpretrain.transfer.substitution import TemplateBank, TemplateSubstitutionTransform, brain_mask
 
 
 def _brain(shape, rng, bg=0.0, scale=300.0):

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mmpretrain.training.finetune_augment import AlignedTemplateSubstitution, DADAugmentation
@@ -69,7 +67,7 @@ class PretrainedEncoder:
     def load_pretrained_encoder(self):
         from nnunet_mmpretrain.io_utils import atomic_write_json
         from nnunet_mmpretrain.transfer.bundle import load_bundle
-        from nnunet_mmpretrain.transfer.inject import inject_bundle, unwrap
+        from nnunet_mmpretrain.transfer.inject import inject_bundle
         from nnunet_mmpretrain.transfer.stem import channel_modalities_from_dataset_json
         path, strategy = self.bundle_settings()
         if not path:

@@ -12,13 +12,13 @@ a single modality), ``m_idx`` / ``n_idx`` int64 (B,) vocabulary slots (-1: no pa
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 from batchgenerators.dataloading.data_loader import DataLoader
 
-from nnunet_mmpretrain.geometry import grid_geometry, template_grid_shape  # noqa: F401 (re-exported)
+from nnunet_mmpretrain.geometry import grid_geometry
 from nnunet_mmpretrain.modalities import MODALITIES
 from nnunet_mmpretrain.pretrain.cross_modal import draw_pairs
 

@@ -38,7 +38,7 @@ def complete_cases(input_folder: str, work_folder: str, dataset_json: dict, bund
     import SimpleITK as sitk
     from nnunet_mmpretrain.io_utils import atomic_path
     from nnunet_mmpretrain.modalities import channels_to_modalities
-    from nnunet_mmpretrain.transfer.substitution import fill_missing_channel
+    from nnunet_mmpretrain.transfer.fill import fill_missing_channel
     fe = dataset_json["file_ending"]
     n = len(dataset_json["channel_names"])
     mods = channels_to_modalities(dataset_json["channel_names"])
