@@ -18,6 +18,50 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 
+#: two voxel grids are the same when sizes are equal and spacing / origin / direction agree to this
+GRID_TOL_MM = 1e-3
+
+
+def _fmt_values(v) -> str:
+    return "(" + ", ".join(f"{x:g}" for x in v) + ")"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Voxel grid of a 3D image in SimpleITK (x, y, z) order; ``direction`` is the flat 3x3."""
+    size: Tuple[int, ...]
+    spacing: Tuple[float, ...]
+    origin: Tuple[float, ...]
+    direction: Tuple[float, ...]
+
+    @classmethod
+    def of(cls, img) -> "Grid":
+        return cls(tuple(int(s) for s in img.GetSize()), tuple(float(s) for s in img.GetSpacing()),
+                   tuple(float(o) for o in img.GetOrigin()),
+                   tuple(float(d) for d in img.GetDirection()))
+
+    def index_to_physical(self, idx: np.ndarray) -> np.ndarray:
+        """(n, 3) continuous indices -> (n, 3) physical points."""
+        d = np.asarray(self.direction).reshape(3, 3)
+        return np.asarray(self.origin) + (idx * np.asarray(self.spacing)) @ d.T
+
+    def physical_to_index(self, pts: np.ndarray) -> np.ndarray:
+        d = np.asarray(self.direction).reshape(3, 3)
+        return (np.linalg.solve(d, (pts - np.asarray(self.origin)).T).T) / np.asarray(self.spacing)
+
+    def mismatch(self, other: "Grid", tol: float = GRID_TOL_MM) -> Optional[str]:
+        """None when both describe the same voxel grid, else what differs."""
+        if tuple(self.size) != tuple(other.size):
+            return f"size {tuple(self.size)} vs {tuple(other.size)}"
+        if not np.allclose(self.spacing, other.spacing):  # nnU-Net's own spacing test
+            return f"spacing {_fmt_values(self.spacing)} vs {_fmt_values(other.spacing)}"
+        if not np.allclose(self.origin, other.origin, rtol=0, atol=tol):
+            return f"origin {_fmt_values(self.origin)} vs {_fmt_values(other.origin)}"
+        if not np.allclose(self.direction, other.direction, rtol=0, atol=1e-4):
+            return "direction differs"
+        return None
+
+
 def grid_geometry(props: dict, transpose_forward: Sequence[int], target_spacing: Sequence[float]
                   ) -> Tuple[np.ndarray, np.ndarray]:
     """(offset of the cropped, resampled case on the grid (3,), grid shape of the full image (3,)),

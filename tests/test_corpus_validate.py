@@ -7,8 +7,9 @@ import SimpleITK as sitk
 
 from nnunet_mmpretrain.corpus.manifest import (CorpusCase, CorpusManifest, ManifestError, load_manifest,
                                                save_manifest)
+from nnunet_mmpretrain.corpus.loading import load_case_on_common_grid
 from nnunet_mmpretrain.corpus.validate import (CorpusValidationError, ValidationReport, filtered_manifest,
-                                               load_case_on_common_grid, reference_modality, validate_corpus)
+                                               reference_modality, validate_corpus)
 from nnunet_mmpretrain.modalities import UnknownModalityError
 
 SIZE_ZYX = (8, 12, 10)  # SimpleITK size 10x12x8

@@ -6,7 +6,6 @@ import errno
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
 import numpy as np
@@ -14,28 +13,7 @@ import numpy as np
 from nnunet_mmpretrain.conversion.paths import PARTIAL_DIR
 from nnunet_mmpretrain.conversion.summary import CaseSkip
 
-#: two voxel grids are the same when sizes are equal and spacing / origin / direction agree to this
-GRID_TOL_MM = 1e-3
-
-
-@dataclass(frozen=True)
-class Grid:
-    size: Tuple[int, ...]
-    spacing: Tuple[float, ...]
-    origin: Tuple[float, ...]
-    direction: Tuple[float, ...]
-
-    def mismatch(self, other: "Grid", tol: float = GRID_TOL_MM) -> Optional[str]:
-        """None when both describe the same voxel grid, else what differs."""
-        if tuple(self.size) != tuple(other.size):
-            return f"size {tuple(self.size)} vs {tuple(other.size)}"
-        if not np.allclose(self.spacing, other.spacing):  # nnU-Net's own spacing test
-            return f"spacing {_fmt(self.spacing)} vs {_fmt(other.spacing)}"
-        if not np.allclose(self.origin, other.origin, rtol=0, atol=tol):
-            return f"origin {_fmt(self.origin)} vs {_fmt(other.origin)}"
-        if not np.allclose(self.direction, other.direction, rtol=0, atol=1e-4):
-            return "direction differs"
-        return None
+from nnunet_mmpretrain.geometry import GRID_TOL_MM, Grid  # noqa: F401 (one home; re-exported)
 
 
 def _fmt(v) -> str:

@@ -29,12 +29,12 @@ def load_case_arrays(manifest: CorpusManifest, case: CorpusCase, resample: bool 
     Returns ``data`` (C, Z, Y, X) float32 with one channel per modality in vocabulary order,
     nnU-Net's properties dict (``spacing`` in array order and ``sitk_stuff``) and the modality
     names. With ``resample`` the modalities are first put on one grid
-    (:func:`nnunet_mmpretrain.corpus.validate.load_case_on_common_grid`).
+    (:func:`nnunet_mmpretrain.corpus.loading.load_case_on_common_grid`).
     """
     mods = case.modalities
     if resample:
         import SimpleITK as sitk
-        from nnunet_mmpretrain.corpus.validate import load_case_on_common_grid
+        from nnunet_mmpretrain.corpus.loading import load_case_on_common_grid
         imgs = load_case_on_common_grid(manifest, case)
         ref = imgs[mods[0]]
         data = np.stack([sitk.GetArrayFromImage(imgs[m]).astype(np.float32) for m in mods])

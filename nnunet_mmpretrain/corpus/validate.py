@@ -15,7 +15,7 @@ Grids are compared against the case's **reference modality**: ``t1`` when the ca
 anatomical reference of most protocols, and IXI's highest-resolution scan), otherwise the first of
 the case's modalities in vocabulary order (:data:`nnunet_mmpretrain.modalities.MODALITIES`). With
 ``resample_to_first=True`` differing grids are not an error: the report lists, per case, which
-modalities must be resampled onto the reference grid and :func:`load_case_on_common_grid` does it
+modalities must be resampled onto the reference grid and :func:`nnunet_mmpretrain.corpus.loading.load_case_on_common_grid` does it
 (linear interpolation by physical coordinates, 0 outside the moving image) for the preprocessing
 stage. Images that do not overlap the reference grid at all are still an error.
 
@@ -33,16 +33,15 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
 from nnunet_mmpretrain import modalities as mod
-from nnunet_mmpretrain.corpus.manifest import CorpusCase, CorpusManifest
+from nnunet_mmpretrain.corpus.manifest import CorpusManifest
+from nnunet_mmpretrain.geometry import Grid
 
-if TYPE_CHECKING:  # SimpleITK is imported lazily (workers import this module)
-    import SimpleITK
 
 #: relative tolerance on voxel spacing
 SPACING_RTOL = 1e-3
@@ -157,31 +156,6 @@ def reference_modality(modalities: Iterable[str]) -> str:
     return "t1" if "t1" in ms else ms[0]
 
 
-_reference_of = reference_modality  # the name is shadowed by a parameter below
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Voxel grid of a 3D image in SimpleITK (x, y, z) order; ``direction`` is the flat 3x3."""
-    size: Tuple[int, ...]
-    spacing: Tuple[float, ...]
-    origin: Tuple[float, ...]
-    direction: Tuple[float, ...]
-
-    @classmethod
-    def of(cls, img) -> "Grid":
-        return cls(tuple(int(s) for s in img.GetSize()), tuple(float(s) for s in img.GetSpacing()),
-                   tuple(float(o) for o in img.GetOrigin()),
-                   tuple(float(d) for d in img.GetDirection()))
-
-    def index_to_physical(self, idx: np.ndarray) -> np.ndarray:
-        """(n, 3) continuous indices -> (n, 3) physical points."""
-        d = np.asarray(self.direction).reshape(3, 3)
-        return np.asarray(self.origin) + (idx * np.asarray(self.spacing)) @ d.T
-
-    def physical_to_index(self, pts: np.ndarray) -> np.ndarray:
-        d = np.asarray(self.direction).reshape(3, 3)
-        return (np.linalg.solve(d, (pts - np.asarray(self.origin)).T).T) / np.asarray(self.spacing)
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -413,54 +387,3 @@ def filtered_manifest(manifest: CorpusManifest, report: ValidationReport) -> Cor
     """A copy of ``manifest`` holding only the report's ok cases (manifest order kept)."""
     ok = set(report.ok)
     return replace(manifest, cases=[c for c in manifest.cases if c.case_id in ok])
-
-
-def _find_case(manifest: CorpusManifest, case: Union[str, CorpusCase]) -> CorpusCase:
-    if isinstance(case, CorpusCase):
-        return case
-    for c in manifest.cases:
-        if c.case_id == case:
-            return c
-    raise KeyError(f"case {case!r} is not in corpus '{manifest.name}'")
-
-
-def load_case_on_common_grid(manifest: CorpusManifest, case: Union[str, CorpusCase],
-                             reference_modality: Optional[str] = None) -> Dict[str, "SimpleITK.Image"]:
-    """Read all modalities of ``case`` (a CorpusCase or its id) as float32 SimpleITK images on the
-    grid of ``reference_modality`` (default: :func:`reference_modality` of the case).
-
-    Images already on that grid (within the module tolerances) get its exact geometry copied;
-    others are resampled by physical coordinates with linear interpolation, 0 outside the image.
-    Returns ``{modality: sitk.Image}`` in vocabulary order.
-    """
-    import SimpleITK as sitk
-    c = _find_case(manifest, case)
-    ms = c.modalities
-    ref_m = mod.canonical(reference_modality) if reference_modality else _reference_of(ms)
-    if ref_m not in c.images:
-        raise KeyError(f"case {c.case_id!r} has no {ref_m} image (it has {', '.join(ms)})")
-
-    def read(m):
-        p = manifest.path(c, m)
-        if not os.path.isfile(p):
-            raise CorpusValidationError(f"case {c.case_id}: {p}: {m}: file not found")
-        img = sitk.ReadImage(p)
-        layout = _layout_problem(img.GetDimension(), img.GetSize(), img.GetNumberOfComponentsPerPixel())
-        if layout:
-            raise CorpusValidationError(f"case {c.case_id}: {p}: {m}: {layout}")
-        return sitk.Cast(img, sitk.sitkFloat32)
-
-    ref = read(ref_m)
-    ref_grid = Grid.of(ref)
-    out = {}
-    for m in ms:
-        if m == ref_m:
-            out[m] = ref
-            continue
-        img = read(m)
-        if grid_differences(Grid.of(img), ref_grid):
-            img = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        else:
-            img.CopyInformation(ref)
-        out[m] = img
-    return out
