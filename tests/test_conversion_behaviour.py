@@ -10,7 +10,8 @@ import pytest
 
 from nnunet_mmpretrain.cli import convert as cli
 from nnunet_mmpretrain.conversion import (ALREADY_DONE, ConversionError, brats2021, common, execute,
-                                          fakes as F, folder_corpus, ixi)
+                                          folder_corpus, ixi)
+import release_fakes as F
 from nnunet_mmpretrain.conversion.common import CaseSkip, safe_join
 from nnunet_mmpretrain.corpus.manifest import load_manifest
 

@@ -11,7 +11,8 @@ import SimpleITK as sitk
 
 from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.cli import convert as cli
-from nnunet_mmpretrain.conversion import ConversionError, brats2023, brats2024, fakes as F
+from nnunet_mmpretrain.conversion import ConversionError, brats2023, brats2024
+import release_fakes as F
 
 RC_VOXEL = (8, 5, 5)  # (z, y, x) inside the resection cavity of the fake
 

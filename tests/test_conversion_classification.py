@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_mmpretrain.cli import convert as cli
-from nnunet_mmpretrain.conversion import ConversionError, brats2018_grade, csv_labels, fakes as F
+from nnunet_mmpretrain.conversion import ConversionError, brats2018_grade, csv_labels
+import release_fakes as F
 
 
 def read_csv(p):

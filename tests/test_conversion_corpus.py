@@ -5,7 +5,8 @@ import os
 
 import SimpleITK as sitk
 
-from nnunet_mmpretrain.conversion import corpus_brats, fakes as F, folder_corpus, ixi, ucsf_pdgm
+from nnunet_mmpretrain.conversion import corpus_brats, folder_corpus, ixi, ucsf_pdgm
+import release_fakes as F
 from nnunet_mmpretrain.corpus.manifest import load_manifest
 
 

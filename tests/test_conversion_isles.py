@@ -17,7 +17,8 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_mmpretrain.cli import convert as cli
-from nnunet_mmpretrain.conversion import fakes as F, isles2022
+from nnunet_mmpretrain.conversion import isles2022
+import release_fakes as F
 
 # ---------------------------------------------------------------------------- head phantom
 #: ellipsoids (centre mm, semi-axes mm, (DWI, FLAIR) intensity); later ones paint over earlier ones

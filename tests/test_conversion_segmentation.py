@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_mmpretrain.conversion import (ConversionError, brats2021, brats2023, fakes as F, msd_brain,
+from nnunet_mmpretrain.conversion import (ConversionError, brats2021, brats2023, msd_brain,
                                           mrbrains13, upenn_gbm)
+import release_fakes as F
 from nnunet_mmpretrain.labels import BRATS_LABELS
 
 OURS = F.CODES["ours"]

@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_mmpretrain.cli import convert as cli
-from nnunet_mmpretrain.conversion import ConversionError, fakes as F, vsseg
+from nnunet_mmpretrain.conversion import ConversionError, vsseg
+import release_fakes as F
 
 
 def arr(p):
