@@ -21,7 +21,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from nnunet_mmpretrain.pretrain.cross_modal import cross_modal_fill
-from nnunet_mmpretrain.pretrain.dad import dad
+from nnunet_mmpretrain.pretrain.dad import dad, foreground_stats
 from nnunet_mmpretrain.pretrain.masking import apply_fill, block_mask
 from nnunet_mmpretrain.pretrain.objectives import ObjectiveConfig, compute, masked_error_report, reconstruction_loss
 
@@ -53,7 +53,6 @@ def dad_views(x: torch.Tensor, p: float, jitter: float = 0.1, generator: Optiona
     to see through the domain's intensity statistics."""
     if p <= 0 or x.shape[0] < 2:
         return x
-    from nnunet_mmpretrain.pretrain.dad import foreground_stats
     mean, std = foreground_stats(x, batched=True)                     # (B, 1)
     mean_o, std_o = mean.roll(1, 0), std.roll(1, 0).clamp(min=1e-3)
     out = dad(x, mean_o, std_o, jitter=jitter, generator=generator, batched=True)

@@ -43,7 +43,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mmpretrain.classification.labels import ClassLabelError, load_labels_for_plans
 from nnunet_mmpretrain.training.finetune import FinetuneError, PretrainedEncoder
-from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule
+from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, backward_and_step
 
 log = logging.getLogger(__name__)
 
@@ -218,16 +218,7 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         _, _, loss = self._forward(batch)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-            self.optimizer.step()
+        backward_and_step(loss, self.optimizer, self.grad_scaler, params, self.grad_clip)
         return {"loss": loss.detach().cpu().numpy()}
 
     def validation_step(self, batch: dict) -> dict:

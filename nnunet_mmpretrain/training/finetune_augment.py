@@ -15,6 +15,8 @@ import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_mmpretrain.training.schedules import backward_and_step
+
 
 class AlignedTemplateSubstitution:
     """Mixin: template substitution aligned with the case (see the module docstring)."""
@@ -75,16 +77,7 @@ class AlignedTemplateSubstitution:
             l_seg = self.loss(output, target)
             l_cons = torch.nn.functional.mse_loss(skips[-1][:B].float(), skips[-1][B:].float())
             loss = l_seg + self.consistency_weight * l_cons
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+        backward_and_step(loss, self.optimizer, self.grad_scaler, self.network.parameters(), 12)
         return {"loss": loss.detach().cpu().numpy()}
 
 

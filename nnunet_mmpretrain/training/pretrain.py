@@ -36,7 +36,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_mmpretrain.pretrain.objectives import ObjectiveConfig
 from nnunet_mmpretrain.training.pretrain_checkpoint import PretrainingError, checkpoint_dict, restore
 from nnunet_mmpretrain.training.pretrain_schedule import WarmupCosine
-from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule
+from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, backward_and_step
 
 VIEW_KEYS = tuple(f"{v}_{k}" for v in ("md", "cmr") for k in ("masked_mse", "baseline_patch_mean", "baseline_fill"))
 LOG_KEYS = ("loss", "l_md", "l_cmr", "l_mcl") + VIEW_KEYS + ("emb_std",)
@@ -217,16 +217,7 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
                 f"checkpoint: {os.path.join(self.output_folder, last[0]) if last else 'none yet'}. Lower the learning "
                 f"rate or check these cases, then resume with --c.")
         net_params = [p for g in self.optimizer.param_groups if g.get("name") == "network" for p in g["params"]]
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(net_params, self.grad_clip)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net_params, self.grad_clip)
-            self.optimizer.step()
+        backward_and_step(loss, self.optimizer, self.grad_scaler, net_params, self.grad_clip)
         return logs
 
     def validation_step(self, batch: dict) -> dict:

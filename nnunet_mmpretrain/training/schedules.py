@@ -46,3 +46,18 @@ class ShortSchedule:
             mirror_axes = None
             self.inference_allowed_mirroring_axes = None
         return rot, dummy_2d, initial_patch, mirror_axes
+
+
+def backward_and_step(loss: torch.Tensor, optimizer, grad_scaler, params, clip: float) -> None:
+    """nnU-Net's update: backward (through the AMP grad scaler when there is one), gradient-norm
+    clipping of ``params`` at ``clip``, optimizer step."""
+    if grad_scaler is not None:
+        grad_scaler.scale(loss).backward()
+        grad_scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
