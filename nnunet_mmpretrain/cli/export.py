@@ -1,28 +1,89 @@
-"""``nnUNetv2_mmpretrain_export CHECKPOINT -o FOLDER``: write the encoder bundle of a pretraining
-checkpoint (encoder, one stem per modality, templates as NIfTI, vocabulary, plans, versions),
-loadable with ``torch.load(weights_only=True)``."""
+"""``nnUNetv2_mmpretrain_export CHECKPOINT_OR_BUNDLE -o OUT [--format bundle|nnssl]``: write the
+encoder of a pretraining checkpoint (or of an existing bundle folder) as
+
+* ``bundle`` (default): our bundle folder (encoder, one stem per modality, templates as NIfTI,
+  vocabulary, plans, ``bundle.json`` and ``MODEL_CARD.md``), loadable with
+  ``torch.load(weights_only=True)``;
+* ``nnssl``: one ``.pth`` file in nnssl's checkpoint format, for nnU-Net's own pretrained
+  fine-tuning path (``nnUNetv2_train_pretrained``); the per-modality stems collapse to their mean.
+
+``nnUNetv2_mmpretrain_export --verify BUNDLE`` checks a bundle folder (SHA256 of its files,
+metadata against the weights): exit 0 when sound, 2 with one line naming the problem.
+"""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from nnunet_mmpretrain.cli._common import die
 
+log = logging.getLogger(__name__)
+
+
+def _verify(folder: str) -> int:
+    from nnunet_mmpretrain.transfer.model_card import verify_bundle
+    problems = verify_bundle(folder)
+    if problems:
+        extra = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        die(problems[0] + extra)
+    print(f"bundle {folder}: OK (hashes and metadata agree)")
+    return 0
+
+
+def _write_nnssl(b: dict, out: str) -> str:
+    import torch
+    from nnunet_mmpretrain.io_utils import atomic_path
+    from nnunet_mmpretrain.transfer.nnssl import bundle_to_nnssl
+    if os.path.isdir(out):
+        die(f"{out} is a folder: --format nnssl writes one file, e.g. -o {os.path.join(out, 'nnssl_checkpoint.pth')}")
+    ck = bundle_to_nnssl(b)
+    with atomic_path(out) as tmp:
+        torch.save(ck, tmp)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(out, 0o666 & ~mask)
+    return out
+
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="nnUNetv2_mmpretrain_export", description=__doc__)
-    p.add_argument("checkpoint", help="checkpoint_final.pth (or _best/_latest) of nnUNetTrainerMMPretrain")
-    p.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    p = argparse.ArgumentParser(prog="nnUNetv2_mmpretrain_export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", nargs="?", help="checkpoint_final.pth (or _best/_latest) of nnUNetTrainerMMPretrain, "
+                                             "or a bundle folder")
+    p.add_argument("-o", "--output", help="bundle folder (--format bundle) or .pth file (--format nnssl) to write")
+    p.add_argument("--format", choices=["bundle", "nnssl"], default="bundle", help="output format (default bundle)")
+    p.add_argument("--license", default=None, help="licence of the weights, recorded in bundle.json and the card "
+                                                  "(e.g. CC-BY-4.0; mind the corpus' data licences)")
+    p.add_argument("--verify", metavar="BUNDLE", default=None, help="check a bundle folder and exit")
     a = p.parse_args(argv)
-    from nnunet_mmpretrain.transfer.bundle import BundleError, bundle_from_checkpoint, save_bundle
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.verify is not None:
+        return _verify(a.verify)
+    if not a.source or not a.output:
+        die("give CHECKPOINT_OR_BUNDLE and -o OUTPUT (or --verify BUNDLE).")
+    from nnunet_mmpretrain.transfer.bundle import BundleError, bundle_from_any, save_bundle
+    from nnunet_mmpretrain.transfer.model_card import current_command
+    from nnunet_mmpretrain.transfer.nnssl import NnsslError
     try:
-        b = bundle_from_checkpoint(a.checkpoint)
-        path = save_bundle(b, a.output)
-    except BundleError as e:
+        b = bundle_from_any(a.source)
+        if a.format == "nnssl":
+            path = _write_nnssl(b, a.output)
+            print(f"nnssl checkpoint: {path}")
+            print(f"  encoder tensors: {len(b['encoder'])}, stem: mean of {', '.join(b['modalities_trained'])}; "
+                  f"fine-tune with nnU-Net's nnUNetv2_preprocess_like_nnssl / nnUNetv2_train_pretrained -pc {path}")
+            return 0
+        path = save_bundle(b, a.output, license=a.license,
+                           command=current_command(sys.argv[1:] if argv is None else list(argv)))
+    except (BundleError, NnsslError) as e:
         die(str(e))
+    except OSError as e:
+        die(f"cannot write {a.output}: {e.strerror or e}; choose a writable output path.")
     print(f"bundle: {path}")
     print(f"  encoder tensors: {len(b['encoder'])}, stems: {', '.join(b['modalities_trained'])} (trained), "
-          f"templates: {', '.join(b['templates']) or 'none'}, epoch {b['epoch']}")
+          f"templates: {', '.join(b['templates']) or 'none'}, epoch {b['epoch']}; model card: "
+          f"{os.path.join(os.path.dirname(path), 'MODEL_CARD.md')}")
     return 0
 
 

@@ -8,6 +8,13 @@ A bundle is a folder::
     templates/          template_<modality>.nii.gz for the modalities trained, on the corpus images'
                         world grid (they overlay the corpus in a viewer) when the corpus is on one grid
     pretraining_plans.json
+    bundle.json         + model card fields, SHA256 of every file (nnunet_mmpretrain.transfer.model_card)
+    MODEL_CARD.md       the same for people
+
+A folder is written whole: it is built in a sibling temporary folder and swapped in when complete
+(an existing bundle is moved aside, not deleted, until the new one is in place), so a re-export
+never mixes old and new files and a failed one leaves the old bundle as it was. Files get the
+modes of the process umask.
 
 ``encoder_bundle.pt`` holds:
 
@@ -21,18 +28,25 @@ A bundle is a folder::
   (:class:`nnunet_mmpretrain.geometry.GridGeometry` as a dict) or None (position-free templates),
 * ``modalities_trained``: modalities the corpus had (stems of other modalities are untrained),
 * ``network_class_name``, ``arch_kwargs`` (JSON), ``plans`` (JSON), ``configuration``,
-  ``vocabulary``, ``versions``, ``epoch``.
+  ``vocabulary``, ``versions``, ``epoch``,
+* ``stem_origin``: ``'per-modality'`` (our pretraining) or ``'shared'`` (imported from a
+  single-stem nnssl checkpoint: every modality holds the same stem),
+* ``card``: model-card fields (corpus, method, schedule, proxy-task errors, plans and fingerprint).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
-from typing import Dict
+import shutil
+import tempfile
+from typing import Dict, Optional
 
 import torch
 
 BUNDLE_FORMAT = "nnunet_mmpretrain.bundle/1"
 BUNDLE_FILE = "encoder_bundle.pt"
+log = logging.getLogger(__name__)
 
 
 class BundleError(ValueError):
@@ -71,6 +85,27 @@ def _load_weights_only(path: str, what: str) -> dict:
 def bundle_from_checkpoint(checkpoint_path: str) -> dict:
     """Build the bundle dict from a pretraining checkpoint (``checkpoint_final.pth``)."""
     ck = _load_weights_only(checkpoint_path, "pretraining checkpoint")
+    return _bundle_from_checkpoint_dict(ck, checkpoint_path)
+
+
+def bundle_from_any(path: str) -> dict:
+    """The bundle of a pretraining checkpoint, a bundle folder / ``encoder_bundle.pt``, or an nnssl
+    checkpoint (``.pth`` with ``nnssl_adaptation_plan``)."""
+    if os.path.isdir(path) or os.path.basename(path) == BUNDLE_FILE:
+        return load_bundle(path)
+    ck = _load_weights_only(path, "checkpoint")
+    if ck.get("format") == BUNDLE_FORMAT:
+        return ck
+    if "nnssl_adaptation_plan" in ck:
+        from nnunet_mmpretrain.transfer.nnssl import NnsslError, nnssl_to_bundle
+        try:
+            return nnssl_to_bundle(ck, path)
+        except NnsslError as e:
+            raise BundleError(str(e)) from None
+    return _bundle_from_checkpoint_dict(ck, path)
+
+
+def _bundle_from_checkpoint_dict(ck: dict, checkpoint_path: str) -> dict:
     if "identity" not in ck or "network_weights" not in ck or "mmpretrain" not in ck:
         raise BundleError(f"{checkpoint_path} is not a checkpoint of nnUNetTrainerMMPretrain "
                           f"(keys: {', '.join(sorted(ck)[:8])}).")
@@ -124,28 +159,100 @@ def bundle_from_checkpoint(checkpoint_path: str) -> dict:
         "epoch": int(ck["current_epoch"]),
         "objective": json.dumps(ck.get("objective", {})),
         "versions": _versions(),
+        "stem_origin": "per-modality",
+        "card": _card(ck, checkpoint_path),
     }
 
 
-def save_bundle(bundle: dict, folder: str) -> str:
-    """Write the bundle folder (atomic per file); returns the path of encoder_bundle.pt."""
+def _card(ck: dict, checkpoint_path: str) -> dict:
+    from nnunet_mmpretrain.transfer.model_card import describe_checkpoint
+    try:
+        return describe_checkpoint(ck, checkpoint_path)
+    except (KeyError, TypeError, ValueError, OSError) as e:   # a card must not block the export
+        log.warning("model card of %s incomplete: %s: %s", checkpoint_path, type(e).__name__, e)
+        return {}
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(l.split()[1] for l in f if l.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        m = os.umask(0o022)
+        os.umask(m)
+        return m
+
+
+def _normal_modes(folder: str) -> None:
+    """Modes as a plain ``open`` / ``mkdir`` would give them (temporary files are 0600, dirs 0700)."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~mask)
+
+
+def _write_files(bundle: dict, folder: str) -> str:
     from nnunet_mmpretrain.geometry import GridGeometry, write_grid_nifti
-    from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json
-    os.makedirs(folder, exist_ok=True)
     geo = bundle.get("template_geometry")
     geo = GridGeometry.from_dict(geo) if geo else None
     for m, vol in bundle["templates"].items():
         write_grid_nifti(vol.float().numpy(), geo, os.path.join(folder, "templates", f"template_{m}.nii.gz"),
                          spacing=bundle["template_spacing"])
-    atomic_write_json(json.loads(bundle["plans"]), os.path.join(folder, "pretraining_plans.json"))
-    meta = {k: v for k, v in bundle.items() if k not in ("encoder", "stems", "templates", "plans")}
-    meta["encoder_keys"] = len(bundle["encoder"])
-    meta["arch_kwargs"] = json.loads(bundle["arch_kwargs"])
-    atomic_write_json(meta, os.path.join(folder, "bundle.json"))
+    with open(os.path.join(folder, "pretraining_plans.json"), "w") as f:
+        json.dump(json.loads(bundle["plans"]), f, indent=2)
     out = os.path.join(folder, BUNDLE_FILE)
-    with atomic_path(out) as tmp:
-        torch.save(bundle, tmp)
+    torch.save(bundle, out)
     return out
+
+
+def _swap_in(new: str, folder: str) -> None:
+    """Put the complete folder ``new`` at ``folder``; an existing bundle is moved aside first and
+    removed only once the new one is in place (restored when the move fails)."""
+    if not os.path.lexists(folder):
+        os.rename(new, folder)
+        return
+    aside = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.old-", dir=os.path.dirname(folder))
+    os.rmdir(aside)
+    os.rename(folder, aside)
+    try:
+        os.rename(new, folder)
+    except BaseException:
+        os.rename(aside, folder)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def save_bundle(bundle: dict, folder: str, license: Optional[str] = None, command: Optional[str] = None) -> str:
+    """Write the bundle folder whole (module docstring) with bundle.json and MODEL_CARD.md;
+    returns the path of encoder_bundle.pt. ``license`` / ``command`` go into the metadata."""
+    from nnunet_mmpretrain.transfer.model_card import CARD_FILE, bundle_metadata, render_model_card
+    folder = os.path.abspath(folder)
+    if license:
+        bundle["card"] = {**(bundle.get("card") or {}), "license": license}
+    if os.path.lexists(folder):
+        if not os.path.isdir(folder):
+            raise BundleError(f"{folder} exists and is not a folder: choose another output folder.")
+        if os.listdir(folder) and not any(os.path.exists(os.path.join(folder, f)) for f in (BUNDLE_FILE, "bundle.json")):
+            raise BundleError(f"{folder} is a non-empty folder that holds no bundle: it would be replaced, so choose "
+                              f"a new output folder (or empty this one).")
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.partial-", dir=parent)
+    try:
+        weights = _write_files(bundle, tmp)
+        meta = bundle_metadata(bundle, tmp, weights, license=license, command=command)
+        with open(os.path.join(tmp, "bundle.json"), "w") as f:
+            json.dump(meta, f, indent=2)
+        with open(os.path.join(tmp, CARD_FILE), "w") as f:
+            f.write(render_model_card(meta))
+        _normal_modes(tmp)
+        _swap_in(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.debug("bundle written to %s", folder)
+    return os.path.join(folder, BUNDLE_FILE)
 
 
 def load_bundle(path: str) -> dict:
