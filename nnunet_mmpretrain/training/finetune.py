@@ -49,9 +49,19 @@ class PretrainedEncoder:
     freeze_encoder: bool = False     # keep the loaded encoder stages fixed (the stem still adapts)
 
     def bundle_settings(self):
+        """(bundle path or None, stem strategy). The plans entry is resolved against the current
+        ``$nnUNet_results`` / ``$nnUNet_preprocessed`` (it survives moving the folders); a missing
+        bundle raises :class:`FinetuneError` naming the path looked at and the one recorded."""
+        from nnunet_mmpretrain.planning.transfer import resolve_bundle
         transfer = self.plans_manager.plans.get("mmpretrain_transfer", {})
-        path = os.environ.get(ENV_BUNDLE) or transfer.get("bundle")
         strategy = os.environ.get(ENV_STEM) or transfer.get("stem_strategy") or "modality"
+        if os.environ.get(ENV_BUNDLE):
+            return os.environ[ENV_BUNDLE], strategy
+        path, recorded = resolve_bundle(transfer)
+        if path and not os.path.exists(path):
+            raise FinetuneError(f"the plans' encoder bundle is missing: looked for {path} (recorded as {recorded} "
+                                f"when the plans were written); put the bundle there, set {ENV_BUNDLE}=FOLDER, or "
+                                f"transfer the plans again with --bundle FOLDER.")
         return path, strategy
 
     def on_train_start(self):
