@@ -1,11 +1,31 @@
-"""Small I/O helpers: atomic writes so nothing is left half-written, NIfTI writing."""
+"""Small I/O helpers: atomic writes so nothing is left half-written (with the umask's file mode),
+NIfTI writing and a full read of compressed NIfTI files, one-line descriptions of disk errors."""
 from __future__ import annotations
 
+import errno
+import gzip
 import json
 import os
+import shutil
 import tempfile
+import zlib
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
+
+#: errors of the output disk that end a whole command (not one case): full, read-only, no permission
+FATAL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS,
+                                     errno.EACCES) if e is not None)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (0o644 under the usual 022)."""
+    return 0o666 & ~_umask()
 
 import numpy as np
 
@@ -25,6 +45,8 @@ def atomic_path(final_path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        if os.path.isfile(tmp):  # mkstemp makes 0600 files: give them the mode any new file gets
+            os.chmod(tmp, file_mode())
         os.replace(tmp, final_path)
     except BaseException:
         if os.path.exists(tmp):
@@ -59,3 +81,107 @@ def write_nifti(array_zyx: np.ndarray, path: str, spacing_xyz=(1.0, 1.0, 1.0),
         img.SetDirection(tuple(float(d) for d in direction))
     with atomic_path(path) as tmp:
         sitk.WriteImage(img, tmp, useCompression=True)
+
+
+def is_fatal_os_error(e: BaseException) -> bool:
+    """True for a full disk / quota, a read-only file system or a permission error."""
+    return isinstance(e, OSError) and e.errno in FATAL_ERRNOS
+
+
+def _gb(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def free_bytes(path: str) -> Optional[int]:
+    """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
+    p = os.path.abspath(path)
+    while p and not os.path.exists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def os_error_line(e: OSError, needed_bytes: Optional[int] = None, what: str = "the output folder") -> str:
+    """One line for an OSError of the output disk, naming the path and the fix."""
+    path = e.filename or what
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        free = free_bytes(path) if e.filename else None
+        need = f"about {_gb(needed_bytes)} more are needed" if needed_bytes else "more space is needed"
+        have = f", {_gb(free)} free" if free is not None else ""
+        return (f"no space left on the device writing {path} ({need}{have}): free space or choose "
+                f"another output folder, then re-run")
+    if e.errno == errno.EROFS:
+        return f"{path} is on a read-only file system: choose a writable output folder"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied for {path}: fix its permissions or choose another output folder"
+    return f"{e.strerror or e}: {path}"
+
+
+def nifti_damage(path: str) -> Optional[str]:
+    """Why a NIfTI file is damaged, or None. ``.nii.gz`` files are decompressed to the end (a
+    truncated or corrupted gzip stream is an error here; SimpleITK fills truncated data with
+    zeros); the voxel data must be as long as the header says (``.nii`` and ``.nii.gz``)."""
+    low = path.lower()
+    if not (low.endswith(".nii") or low.endswith(".nii.gz")):
+        return None
+    try:
+        if low.endswith(".gz"):
+            with open(path, "rb") as f:
+                if f.read(2) != b"\x1f\x8b":
+                    return None  # not gzip at all: the image reader names the problem
+            with gzip.open(path, "rb") as f:
+                head = f.read(352)
+                n = len(head)
+                while True:
+                    chunk = f.read(1 << 22)
+                    if not chunk:
+                        break
+                    n += len(chunk)
+        else:
+            with open(path, "rb") as f:
+                head = f.read(352)
+            n = os.path.getsize(path)
+    except EOFError:
+        return "is truncated (the compressed data ends early): copy or download it again"
+    except (gzip.BadGzipFile, zlib.error) as e:
+        return f"is damaged (gzip: {e}): copy or download it again"
+    except OSError as e:
+        if e.errno is not None:
+            raise
+        return f"is damaged ({e}): copy or download it again"
+    expected = _nifti_bytes(head)
+    if expected is None:
+        return None  # not a NIfTI-1/2 header: the image reader gives its own verdict
+    if n < expected:
+        return (f"is truncated ({n} bytes of data, the header needs {expected}): copy or download it "
+                f"again")
+    return None
+
+
+def _nifti_bytes(head: bytes) -> Optional[int]:
+    """Bytes a single-file NIfTI needs (vox_offset + voxels), from its header; None if unknown."""
+    import numpy as np
+    if len(head) < 348:
+        return None
+    for order in ("<", ">"):
+        hdr_size = int(np.frombuffer(head[:4], dtype=order + "i4")[0])
+        if hdr_size == 348 and head[344:347] in (b"n+1", b"ni1"):
+            dims = np.frombuffer(head[40:56], dtype=order + "i2").astype(np.int64)
+            bitpix = int(np.frombuffer(head[72:74], dtype=order + "i2")[0])
+            off = int(np.frombuffer(head[108:112], dtype=order + "f4")[0])
+            if head[344:347] == b"ni1":
+                return None  # header and data in two files
+            nd = int(dims[0])
+            if not 1 <= nd <= 7 or bitpix <= 0:
+                return None
+            n_vox = int(np.prod(np.maximum(dims[1:1 + nd], 1)))
+            return max(off, 348) + n_vox * bitpix // 8
+    return None

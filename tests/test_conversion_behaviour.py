@@ -59,13 +59,13 @@ def test_failure_in_the_middle_of_a_case_leaves_no_file(brats, monkeypatch):
 
     def failing(img, folder, final):
         if "labelsTr" in final and "00001" in final:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise RuntimeError("ITK ERROR: cannot write the label")  # one case's problem
         return real(img, folder, final)
 
     monkeypatch.setattr(execute, "write_image", failing)
     s = brats2021.convert(rel, raw, progress=False)
     assert sorted(s.converted) == ["BraTS2021_00000", "BraTS2021_00002"]
-    assert "No space left" in s.problems["BraTS2021_00001"]
+    assert "cannot write the label" in s.problems["BraTS2021_00001"]
     folder = os.path.join(raw, DS)
     assert not [f for f in F.tree(folder) if "00001" in f]
     assert not os.path.exists(os.path.join(folder, ".partial"))
@@ -75,6 +75,115 @@ def test_failure_in_the_middle_of_a_case_leaves_no_file(brats, monkeypatch):
     monkeypatch.setattr(execute, "write_image", real)
     s = brats2021.convert(rel, raw, progress=False)
     assert s.converted == ["BraTS2021_00001"]
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_disk_errors_end_the_conversion(brats, monkeypatch, err):
+    """A full / read-only / forbidden disk is not a per-case problem: the conversion stops with
+    one line naming the path, no dataset.json with the survivors; a re-run resumes."""
+    rel, raw = brats
+    real = execute.write_image
+
+    def failing(img, folder, final):
+        if "labelsTr" in final and "00001" in final:
+            raise OSError(err, os.strerror(err), final)
+        return real(img, folder, final)
+
+    monkeypatch.setattr(execute, "write_image", failing)
+    with pytest.raises(ConversionError) as ei:
+        brats2021.convert(rel, raw, progress=False)
+    msg = str(ei.value)
+    assert "\n" not in msg and "labelsTr" in msg and "BraTS2021_00001" in msg
+    assert ("no space left" in msg and "more are needed" in msg) if err == errno.ENOSPC else True
+    folder = os.path.join(raw, DS)
+    assert not os.path.exists(os.path.join(folder, "dataset.json"))
+    assert not [f for f in F.tree(folder) if "00001" in f] and "finished cases" in msg
+    monkeypatch.setattr(execute, "write_image", real)
+    s = brats2021.convert(rel, raw, progress=False)
+    assert "BraTS2021_00001" in s.converted and s.problems == {}
+
+
+def test_overwrite_is_built_beside_and_swapped_in(brats, monkeypatch):
+    rel, raw = brats
+    brats2021.convert(rel, raw, progress=False)
+    folder = os.path.join(raw, DS)
+    before = {f: os.path.getsize(os.path.join(raw, f)) for f in F.tree(raw)}
+    real = execute.write_image
+    calls = []
+
+    def interrupted(img, fold, final):  # Ctrl-C in the middle of the second case
+        calls.append(final)
+        assert fold != folder  # never written into the complete dataset
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(img, fold, final)
+
+    monkeypatch.setattr(execute, "write_image", interrupted)
+    with pytest.raises(ConversionError) as ei:
+        brats2021.convert(rel, raw, overwrite=True, progress=False)
+    assert "interrupted" in str(ei.value) and "unchanged" in str(ei.value)
+    assert {f: os.path.getsize(os.path.join(raw, f)) for f in F.tree(raw)} == before
+    assert os.listdir(raw) == [DS]  # no temporary folder left
+    for err in (errno.ENOSPC, errno.EROFS):
+        def full(img, fold, final, err=err):
+            raise OSError(err, os.strerror(err), final)
+        monkeypatch.setattr(execute, "write_image", full)
+        with pytest.raises(ConversionError, match="previous dataset in .* is unchanged"):
+            brats2021.convert(rel, raw, overwrite=True, progress=False)
+        assert {f: os.path.getsize(os.path.join(raw, f)) for f in F.tree(raw)} == before
+    monkeypatch.setattr(execute, "write_image", real)
+    s = brats2021.convert(rel, raw, overwrite=True, progress=False)
+    assert len(s.converted) == 3 and os.listdir(raw) == [DS]
+    F.verify_fast(folder)
+
+
+def test_damaged_release_file_skips_its_case_and_verify_names_damaged_output(brats, capsys):
+    rel, raw = brats
+    base = os.path.join(rel, "RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021")
+    t2 = os.path.join(base, "BraTS2021_00001", "BraTS2021_00001_t2.nii.gz")
+    data = open(t2, "rb").read()
+    open(t2, "wb").write(data[: len(data) // 2])  # SimpleITK alone would read zeros
+    s = brats2021.convert(rel, raw, progress=False)
+    assert sorted(s.converted) == ["BraTS2021_00000", "BraTS2021_00002"]
+    assert t2 in s.problems["BraTS2021_00001"] and "truncated" in s.problems["BraTS2021_00001"]
+    out = os.path.join(raw, DS, "imagesTr", "BraTS2021_00000_0000.nii.gz")
+    data = open(out, "rb").read()
+    os.remove(out)  # a hard link of the release: replace, not rewrite, the file
+    open(out, "wb").write(data[:-40])
+    with pytest.raises(SystemExit) as e:
+        cli.main(["brats2021", rel, "-o", raw, "-q", "--verify"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and out in err[0] and "again" in err[0]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_get_the_umask_mode(brats, umask):
+    """mkstemp makes 0600 files; what we write must be readable as any new file would be."""
+    from nnunet_mmpretrain.io_utils import atomic_write_json, write_nifti
+    import numpy as np
+    rel, raw = brats
+    old = os.umask(umask)
+    try:
+        brats2021.convert(rel, raw, progress=False)
+        p = os.path.join(raw, "x.json")
+        atomic_write_json({"a": 1}, p)
+        write_nifti(np.zeros((2, 2, 2), np.float32), os.path.join(raw, "x.nii.gz"))
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    for f in (os.path.join(raw, DS, "dataset.json"), p, os.path.join(raw, "x.nii.gz")):
+        assert os.stat(f).st_mode & 0o777 == want, f
+
+
+def test_release_inside_the_target_is_refused(tmp_path):
+    raw = tmp_path / "raw"
+    rel = raw / DS / "release"
+    F.fake_brats2021(str(rel), n=1)
+    before = F.tree(str(tmp_path))
+    for overwrite in (False, True):
+        with pytest.raises(ConversionError, match="lies inside the output dataset folder"):
+            brats2021.convert(str(rel), str(raw), overwrite=overwrite, progress=False)
+    assert F.tree(str(tmp_path)) == before
 
 
 def test_dry_run_writes_nothing(brats, tmp_path):

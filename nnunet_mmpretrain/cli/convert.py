@@ -236,20 +236,34 @@ def _main(argv: Optional[List[str]] = None) -> int:
         die(f"-np must be at least 1, got {a.num_processes}.")
     from nnunet_mmpretrain import modalities as mod
     from nnunet_mmpretrain.conversion import ConversionError
+    from nnunet_mmpretrain.conversion.staging import ConversionInterrupted
+    from nnunet_mmpretrain.io_utils import os_error_line
     t0 = time.time()
     try:
         summary = run(a)
+    except ConversionInterrupted as e:
+        die(str(e), code=130)
+    except KeyboardInterrupt:
+        die("interrupted before anything was written.", code=130)
     except ConversionError as e:
         die(str(e))
     except mod.UnknownModalityError as e:
         die(str(e))
     except OSError as e:  # e.g. no permission to write the output folder
-        die(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+        die(os_error_line(e))
+    if not a.dry_run and summary.finished == 0 and summary.problems:
+        case, reason = sorted(summary.problems.items())[0]
+        more = f" (and {len(summary.problems) - 1} more, listed above)" if len(summary.problems) > 1 else ""
+        die(f"no case could be converted: {case}: {reason}{more}")
     print(f"done in {time.time() - t0:.1f} s")
     if getattr(a, "verify", False) and not a.dry_run:
         if not summary.finished or not os.path.isfile(os.path.join(summary.output, "dataset.json")):
             die("nothing to verify: no case was converted.")
         from nnunet_mmpretrain.conversion.common import verify_nnunet_dataset
+        from nnunet_mmpretrain.conversion.imageio import damaged_files
+        bad = damaged_files(summary.output)
+        if bad:
+            die(f"{bad[0][0]} {bad[0][1]}" + (f" ({len(bad) - 1} more damaged file(s))" if len(bad) > 1 else ""))
         try:
             verify_nnunet_dataset(summary.output, num_processes=a.num_processes)
         except (AssertionError, RuntimeError, FileNotFoundError) as e:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Dict, List, Sequence
 
 from nnunet_mmpretrain.conversion.execute import run_cases
 from nnunet_mmpretrain.conversion.imageio import image_grid
 from nnunet_mmpretrain.conversion.spec import CaseSpec, corpus_image_dst
+from nnunet_mmpretrain.conversion.staging import Staging, link_tree, refuse_release_inside
 from nnunet_mmpretrain.conversion.summary import CaseSkip, ConversionError, ConversionSummary, report_summary
 from nnunet_mmpretrain.corpus.manifest import (CorpusCase, CorpusManifest, ManifestError, MANIFEST_NAME,
                                                load_manifest, save_manifest)
@@ -35,65 +35,69 @@ def convert_corpus(kind: str, specs: Sequence[CaseSpec], folder: str, sources: D
         except (ManifestError, ValueError) as e:
             raise ConversionError(f"the existing manifest in {folder} cannot be read ({e}); move it "
                                   f"away or pass --overwrite.") from None
+    refuse_release_inside(folder, specs)
     kept: List[CorpusCase] = []
+    mine_files: List[str] = []
     if old is not None:
         others = [c for c in old.cases if c.source not in these]
         if overwrite:
             mine = [c for c in old.cases if c.source in these]
+            mine_files = [old.path(c, m) for c in mine for m in c.images]
             if dry_run:
-                summary.notes.append(f"--overwrite: would remove {len(mine)} case(s) of source(s) "
+                summary.notes.append(f"--overwrite: would replace {len(mine)} case(s) of source(s) "
                                      f"{', '.join(sorted(these))} and convert them again.")
-            else:
-                for c in mine:
-                    for m in c.images:
-                        p = old.path(c, m)
-                        try:
-                            if os.path.commonpath([os.path.realpath(folder), os.path.realpath(p)]) == \
-                                    os.path.realpath(folder):
-                                os.remove(p)
-                        except OSError:
-                            pass
         kept = others
         taken = {c.case_id: c.source for c in others}
         for s in specs:
             if s.case_id in taken and s.problem is None:
                 s.problem = (f"case id already in the corpus from source {taken[s.case_id]!r} "
                              f"(use --case-prefix)")
-    elif overwrite and os.path.isdir(folder):
-        if dry_run:
-            summary.notes.append(f"--overwrite: would remove {folder} and convert every case again.")
-        else:
-            shutil.rmtree(folder)
-    finished = run_cases(specs, folder, summary, link=link, dry_run=dry_run, force=overwrite,
-                         num_processes=num_processes, progress=progress, desc=os.path.basename(folder))
-    if not dry_run:
-        new_cases = [CorpusCase(case_id=s.case_id,
-                                images={m: corpus_image_dst(s.case_id, m) for m in s.info["modalities"]},
-                                subject=s.info.get("subject") or s.case_id,
-                                session=s.info.get("session", ""), source=s.info["source"])
-                     for s in finished]
-        cases = kept + new_cases
-        if not cases:
-            summary.notes.append("no case could be converted: manifest.json was not written.")
-        else:
-            all_sources = dict(old.sources) if old is not None else {}
-            all_sources.update(sources)
-            used = {c.source for c in cases}
-            all_sources = {k: v for k, v in all_sources.items() if k in used}
-            name = os.path.basename(folder).split("_", 1)[1]
-            manifest = CorpusManifest(name=name, cases=cases, sources=all_sources, root=folder)
-            if atlas_registered == "auto":
-                manifest.atlas_registered = _one_grid(manifest)
-            else:
-                manifest.atlas_registered = bool(atlas_registered)
-            save_manifest(manifest, folder)
-            c = manifest.counts()
-            summary.notes.append(f"manifest: {c['cases']} case(s), {c['scans']} scan(s) "
-                                 f"{c['scans_per_modality']}, atlas_registered="
-                                 f"{manifest.atlas_registered}")
+    elif overwrite and os.path.isdir(folder) and dry_run:
+        summary.notes.append(f"--overwrite: would replace {folder} (built beside it, swapped in when "
+                             f"complete) and convert every case again.")
+    stage = Staging(folder, overwrite, dry_run, what="corpus")
+    try:
+        if stage.staged and old is not None:  # the other sources' files, hard-linked
+            link_tree(folder, stage.build, skip=mine_files + [mpath])
+        finished = run_cases(specs, stage.build, summary, link=link, dry_run=dry_run, force=overwrite,
+                             num_processes=num_processes, progress=progress, desc=os.path.basename(folder))
+        if not dry_run:
+            _write_manifest(stage, folder, finished, kept, old, sources, atlas_registered, summary)
+    except BaseException as e:
+        raise stage.fail(e) from None
     if print_summary:
         report_summary(summary)
     return summary
+
+
+def _write_manifest(stage: Staging, folder: str, finished: Sequence[CaseSpec], kept: List[CorpusCase],
+                    old, sources: Dict[str, dict], atlas_registered, summary: ConversionSummary) -> None:
+    new_cases = [CorpusCase(case_id=s.case_id,
+                            images={m: corpus_image_dst(s.case_id, m) for m in s.info["modalities"]},
+                            subject=s.info.get("subject") or s.case_id,
+                            session=s.info.get("session", ""), source=s.info["source"])
+                 for s in finished]
+    cases = kept + new_cases
+    if not cases or not new_cases and stage.staged:
+        summary.notes.append("no case could be converted: manifest.json was not written"
+                             + ("; the previous corpus is unchanged." if stage.staged else "."))
+        stage.discard()
+        return
+    all_sources = dict(old.sources) if old is not None else {}
+    all_sources.update(sources)
+    used = {c.source for c in cases}
+    all_sources = {k: v for k, v in all_sources.items() if k in used}
+    name = os.path.basename(folder).split("_", 1)[1]
+    manifest = CorpusManifest(name=name, cases=cases, sources=all_sources, root=stage.build)
+    if atlas_registered == "auto":
+        manifest.atlas_registered = _one_grid(manifest)
+    else:
+        manifest.atlas_registered = bool(atlas_registered)
+    save_manifest(manifest, stage.build)
+    stage.commit()
+    c = manifest.counts()
+    summary.notes.append(f"manifest: {c['cases']} case(s), {c['scans']} scan(s) "
+                         f"{c['scans_per_modality']}, atlas_registered={manifest.atlas_registered}")
 
 
 def _one_grid(manifest: CorpusManifest) -> bool:

@@ -10,13 +10,15 @@ from multiprocessing import get_context
 from typing import Any, Dict, Iterable, List, Sequence
 
 from nnunet_mmpretrain.conversion.imageio import (
-    _first_line, _sitk, clear_partial, foreground_mask, image_grid, load_image, map_labels,
+    _first_line, _sitk, check_complete, clear_partial, foreground_mask, image_grid, load_image, map_labels,
     place_file, resample_onto, write_image)
 from nnunet_mmpretrain.conversion.paths import FILE_ENDING, safe_join
 from nnunet_mmpretrain.conversion.registration import register_rigid
 from nnunet_mmpretrain.conversion.spec import CaseSpec
 from nnunet_mmpretrain.conversion.summary import ALREADY_DONE, CaseSkip, ConversionSummary
+from nnunet_mmpretrain.conversion.staging import estimate_bytes
 from nnunet_mmpretrain.corpus.manifest import ManifestError, check_case_id
+from nnunet_mmpretrain.io_utils import is_fatal_os_error
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,15 @@ class CaseResult:
 
 
 #: failures of one case that must not end a long conversion (SimpleITK raises RuntimeError);
-#: anything else is a bug and propagates
+#: anything else is a bug and propagates. A full, read-only or forbidden output disk
+#: (:func:`~nnunet_mmpretrain.io_utils.is_fatal_os_error`) ends the whole conversion.
 CASE_ERRORS = (OSError, RuntimeError, MemoryError)
 
 
 def _plan_images(spec: CaseSpec):
     """Headers only: per image (spec, channel, resample?, place the file as it is?)."""
+    for src in dict.fromkeys([i.src for i in spec.images] + ([spec.label.src] if spec.label else [])):
+        check_complete(src)  # truncated / corrupt gzip: SimpleITK would read zeros
     grids = [image_grid(i.src, i.channel) for i in spec.images]
     ref_grid = grids[spec.reference][0] if grids else None
     actions = []
@@ -141,8 +146,10 @@ def execute_case(spec: CaseSpec, folder: str, link: bool) -> CaseResult:
     except CaseSkip as e:
         _remove(written)
         return CaseResult(spec.case_id, False, str(e), counts, info)
-    except CASE_ERRORS as e:  # e.g. a disk full, an unreadable file: this case only
+    except CASE_ERRORS as e:  # e.g. an unreadable file: this case only
         _remove(written)
+        if is_fatal_os_error(e):  # the disk is full / read-only / forbidden: every case would fail
+            raise
         return CaseResult(spec.case_id, False, f"failed: {type(e).__name__}: {_first_line(e)}", counts, info)
     except BaseException:
         _remove(written)
@@ -214,16 +221,23 @@ def run_cases(specs: Sequence[CaseSpec], folder: str, summary: ConversionSummary
     bar = tqdm(total=len(todo), desc=desc, unit="case", disable=not progress or not todo)
     try:
         if num_processes > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(max_workers=num_processes, mp_context=get_context("spawn")) as ex:
+            ex = ProcessPoolExecutor(max_workers=num_processes, mp_context=get_context("spawn"))
+            try:
                 futs = [ex.submit(_execute_job, (s, folder, link)) for s in todo]
                 for f in as_completed(futs):
                     r = f.result()
                     results[r.case_id] = r
                     bar.update(1)
+            finally:  # on an error or Ctrl-C: no new case starts
+                ex.shutdown(wait=True, cancel_futures=True)
         else:
             for s in todo:
                 results[s.case_id] = execute_case(s, folder, link)
                 bar.update(1)
+    except OSError as e:
+        if is_fatal_os_error(e):  # how much the cases not finished would need (for the message)
+            e.needed_bytes = estimate_bytes(s for s in todo if s.case_id not in results)  # type: ignore[attr-defined]
+        raise
     finally:
         bar.close()
         clear_partial(folder)

@@ -39,6 +39,31 @@ def read_header(path: str):
     return r
 
 
+def check_complete(path: str) -> None:
+    """CaseSkip naming ``path`` when a NIfTI file is truncated or its gzip data is corrupt."""
+    from nnunet_mmpretrain.io_utils import nifti_damage
+    if not os.path.isfile(path):
+        raise CaseSkip(f"missing file {path}")
+    why = nifti_damage(path)
+    if why:
+        raise CaseSkip(f"{path} {why}")
+
+
+def damaged_files(dataset_folder: str, subfolders=("imagesTr", "labelsTr", "imagesTs")):
+    """(path, reason) of every truncated / corrupt NIfTI file of an nnU-Net raw dataset, sorted."""
+    from nnunet_mmpretrain.io_utils import nifti_damage
+    out = []
+    for sub in subfolders:
+        d = os.path.join(dataset_folder, sub)
+        if not os.path.isdir(d):
+            continue
+        for fn in sorted(os.listdir(d)):
+            why = nifti_damage(os.path.join(d, fn))
+            if why:
+                out.append((os.path.join(d, fn), why))
+    return out
+
+
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     useful = [ln for ln in lines if "ERROR" in ln or "rror" in ln] or lines or [type(e).__name__]
@@ -160,11 +185,30 @@ def _commit(tmp: str, final: str) -> None:
     os.replace(tmp, final)
 
 
+def _write_failure(e: RuntimeError, tmp: str) -> BaseException:
+    """SimpleITK reports a failed write as RuntimeError: an OSError when the disk is the cause."""
+    d = os.path.dirname(tmp)
+    try:
+        st = os.statvfs(d)
+        if st.f_flag & os.ST_RDONLY:
+            return OSError(errno.EROFS, os.strerror(errno.EROFS), tmp)
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+    except OSError:
+        pass
+    if not os.access(d, os.W_OK):
+        return OSError(errno.EACCES, os.strerror(errno.EACCES), tmp)
+    return e
+
+
 def write_image(img, folder: str, final: str) -> None:
     sitk = _sitk()
     tmp = _tmp_for(folder, final)
     try:
-        sitk.WriteImage(img, tmp, True)
+        try:
+            sitk.WriteImage(img, tmp, True)
+        except RuntimeError as e:
+            raise _write_failure(e, tmp) from None
         _commit(tmp, final)
     finally:
         if os.path.exists(tmp):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from nnunet_mmpretrain.conversion.execute import run_cases
 from nnunet_mmpretrain.conversion.paths import FILE_ENDING
 from nnunet_mmpretrain.conversion.spec import CaseSpec
+from nnunet_mmpretrain.conversion.staging import Staging, refuse_release_inside
 from nnunet_mmpretrain.conversion.summary import ConversionError, ConversionSummary, report_summary
 from nnunet_mmpretrain.io_utils import atomic_write_json, atomic_write_text
 
@@ -29,11 +29,11 @@ class DatasetInfo:
 
 
 def prepare_dataset_folder(folder: str, overwrite: bool, dry_run: bool, summary: ConversionSummary) -> None:
-    if overwrite and os.path.isdir(folder):
-        if dry_run:
-            summary.notes.append(f"--overwrite: would remove {folder} and convert every case again.")
-        else:
-            shutil.rmtree(folder)
+    """Announce an ``--overwrite`` of a dry run. Nothing is deleted here: a real overwrite builds
+    the new dataset beside the old one (:class:`~nnunet_mmpretrain.conversion.staging.Staging`)."""
+    if overwrite and os.path.isdir(folder) and dry_run:
+        summary.notes.append(f"--overwrite: would replace {folder} (built beside it, swapped in when "
+                             f"complete) and convert every case again.")
 
 
 def write_dataset_json(folder: str, info: DatasetInfo, num_training: int, name: str) -> str:
@@ -76,19 +76,27 @@ def convert_segmentation(kind: str, specs: Sequence[CaseSpec], folder: str, info
     summary = ConversionSummary(kind=kind, output=folder, dry_run=dry_run)
     if not specs:
         raise ConversionError(f"no {kind} cases found.")
+    refuse_release_inside(folder, specs)
     prepare_dataset_folder(folder, overwrite, dry_run, summary)
-    finished = run_cases(specs, folder, summary, link=link, dry_run=dry_run, force=overwrite,
-                         num_processes=num_processes, progress=progress, desc=os.path.basename(folder))
-    if not dry_run:
-        if finished:
-            _note_stale_cases(folder, {s.case_id for s in finished}, summary)
-            name = os.path.basename(folder).split("_", 1)[1]
-            write_dataset_json(folder, info, len(finished), name)
-            if classes is not None:
-                header, row = classes
-                write_csv(os.path.join(folder, "classes.csv"), header, (row(s) for s in finished))
-        else:
-            summary.notes.append("no case could be converted: dataset.json was not written.")
+    stage = Staging(folder, overwrite, dry_run)
+    try:
+        finished = run_cases(specs, stage.build, summary, link=link, dry_run=dry_run, force=overwrite,
+                             num_processes=num_processes, progress=progress, desc=os.path.basename(folder))
+        if not dry_run:
+            if finished:
+                _note_stale_cases(stage.build, {s.case_id for s in finished}, summary)
+                name = os.path.basename(folder).split("_", 1)[1]
+                write_dataset_json(stage.build, info, len(finished), name)
+                if classes is not None:
+                    header, row = classes
+                    write_csv(os.path.join(stage.build, "classes.csv"), header, (row(s) for s in finished))
+                stage.commit()
+            else:
+                summary.notes.append("no case could be converted: dataset.json was not written"
+                                     + ("; the previous dataset is unchanged." if stage.staged else "."))
+                stage.discard()
+    except BaseException as e:
+        raise stage.fail(e) from None
     if print_summary:
         report_summary(summary)
     return summary
