@@ -120,6 +120,41 @@ def test_corrupt_file(tmp_path):
     assert "a_t2.nii.gz: t2: cannot be read by SimpleITK" in msg
 
 
+def _damage(path, how):
+    import gzip
+    data = open(path, "rb").read()
+    if how == "truncated_gz":  # SimpleITK reads this file, filling the missing voxels with 0
+        data = data[: len(data) // 2]
+    elif how == "flipped_byte":
+        b = bytearray(data)
+        b[len(b) // 2] ^= 0xFF
+        data = bytes(b)
+    elif how == "short_payload":  # a complete gzip stream of a file cut short
+        data = gzip.compress(gzip.decompress(data)[:-200])
+    open(path, "wb").write(data)
+
+
+@pytest.mark.parametrize("how", ["truncated_gz", "flipped_byte", "short_payload"])
+def test_damaged_nifti_fails_validation(tmp_path, how):
+    files = _good_case(tmp_path, "a")
+    _damage(str(tmp_path / "a_t2.nii.gz"), how)
+    msg, report = _raises(_corpus(tmp_path, {"a": files, "b": _good_case(tmp_path, "b")}))
+    path = os.path.join(str(tmp_path), "a_t2.nii.gz")
+    (p, reason), = report.bad["a"]
+    assert p == path and ("truncated" in reason or "damaged" in reason) and "again" in reason
+    assert report.ok == ["b"] and path in msg
+
+
+def test_truncated_uncompressed_nifti(tmp_path):
+    files = _good_case(tmp_path, "a")
+    _write(tmp_path / "a_t2.nii", _noise(3))
+    files["t2"] = "a_t2.nii"
+    raw = (tmp_path / "a_t2.nii").read_bytes()
+    (tmp_path / "a_t2.nii").write_bytes(raw[:-100])
+    msg, _ = _raises(_corpus(tmp_path, {"a": files}))
+    assert "a_t2.nii: t2: is truncated" in msg
+
+
 def test_all_zero_image(tmp_path):
     files = _good_case(tmp_path, "a")
     _write(tmp_path / "a_t2.nii.gz", np.zeros(SIZE_ZYX, np.float32))

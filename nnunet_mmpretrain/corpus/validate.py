@@ -4,6 +4,9 @@
 when asked) and checks that it
 
 * exists and is read by SimpleITK (corrupt or unsupported files are named with SimpleITK's reason),
+  and, for NIfTI, is complete: a ``.nii.gz`` is decompressed to its end (a truncated or corrupt gzip
+  stream is an error; SimpleITK would fill the missing voxels with zeros) and holds as many bytes
+  as its header announces,
 * is one scalar 3D volume (a 4D series, a 2D slice or a vector image is reported with its shape and
   the fix: one 3D file per modality),
 * has no NaN / Inf voxels (for floating-point NIfTI files the raw data is scanned with nibabel, since
@@ -246,6 +249,10 @@ def inspect_image(path: str) -> Tuple[Optional[Grid], List[str]]:
         return None, ["file not found"]
     if os.path.isdir(path):
         return None, ["is a folder, not an image file"]
+    from nnunet_mmpretrain.io_utils import nifti_damage
+    damage = nifti_damage(path)  # SimpleITK reads zeros where a .nii.gz is cut short
+    if damage:
+        return None, [damage]
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     try:
