@@ -107,3 +107,63 @@ def test_grid_geometry_writes_a_volume_on_the_reference_image():
     assert GridGeometry.from_dict(geo.to_dict()) == geo
     half = geo.to_image(vol[::2, ::3, ::1])                     # a coarser grid is resampled back
     assert sitk.GetArrayFromImage(half).shape == (11, 9, 7)
+
+
+class JointEchoNet(EchoNet):
+    """Joint view: returns each modality's own (filled) input in its vocabulary channel."""
+
+    def forward(self, x, m, joint=None):
+        out = super().forward(x, m)
+        if joint is None:
+            return out
+        x_m, m_idx, x_n, n_idx = joint
+        rec = torch.zeros(x_m.shape[0], 8, *x_m.shape[2:])
+        for i in range(x_m.shape[0]):
+            if n_idx[i] >= 0:
+                rec[i, n_idx[i]] = x_n[i, 0]
+            rec[i, m_idx[i]] = x_m[i, 0]
+        return out + (rec * self.w,)
+
+
+def test_joint_view_rebuilds_both_modalities_on_their_own_masks():
+    batch = _batch()
+    tm = ModalityTemplates((20, 20, 20), init=torch.randn(8, 20, 20, 20))
+    g = torch.Generator().manual_seed(1)
+    from nnunet_mmpretrain.pretrain.masking import apply_fill, block_mask
+    masks = tuple(block_mask(3, P, 4, 0.5, generator=g) for _ in range(2))
+    obj = ObjectiveConfig(w_md=1.0, recon_region="masked", w_joint=2.0)
+    loss, logs, _ = brainmvp_forward(JointEchoNet(), batch, objective=obj, epoch=5, num_epochs=10,
+                                     mask=MaskSpec(0.5, 4), templates=tm, masks=masks)
+    # a network that leaves the fill in place scores the fill baseline on the target ...
+    assert logs["joint_masked_mse"] == pytest.approx(logs["joint_baseline_fill"], rel=1e-6)
+    # ... and the term adds the partner's masked error where the case has a partner (samples 0, 2)
+    with torch.no_grad():
+        P_fill = apply_fill(batch.partner, masks[1], tm(batch.n_idx.clamp(min=0), batch.starts, P))
+        T_fill = apply_fill(batch.target, masks[0], tm(batch.m_idx, batch.starts, P))
+    two = batch.n_idx >= 0
+    m = masks[1][two].expand_as(batch.partner[two])
+    l_n = float(((P_fill[two] - batch.partner[two])[m] ** 2).mean())
+    l_m = float(((T_fill - batch.target)[masks[0].expand_as(batch.target)] ** 2).mean())
+    assert logs["l_joint"] == pytest.approx(l_m + l_n, rel=1e-5)
+    assert logs["loss"] == pytest.approx(logs["l_md"] + logs["l_cmr"] + 2.0 * logs["l_joint"], rel=1e-5)
+
+
+def test_joint_view_trains_both_stems_and_its_readout():
+    from nnunet_mmpretrain.training.pretrain_network import MMPretrainNetwork
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+    torch.manual_seed(0)
+    base = ResidualEncoderUNet(1, 3, [4, 8, 16], torch.nn.Conv3d, 3, [1, 2, 2], [1, 1, 1], 2, [1, 1],
+                               conv_bias=True, norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"affine": True},
+                               nonlin=torch.nn.LeakyReLU)
+    net = MMPretrainNetwork(base, (20, 20, 20), [1, 2, 2], proj_dim=0, decoder="hypercolumn", joint=True)
+    batch = _batch()
+    loss, logs, _ = brainmvp_forward(net, batch, objective=ObjectiveConfig(w_md=0, w_cmr=0, w_mcl=0, w_joint=1.0),
+                                     epoch=0, num_epochs=10, mask=MaskSpec(0.5, 4), templates=net.templates)
+    loss.backward()
+    grad = lambda mod: sum(float(p.grad.abs().sum()) for p in mod.parameters() if p.grad is not None)
+    assert grad(net.joint_decoder) > 0
+    for slot in (1, 2, 3):        # targets 1, 2, 3 and partners 2, 1 all reach their stems
+        assert grad(net.stems[slot]) > 0
+    assert grad(net.stems[0]) == 0
+    with pytest.raises(ValueError, match="joint"):
+        MMPretrainNetwork(base, None, [1, 2, 2], decoder="skipfree", joint=True)

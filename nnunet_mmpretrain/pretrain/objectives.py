@@ -44,6 +44,10 @@ class ObjectiveConfig:
         positives: ``'views'`` (BrainMVP: the two views of a sample are the positive pair) or
             ``'subject'`` (Wen et al. 2023: every view of the same subject, whatever its
             modality, is a positive; multi-positive InfoNCE over both views of the batch).
+        w_joint: weight of the joint view (not in BrainMVP; 0 = off): the target m and the
+            partner n, each block-masked and template-filled, enter together (their stems
+            averaged) and both are rebuilt on their masked voxels, so the encoder learns to
+            combine modalities as a downstream multi-channel stem feeds it.
     """
 
     w_md: float = 10.0
@@ -55,6 +59,7 @@ class ObjectiveConfig:
     temperature: float = 1.0
     gather: bool = False
     positives: str = "views"
+    w_joint: float = 0.0
 
     def __post_init__(self):
         if self.positives not in ("views", "subject"):

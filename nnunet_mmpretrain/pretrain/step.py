@@ -107,17 +107,47 @@ def brainmvp_forward(network, batch: PretrainBatch, *, objective: ObjectiveConfi
     inputs = torch.cat([view_md, view_cmr])
     if dad_p > 0:
         inputs = dad_views(inputs, dad_p, generator=generator)
-    recon, _, z = network(inputs, torch.cat([batch.m_idx, batch.m_idx]))
+    joint = None
+    if objective.w_joint > 0:
+        tmpl_n = templates(batch.n_idx.clamp(min=0), batch.starts, P, generator=generator).to(target.dtype) \
+            if templates is not None else torch.zeros_like(target)
+        joint = (view_md, batch.m_idx, apply_fill(batch.partner, mask_cmr, tmpl_n), batch.n_idx)
+    out = network(inputs, torch.cat([batch.m_idx, batch.m_idx]), joint=joint) if joint is not None \
+        else network(inputs, torch.cat([batch.m_idx, batch.m_idx]))
+    recon, z = out[0], out[2]
     loss, logs = compute(objective, target=target, recon_md=recon[:B], recon_cmr=recon[B:], mask_md=mask_md,
                          mask_cmr=mask_cmr, z_md=z[:B], z_cmr=z[B:], epoch=epoch, num_epochs=num_epochs,
                          subject_ids=batch.subject_ids)
     for view, r, m, v in (("md", recon[:B], mask_md, view_md), ("cmr", recon[B:], mask_cmr, view_cmr)):
         rep = masked_error_report(r.detach(), target, m, v)
         logs.update({f"{view}_{k}": rep[k] for k in ("masked_mse", "baseline_patch_mean", "baseline_fill")})
+    if joint is not None:
+        loss = loss + objective.w_joint * _joint_term(out[3], batch, target, mask_md, mask_cmr, joint, logs,
+                                                      objective.recon_region)
+        logs["loss"] = float(loss.detach())
     with torch.no_grad():
         zn = torch.nn.functional.normalize(z.detach().float().flatten(1), dim=1)
         logs["emb_std"] = float(zn.std(0).mean()) if zn.shape[0] > 1 else float("nan")
     return loss, logs, (target, view_md, view_cmr, recon.detach())
+
+
+def _joint_term(recon_joint: torch.Tensor, batch: PretrainBatch, target: torch.Tensor, mask_m: torch.Tensor,
+                mask_n: torch.Tensor, joint: tuple, logs: Dict[str, float], region: str) -> torch.Tensor:
+    """Loss of the joint view: recon_joint (B, V, X, Y, Z) read at m (and at n where the case has
+    a partner) against target / partner on their masked voxels; logs ``l_joint`` and the target's
+    ``joint_masked_mse`` / baselines."""
+    rec_m = recon_joint.gather(1, batch.m_idx.view(-1, 1, 1, 1, 1).expand(-1, 1, *target.shape[2:]))
+    l_m = reconstruction_loss(rec_m, target, mask_m, region)
+    two = batch.n_idx >= 0
+    l_n = torch.zeros((), device=target.device)
+    if bool(two.any()):
+        rec_n = recon_joint[two].gather(1, batch.n_idx[two].view(-1, 1, 1, 1, 1).expand(-1, 1, *target.shape[2:]))
+        l_n = reconstruction_loss(rec_n, batch.partner[two], mask_n[two], region)
+    term = l_m + l_n
+    logs["l_joint"] = float(term.detach())
+    rep = masked_error_report(rec_m.detach(), target, mask_m, joint[0])
+    logs.update({f"joint_{k}": rep[k] for k in ("masked_mse", "baseline_patch_mean", "baseline_fill")})
+    return term
 
 
 def mae_forward(network, target: torch.Tensor, m_idx: torch.Tensor, mask: MaskSpec = MaskSpec(),
@@ -126,5 +156,5 @@ def mae_forward(network, target: torch.Tensor, m_idx: torch.Tensor, mask: MaskSp
     the patch (``region='patch'``) or the masked voxels (``'masked'``)."""
     B, P = target.shape[0], tuple(target.shape[2:])
     m = block_mask(B, P, mask.block_size, mask.ratio, device=target.device)
-    recon, _, _ = network(apply_fill(target, m, torch.zeros_like(target)), m_idx)
+    recon = network(apply_fill(target, m, torch.zeros_like(target)), m_idx)[0]
     return reconstruction_loss(recon, target, m, region)

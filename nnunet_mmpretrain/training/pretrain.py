@@ -39,7 +39,8 @@ from nnunet_mmpretrain.training.pretrain_schedule import WarmupCosine
 from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, backward_and_step
 
 VIEW_KEYS = tuple(f"{v}_{k}" for v in ("md", "cmr") for k in ("masked_mse", "baseline_patch_mean", "baseline_fill"))
-LOG_KEYS = ("loss", "l_md", "l_cmr", "l_mcl") + VIEW_KEYS + ("emb_std",)
+JOINT_KEYS = ("l_joint", "joint_masked_mse", "joint_baseline_patch_mean", "joint_baseline_fill")
+LOG_KEYS = ("loss", "l_md", "l_cmr", "l_mcl") + VIEW_KEYS + ("emb_std",) + JOINT_KEYS   # joint: NaN when off
 __all__ = ["nnUNetTrainerMMPretrain", "PretrainingError", "LOG_KEYS"]
 
 
@@ -98,6 +99,7 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
         single_only = check_corpus(self, self.corpus_props, allow)
         # the objective is resolved here, once, and saved as resolved in every checkpoint
         self.objective = replace(self.objective, w_cmr=0.0 if single_only else self.objective.w_cmr,
+                                 w_joint=0.0 if single_only else self.objective.w_joint,
                                  gather=self.is_ddp)
         cm, pm = self.configuration_manager, self.plans_manager
         self.num_input_channels = 1
@@ -119,7 +121,8 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
             grid = list(cm.patch_size)
         self.network = MMPretrainNetwork(base, grid, cm.network_arch_init_kwargs["strides"], self.proj_dim,
                                          position_free="random", decoder=self.decoder, template_init=init,
-                                         template_space=self.template_space).to(self.device)
+                                         template_space=self.template_space,
+                                         joint=self.objective.w_joint > 0).to(self.device)
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
         if self.is_ddp:
             self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
@@ -234,7 +237,10 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
 
     # ---------------------------------------------------------------- logging
     def _reduce(self, outputs: List[dict]) -> Dict[str, float]:
-        vals = torch.tensor([[float(np.nanmean([o[k] for o in outputs]))] for k in LOG_KEYS], dtype=torch.float64)
+        def mean(k):
+            xs = [o.get(k, float("nan")) for o in outputs]
+            return float(np.nanmean(xs)) if np.isfinite(xs).any() else float("nan")
+        vals = torch.tensor([[mean(k)] for k in LOG_KEYS], dtype=torch.float64)
         if self.is_ddp:
             vals = vals.to(self.device)
             dist.all_reduce(vals)

@@ -80,6 +80,11 @@ def epoch_report(log: Dict[str, List[float]], epoch: int, num_epochs: int, alarm
         lines.append(f"{name}: masked-voxel MSE {g(f'val_{v}_masked_mse'):.4f} vs patch mean "
                      f"{g(f'val_{v}_baseline_patch_mean'):.4f} ({rel[f'{v}_patch_mean']:.2f} x), fill left in place "
                      f"{g(f'val_{v}_baseline_fill'):.4f} ({rel[f'{v}_fill']:.2f} x)")
+    if np.isfinite(log.get("val_joint_masked_mse", [float("nan")])[-1]):
+        j = lambda k: g(f"val_joint_{k}")
+        lines.append(f"joint view (target m): masked-voxel MSE {j('masked_mse'):.4f} vs patch mean "
+                     f"{j('baseline_patch_mean'):.4f} ({j('masked_mse') / max(j('baseline_patch_mean'), 1e-12):.2f} x), "
+                     f"fill left in place {j('baseline_fill'):.4f}")
     if epoch + 1 >= alarm_fraction * num_epochs:
         bad = [v for v in ("md", "cmr") if rel[f"{v}_patch_mean"] >= 1.0]
         if bad:

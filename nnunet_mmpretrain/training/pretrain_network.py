@@ -54,11 +54,14 @@ class MMPretrainNetwork(nn.Module):
             ``'hypercolumn'`` (1x1x1 readout of every stage, :class:`HypercolumnDecoder`).
         template_init: starting templates (see :class:`ModalityTemplates`), e.g. corpus means.
         template_space: ``'data'`` or ``'minmax'`` (see :class:`ModalityTemplates`).
+        joint: also build the joint-view readout (:meth:`forward` with ``joint=``), a second
+            hypercolumn readout with one output channel per vocabulary modality.
     """
 
     def __init__(self, nnunet_net: nn.Module, template_grid: Optional[Sequence[int]],
                  strides: Sequence, proj_dim: int = 128, position_free: str = "random",
-                 decoder: str = "skipfree", template_init="zeros", template_space: str = "data"):
+                 decoder: str = "skipfree", template_init="zeros", template_space: str = "data",
+                 joint: bool = False):
         super().__init__()
         self.key_to_encoder: str = nnunet_net.key_to_encoder
         self.key_to_stem: str = nnunet_net.key_to_stem
@@ -71,12 +74,16 @@ class MMPretrainNetwork(nn.Module):
         _set(encoder, self.key_to_stem[len("encoder."):], nn.Identity())
         if decoder not in ("skipfree", "hypercolumn"):
             raise ValueError(f"decoder must be 'skipfree' or 'hypercolumn', got {decoder!r}")
+        if joint and decoder != "hypercolumn":
+            raise ValueError("the joint view needs decoder='hypercolumn'")
         encoder.return_skips = decoder == "hypercolumn"
         self.encoder = encoder
         bottleneck = int(encoder.output_channels[-1])
         self.decoder = ReconstructionDecoder(bottleneck, strides) if decoder == "skipfree" else \
             HypercolumnDecoder([int(c) for c in encoder.output_channels])
         self.proj = ProjectionHead(bottleneck, max(bottleneck, 128), proj_dim) if proj_dim else None
+        self.joint_decoder = HypercolumnDecoder([int(c) for c in encoder.output_channels],
+                                                out_channels=len(MODALITIES)) if joint else None
         self.templates = ModalityTemplates(template_grid, position_free=position_free, init=template_init,
                                            value_space=template_space) if template_grid else None
 
@@ -91,11 +98,31 @@ class MMPretrainNetwork(nn.Module):
             out[sel] = y
         return out
 
-    def forward(self, x: torch.Tensor, modality_idx: torch.Tensor):
+    def forward(self, x: torch.Tensor, modality_idx: torch.Tensor, joint=None):
         """x (B, 1, X, Y, Z) -> (reconstruction (B, 1, X, Y, Z), bottleneck (B, C, x, y, z),
-        embedding (B, D) for the contrastive term)."""
-        out = self.encoder(self.stem_forward(x, modality_idx))
-        feat = out[-1] if isinstance(out, (list, tuple)) else out
+        embedding (B, D) for the contrastive term).
+
+        ``joint=(x_m, m_idx, x_n, n_idx)`` (each x (J, 1, X, Y, Z), idx (J,), n_idx = -1 where a
+        sample has one modality) adds the joint view: both modalities through their own stems,
+        averaged (as the ``modality`` stem strategy sums a case's channels downstream), one pass
+        through the encoder together with ``x``, and a fourth output (J, V, X, Y, Z): one
+        reconstruction per vocabulary modality. Everything goes through this one call so that a
+        DDP wrapper sees every parameter's use."""
+        stem = self.stem_forward(x, modality_idx)
+        if joint is not None:
+            if self.joint_decoder is None:
+                raise ValueError("this network was built without the joint view (joint=False)")
+            x_m, m_idx, x_n, n_idx = joint
+            s_m = self.stem_forward(x_m, m_idx)
+            s_n = self.stem_forward(x_n, n_idx.clamp(min=0))
+            two = (n_idx >= 0).view(-1, *([1] * (s_m.dim() - 1)))
+            stem = torch.cat([stem, torch.where(two, 0.5 * (s_m + s_n), s_m)])
+        out = self.encoder(stem)
+        B = x.shape[0]
+        single = [o[:B] for o in out] if isinstance(out, (list, tuple)) else out[:B]
+        feat = single[-1] if isinstance(single, list) else single
         pooled = pool_features(feat)
         z = self.proj(pooled) if self.proj is not None else pooled
-        return self.decoder(out), feat, z
+        if joint is None:
+            return self.decoder(single), feat, z
+        return self.decoder(single), feat, z, self.joint_decoder([o[B:] for o in out])
