@@ -1,11 +1,77 @@
-"""Helpers shared by the console scripts."""
+"""Helpers shared by the console scripts: one clear line (no traceback) for bad input and for
+output folders that cannot be written."""
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from typing import NoReturn
+from typing import Iterable, Iterator, NoReturn, Optional
 
 
 def die(message: str, code: int = 2) -> NoReturn:
     """Print one clear error line (no traceback) and exit."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def require_env(*names: str) -> None:
+    for var in names:
+        if not os.environ.get(var):
+            die(f"{var} is not set: export it (see nnU-Net's documentation/setting_up_paths.md).")
+
+
+def _same(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def output_folder(path: str, flag: str = "-o", inputs: Iterable[Optional[str]] = ()) -> str:
+    """An output folder argument: not an existing file, not one of the ``inputs``; created and
+    probed for writing (read-only, full or forbidden disks are named in one line)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        die(f"{flag} {path} is an existing file: name a folder for the output.")
+    for i in inputs:
+        if i and _same(path, i):
+            die(f"{flag} {path} is also the input folder: write the output to another folder.")
+    writable_folder(path)
+    return path
+
+
+def output_file(path: str, flag: str = "-o", inputs: Iterable[Optional[str]] = ()) -> str:
+    """An output file argument: not a folder, not one of the ``inputs``; its folder writable."""
+    if os.path.isdir(path):
+        die(f"{flag} {path} is a folder: name the output file (e.g. {os.path.join(path, 'out.csv')}).")
+    for i in inputs:
+        if i and os.path.exists(i) and _same(path, i):
+            die(f"{flag} {path} is also an input: write the output to another file.")
+    writable_folder(os.path.dirname(os.path.abspath(path)))
+    return path
+
+
+def writable_folder(path: str) -> None:
+    """Create ``path`` if needed and write (then remove) a probe file in it; die naming the
+    folder when the disk is read-only, full or forbidden."""
+    from nnunet_mmpretrain.io_utils import os_error_line
+    probe = os.path.join(path, f".write_probe_{os.getpid()}")
+    try:
+        if os.path.exists(path) and not os.path.isdir(path):
+            die(f"{path} is an existing file, not a folder: choose another output folder.")
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("x")
+        os.remove(probe)
+    except OSError as e:
+        if e.filename is None:
+            e.filename = path
+        die(os_error_line(e))
+
+
+@contextlib.contextmanager
+def disk_errors(what: str = "the output folder") -> Iterator[None]:
+    """A full, read-only or forbidden disk met while working: one line naming the path."""
+    from nnunet_mmpretrain.io_utils import is_fatal_os_error, os_error_line
+    try:
+        yield
+    except OSError as e:
+        if is_fatal_os_error(e):
+            die(os_error_line(e, what=what))
+        raise

@@ -10,7 +10,9 @@ import argparse
 import os
 import sys
 
-from nnunet_mmpretrain.cli._common import die
+from nnunet_mmpretrain.cli._common import die, disk_errors, require_env, writable_folder
+
+TINY_DEFAULTS = {"patch": (32, 32, 32), "features": (8, 16, 32), "batch": 2}
 
 
 def main(argv=None) -> int:
@@ -29,34 +31,53 @@ def main(argv=None) -> int:
     p.add_argument("--plan-only", action="store_true", help="validate, fingerprint and plan; no preprocessing")
     p.add_argument("--add-config", metavar="NAME", default=None,
                    help="also add a small configuration NAME (inherits 3d_fullres data) for CPUs: see --patch/--features")
-    p.add_argument("--patch", type=int, nargs=3, default=(32, 32, 32), help="patch of --add-config")
-    p.add_argument("--features", type=int, nargs="+", default=(8, 16, 32), help="features per stage of --add-config")
-    p.add_argument("--batch", type=int, default=2, help="batch size of --add-config")
+    p.add_argument("--patch", type=int, nargs=3, default=None, help="patch of --add-config (default 32 32 32)")
+    p.add_argument("--features", type=int, nargs="+", default=None,
+                   help="features per stage of --add-config (default 8 16 32)")
+    p.add_argument("--batch", type=int, default=None, help="batch size of --add-config (default 2)")
     p.add_argument("-gpu_memory_target", type=float, default=None, help="VRAM target of the planner in GB")
     p.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
     a = p.parse_args(argv)
-    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
-        if not os.environ.get(var):
-            die(f"{var} is not set: export it (see nnU-Net's documentation/setting_up_paths.md).")
+    require_env("nnUNet_raw", "nnUNet_preprocessed")
     if a.np < 1:
         die("-np must be at least 1.")
+    given = [f"--{k}" for k in TINY_DEFAULTS if getattr(a, k) is not None]
+    if given and not a.add_config:
+        die(f"{'/'.join(given)} only shape the configuration of --add-config NAME: add e.g. "
+            f"--add-config 3d_tiny, or leave {'/'.join(given)} out.")
+    for k, v in TINY_DEFAULTS.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    from nnunet_mmpretrain.planning.tiny import check_tiny
+    try:
+        if a.add_config:
+            check_tiny(a.patch, a.features, a.batch)  # refused before any work is spent
+        from nnunet_mmpretrain.planning.nnunet_plan import n_proc_da
+        n_proc_da()  # an integer (0 is fine: planning sees 1)
+    except ValueError as e:
+        die(str(e))
+    writable_folder(os.environ["nnUNet_preprocessed"])
     from nnunet_mmpretrain.corpus.manifest import ManifestError
     from nnunet_mmpretrain.corpus.preprocess import plan_and_preprocess_corpus
     from nnunet_mmpretrain.modalities import UnknownModalityError
     from nnunet_mmpretrain.planning.pretrain_planner import load_like
     try:
-        like = load_like(a.like, a.like_config) if a.like else None
-        r = plan_and_preprocess_corpus(a.d, a.pl, like, a.resample, a.skip_bad, a.np, a.plan_only,
-                                       a.gpu_memory_target)
-    except (ManifestError, UnknownModalityError, ValueError, FileNotFoundError) as e:
-        die(str(e))
+        with disk_errors(os.environ["nnUNet_preprocessed"]):
+            like = load_like(a.like, a.like_config) if a.like else None
+            r = plan_and_preprocess_corpus(a.d, a.pl, like, a.resample, a.skip_bad, a.np, a.plan_only,
+                                           a.gpu_memory_target)
+            if a.add_config:
+                from nnunet_mmpretrain.planning.tiny import add_tiny_configuration
+                add_tiny_configuration(r.plans_file, a.add_config, patch_size=a.patch, features=a.features,
+                                       batch_size=a.batch)
+    except (ManifestError, UnknownModalityError, ValueError, FileNotFoundError, KeyError) as e:
+        die(str(e).strip("'\""))
     except RuntimeError as e:
         if "Could not find a dataset with the ID" in str(e) or "dataset" in str(e).lower():
-            die(f"{e} (is the corpus in $nnUNet_raw as DatasetXXX_Name with a manifest.json?)")
+            die(f"{str(e).strip().splitlines()[0]} (is the corpus in $nnUNet_raw as DatasetXXX_Name with a "
+                f"manifest.json?)")
         raise
     if a.add_config:
-        from nnunet_mmpretrain.planning.tiny import add_tiny_configuration
-        add_tiny_configuration(r.plans_file, a.add_config, patch_size=a.patch, features=a.features, batch_size=a.batch)
         print(f"added configuration {a.add_config!r} (patch {list(a.patch)}, features {list(a.features)}, batch {a.batch})")
     print(f"plans: {r.plans_file}")
     if not a.plan_only:

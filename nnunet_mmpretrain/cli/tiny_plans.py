@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from nnunet_mmpretrain.cli._common import die
+from nnunet_mmpretrain.cli._common import die, disk_errors, require_env, writable_folder
 
 
 def main(argv=None) -> int:
@@ -27,18 +27,27 @@ def main(argv=None) -> int:
     p.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--no-verify", action="store_true", help="skip nnU-Net's dataset integrity check")
     a = p.parse_args(argv)
-    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
-        if not os.environ.get(var):
-            die(f"{var} is not set: export it (see nnU-Net's documentation/setting_up_paths.md).")
-    if min(a.patch) < 8 or a.batch < 1 or min(a.features) < 1:
-        die("--patch needs >= 8 voxels per axis, --batch and --features >= 1.")
-    from nnunet_mmpretrain.planning.nnunet_plan import plan_and_preprocess
+    require_env("nnUNet_raw", "nnUNet_preprocessed")
+    if a.np < 1:
+        die(f"-np must be at least 1, got {a.np}.")
+    from nnunet_mmpretrain.planning.nnunet_plan import n_proc_da, plan_and_preprocess
+    from nnunet_mmpretrain.planning.tiny import check_tiny
     try:
-        plans_file = plan_and_preprocess(a.d, planner=a.pl, num_processes=a.np, verify=not a.no_verify,
-                                         tiny=dict(name=a.c, patch_size=a.patch, features=a.features,
-                                                   batch_size=a.batch))
-    except (ValueError, KeyError) as e:
+        n_proc_da()
+        check_tiny(a.patch, a.features, a.batch)  # refused before any work is spent
+    except ValueError as e:
         die(str(e))
+    writable_folder(os.environ["nnUNet_preprocessed"])
+    try:
+        with disk_errors(os.environ["nnUNet_preprocessed"]):
+            plans_file = plan_and_preprocess(a.d, planner=a.pl, num_processes=a.np, verify=not a.no_verify,
+                                             tiny=dict(name=a.c, patch_size=a.patch, features=a.features,
+                                                       batch_size=a.batch))
+    except (ValueError, KeyError) as e:
+        die(str(e).strip("'\""))
+    except (AssertionError, RuntimeError) as e:  # nnU-Net's integrity check, an unknown dataset id
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        die(f"dataset {a.d}: {first} (nnU-Net's dataset check; fix the dataset in $nnUNet_raw or pass -d)")
     print(f"plans: {plans_file} (configuration {a.c!r} added)")
     return 0
 

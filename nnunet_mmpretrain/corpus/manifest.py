@@ -99,10 +99,33 @@ class CorpusManifest:
                 "cases_per_source": per_source, "scans_per_modality": per_mod}
 
 
+#: keys a manifest (top level) and each of its cases may hold; anything else is refused (a typo
+#: such as ``atlas_registerd`` would otherwise be ignored silently)
+TOP_KEYS = ("format", "name", "description", "atlas_registered", "sources", "cases")
+CASE_KEYS = ("case_id", "subject", "session", "source", "images")
+
+
+def _unknown_keys(d: dict, known, what: str, where: str) -> None:
+    extra = sorted(str(k) for k in d if k not in known)
+    if extra:
+        raise ManifestError(f"{where}: unknown key(s) {', '.join(map(repr, extra))} in {what}; "
+                            f"allowed: {', '.join(known)}.")
+
+
+def _text(value, what: str, where: str, default: str = "") -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ManifestError(f"{where}: {what} must be a string, got {type(value).__name__}.")
+    return value
+
+
 def parse_manifest(data: dict, root: str, where: str = "manifest") -> CorpusManifest:
-    """Build a manifest from its JSON dict; structural errors raise ManifestError naming ``where``."""
+    """Build a manifest from its JSON dict; structural errors raise ManifestError naming ``where``
+    (unknown modality names raise :class:`~nnunet_mmpretrain.modalities.UnknownModalityError`)."""
     if not isinstance(data, dict):
         raise ManifestError(f"{where}: expected a JSON object at the top level.")
+    _unknown_keys(data, TOP_KEYS, "the manifest", where)
     fmt = data.get("format", FORMAT)
     if fmt != FORMAT:
         raise ManifestError(f"{where}: unknown format {fmt!r}, expected {FORMAT!r}.")
@@ -110,12 +133,19 @@ def parse_manifest(data: dict, root: str, where: str = "manifest") -> CorpusMani
     if not isinstance(raw_cases, list) or not raw_cases:
         raise ManifestError(f"{where}: the manifest lists no cases ('cases' must be a non-empty "
                             f"list of {{case_id, images: {{modality: file}}}}).")
+    sources = data.get("sources", {}) or {}
+    if not isinstance(sources, dict):
+        raise ManifestError(f"{where}: 'sources' must be an object {{name: {{description: ...}}}}.")
+    if not isinstance(data.get("atlas_registered", False), bool):
+        raise ManifestError(f"{where}: 'atlas_registered' must be true or false.")
     seen = set()
+    files: Dict[str, tuple] = {}  # normalised path -> (case id, modality): the same scan twice?
     cases = []
     for i, rc in enumerate(raw_cases):
         if not isinstance(rc, dict) or "images" not in rc:
             raise ManifestError(f"{where}: case #{i} has no 'images' mapping.")
         cid = check_case_id(rc.get("case_id", ""), f"{where} case #{i}")
+        _unknown_keys(rc, CASE_KEYS, f"case {cid!r}", where)
         if cid in seen:
             raise ManifestError(f"{where}: case id {cid!r} appears twice.")
         seen.add(cid)
@@ -127,11 +157,23 @@ def parse_manifest(data: dict, root: str, where: str = "manifest") -> CorpusMani
             if cm in images:
                 raise ManifestError(f"{where}: case {cid!r} lists modality {cm!r} twice "
                                     f"(aliases of one modality).")
+            if not isinstance(p, str) or not p.strip():
+                raise ManifestError(f"{where}: case {cid!r}, {cm}: the image must be a file path "
+                                    f"(relative to the manifest's folder or absolute).")
+            key = os.path.normcase(os.path.normpath(p if os.path.isabs(p) else os.path.join(root, p)))
+            if key in files and files[key][0] != cid:
+                other, om = files[key]
+                raise ManifestError(f"{where}: {p} is listed by case {other!r} ({om}) and case {cid!r} "
+                                    f"({cm}): the same scan under two case ids would be duplicated "
+                                    f"data; remove one of the two.")
+            files.setdefault(key, (cid, cm))
             images[cm] = p
-        cases.append(CorpusCase(case_id=cid, images=images, subject=rc.get("subject") or cid,
-                                session=rc.get("session", ""), source=rc.get("source", "default")))
-    return CorpusManifest(name=data.get("name", "corpus"), cases=cases,
-                          sources=data.get("sources", {}) or {},
+        subject = _text(rc.get("subject"), f"case {cid!r} 'subject'", where) or cid
+        session = _text(rc.get("session"), f"case {cid!r} 'session'", where)
+        source = _text(rc.get("source"), f"case {cid!r} 'source'", where) or "default"
+        cases.append(CorpusCase(case_id=cid, images=images, subject=subject, session=session, source=source))
+    return CorpusManifest(name=_text(data.get("name"), "'name'", where, "corpus") or "corpus", cases=cases,
+                          sources=sources,
                           atlas_registered=bool(data.get("atlas_registered", False)), root=root)
 
 
@@ -143,10 +185,12 @@ def load_manifest(path: str) -> CorpusManifest:
         raise ManifestError(f"no corpus manifest at {path}: create one (see "
                             f"nnunet_mmpretrain.corpus.manifest) or point to the corpus folder.")
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
+        with open(path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ManifestError(f"{path} is nested too deeply to be a manifest.") from None
     return parse_manifest(data, root=os.path.dirname(os.path.abspath(path)), where=path)
 
 

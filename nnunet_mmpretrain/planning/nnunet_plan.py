@@ -5,10 +5,54 @@ optional tiny configuration is added beside ``3d_fullres``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional, Sequence, Type, Union
+from typing import Iterator, Optional, Sequence, Type, Union
 
 from nnunet_mmpretrain.planning.tiny import add_tiny_configuration
+
+
+def n_proc_da() -> Optional[int]:
+    """``$nnUNet_n_proc_DA`` as an integer (None when unset); ValueError naming the variable when
+    it is not a whole number >= 0."""
+    v = os.environ.get("nnUNet_n_proc_DA")
+    if v is None:
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ValueError(f"nnUNet_n_proc_DA={v!r} is not a whole number >= 0: export the number of "
+                         f"augmentation workers (0 = in the main process) or unset it.")
+    return n
+
+
+@contextlib.contextmanager
+def planner_threads() -> Iterator[None]:
+    """nnU-Net's planner calls ``torch.set_num_threads($nnUNet_n_proc_DA)``; 0 (valid for training:
+    augmentation in the main process) would fail there, so planning sees 1 instead. A value that
+    is not an integer is a ValueError naming the variable."""
+    v = os.environ.get("nnUNet_n_proc_DA")
+    n = n_proc_da()
+    if n is None or n >= 1:
+        yield
+        return
+    os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        yield
+    finally:
+        os.environ["nnUNet_n_proc_DA"] = v
+
+
+def damaged_dataset_files(dataset_folder: str) -> None:
+    """ValueError naming the first truncated / corrupt NIfTI file of a labelled raw dataset
+    (nnU-Net's readers would fill the missing data with zeros)."""
+    from nnunet_mmpretrain.conversion.imageio import damaged_files
+    bad = damaged_files(dataset_folder)
+    if bad:
+        more = f" ({len(bad) - 1} more damaged file(s))" if len(bad) > 1 else ""
+        raise ValueError(f"{bad[0][0]} {bad[0][1]}{more}")
 
 
 def _planner_class(planner: Union[str, type]):
@@ -33,6 +77,7 @@ def fingerprint(dataset_id: int, num_processes: int = 2, foreground_voxels: floa
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
     name = convert_id_to_dataset_name(dataset_id)
     if verify:
+        damaged_dataset_files(os.path.join(str(nnUNet_raw), name))
         verify_dataset_integrity(os.path.join(str(nnUNet_raw), name), num_processes)
     fpe = DatasetFingerprintExtractor(dataset_id, num_processes, verbose=False)
     fpe.num_foreground_voxels_for_intensitystats = foreground_voxels
@@ -51,8 +96,12 @@ def plan_and_preprocess(dataset_id: int, planner: Union[str, Type] = "Experiment
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset, preprocess_dataset
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+    if tiny is not None:  # before any work: a tiny configuration nnU-Net could not train
+        from nnunet_mmpretrain.planning.tiny import check_tiny
+        check_tiny(tiny.get("patch_size", (32, 32, 32)), tiny.get("features", (8, 16, 32)), tiny.get("batch_size", 2))
     fingerprint(dataset_id, num_processes, foreground_voxels, verify)
-    _, ident = plan_experiment_dataset(dataset_id, _planner_class(planner), overwrite_plans_name=plans_name)
+    with planner_threads():
+        _, ident = plan_experiment_dataset(dataset_id, _planner_class(planner), overwrite_plans_name=plans_name)
     preprocess_dataset(dataset_id, ident, tuple(configurations), [num_processes] * len(configurations),
                        show_progress_bar=False)
     plans_file = os.path.join(str(nnUNet_preprocessed), convert_id_to_dataset_name(dataset_id), ident + ".json")

@@ -52,7 +52,9 @@ class _MMPretrainPlanning:
         if os.path.isfile(old_file):
             with open(old_file) as f:
                 self._previous_configurations = json.load(f).get("configurations", {})
-        plans = super().plan_experiment()
+        from nnunet_mmpretrain.planning.nnunet_plan import planner_threads
+        with planner_threads():  # nnUNet_n_proc_DA=0 is valid for training, not for torch.set_num_threads
+            plans = super().plan_experiment()
         plans = deepcopy(plans)
         for c in list(plans["configurations"]):
             if c != "3d_fullres":

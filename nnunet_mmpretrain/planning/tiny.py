@@ -52,6 +52,32 @@ def default_strides(patch_size: Sequence[int], n_stages: int) -> list:
     return strides
 
 
+def check_tiny(patch_size: Sequence[int], features: Sequence[int], batch_size: int) -> list:
+    """ValueError (one line, with the fix) for a configuration nnU-Net could not train: features
+    and batch must be positive, each patch axis divisible by the product of its strides (the
+    encoder halves it that often). Returns the strides."""
+    feats = [int(f) for f in features]
+    if not feats or min(feats) < 1:
+        raise ValueError(f"--features {' '.join(map(str, feats))}: every stage needs at least 1 feature "
+                         f"(e.g. --features 8 16 32).")
+    if int(batch_size) < 1:
+        raise ValueError(f"--batch {batch_size}: the batch size must be at least 1.")
+    if len(patch_size) != 3 or min(int(p) for p in patch_size) < 8:
+        raise ValueError(f"--patch {' '.join(map(str, patch_size))}: three sizes of at least 8 voxels "
+                         f"are needed (e.g. --patch 32 32 32).")
+    strides = default_strides(patch_size, len(feats))
+    for axis, p in enumerate(patch_size):
+        div = 1
+        for st in strides:
+            div *= st[axis]
+        if int(p) % div:
+            ok = max(div, int(p) // div * div)
+            raise ValueError(f"--patch {' '.join(map(str, patch_size))}: {p} (axis {axis}) is not divisible "
+                             f"by {div}, the product of the strides of the {len(feats)} stages on that axis; "
+                             f"use a multiple of {div} (e.g. {ok}) or fewer --features.")
+    return strides
+
+
 def add_tiny_configuration(plans_file: str, name: str = "3d_tiny", parent: str = "3d_fullres",
                            patch_size: Sequence[int] = (32, 32, 32), features: Sequence[int] = (8, 16, 32),
                            batch_size: int = 2) -> dict:
@@ -64,7 +90,7 @@ def add_tiny_configuration(plans_file: str, name: str = "3d_tiny", parent: str =
     par = plans["configurations"][parent]
     while "architecture" not in par and "inherits_from" in par:
         par = plans["configurations"][par["inherits_from"]]
-    strides = default_strides(patch_size, len(features))
+    strides = check_tiny(patch_size, features, batch_size)
     conf = {
         "inherits_from": parent,
         "patch_size": [int(p) for p in patch_size],
