@@ -116,8 +116,9 @@ def test_registry_is_the_one_source():
     """Converters and phantoms write one dataset.json form; the registry holds every release's."""
     from nnunet_mmpretrain.conversion import brats2021, msd_brain, upenn_gbm
     from nnunet_mmpretrain.synthetic import datasets as phantoms
-    assert labels.BRATS_LABELS == phantoms.BRATS_LABELS  # the phantoms keep their own copy (see report)
-    assert labels.BRATS_REGIONS_CLASS_ORDER == phantoms.BRATS_REGIONS_CLASS_ORDER == [2, 1, 3]
+    assert phantoms.BRATS_LABELS is labels.BRATS_LABELS      # one object: the phantoms read the registry
+    assert phantoms.BRATS_REGIONS_CLASS_ORDER is labels.BRATS_REGIONS_CLASS_ORDER
+    assert labels.BRATS_REGIONS_CLASS_ORDER == [2, 1, 3]
     assert brats2021.LABEL_MAP == upenn_gbm.LABEL_MAP == {0: 0, 1: 1, 2: 2, 4: 3}
     assert msd_brain.LABEL_MAP == {0: 0, 1: 2, 2: 1, 3: 3}
     assert labels.convention("brats2023").mapping == {0: 0, 1: 1, 2: 2, 3: 3}

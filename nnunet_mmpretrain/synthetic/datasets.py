@@ -21,13 +21,11 @@ from nnunet_mmpretrain.parallel import map_with_progress
 
 from nnunet_mmpretrain import modalities as mod
 from nnunet_mmpretrain.corpus.manifest import CorpusCase, CorpusManifest, save_manifest
+from nnunet_mmpretrain.labels import BRATS_LABELS, BRATS_REGIONS_CLASS_ORDER  # the house convention (BraTS 2023)
 from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json, atomic_write_text
 from nnunet_mmpretrain.synthetic.phantom import make_case
 
 SEG_MODALITIES = ("t1", "t1c", "t2", "flair")
-#: BraTS-2023 convention: 1 non-enhancing core / necrosis, 2 edema, 3 enhancing
-BRATS_LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [1, 3], "enhancing tumor": [3]}
-BRATS_REGIONS_CLASS_ORDER = [2, 1, 3]
 
 #: corpus sources: name -> (modalities, has tumour, scanner gain per modality)
 CORPUS_SOURCES: Dict[str, Tuple[Tuple[str, ...], bool, Dict[str, float]]] = {
