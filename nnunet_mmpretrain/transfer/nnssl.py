@@ -183,7 +183,7 @@ def downstream_plans(ap: dict, cls: str, kwargs: dict, req: list, patch: List[in
     pp = ap.get("pretrain_plan") or {}
     tf = pp.get("transpose_forward") or [0, 1, 2]
     tb = pp.get("transpose_backward") or [0, 1, 2]
-    rs = "nnunetv2.preprocessing.resampling.default_resampling.resample_data_or_seg_to_shape"
+    rs = "resample_data_or_seg_to_shape"
     kw = lambda seg, order: {"is_seg": seg, "order": order, "order_z": 0, "force_separate_z": None}
     return {
         "dataset_name": str(pp.get("dataset_name") or "nnssl_pretraining"), "plans_name": "nnsslImportPlans",
