@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 
-from nnunet_mmpretrain.cli._common import die
+from nnunet_mmpretrain.cli._common import die, disk_errors, output_file
 
 
 def _trainer_dir(a) -> str:
@@ -64,7 +64,16 @@ def main_predict(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not a.folder and not a.d:
         die("give -d DATASET (with -c/-tr/-p) or --folder TRAINER_FOLDER.")
+    if not os.path.isdir(a.i):
+        die(f"-i {a.i} is not a folder of images (CASE_0000.nii.gz, ...): check the path.")
+    output_file(a.o, "-o", inputs=[a.i])
     folder = _trainer_dir(a)
+    if not os.path.isdir(folder):
+        die(f"--folder {folder} does not exist: pass the trainer's results folder.")
+    for f in ("dataset.json", "plans.json"):
+        if not os.path.isfile(os.path.join(folder, f)):
+            die(f"{folder} has no {f}, so it is not a trained nnU-Net folder: train with nnUNetv2_train or "
+                f"pass the trainer's results folder.")
     import torch
     from nnunet_mmpretrain.classification.predict import ClassifierModelError, predict_folder, write_predictions_csv
     dev = a.device
@@ -77,7 +86,8 @@ def main_predict(argv=None) -> int:
         ids, probs, names = predict_folder(folder, a.i, a.f, a.chk, torch.device(dev), a.mirror)
     except ClassifierModelError as e:
         die(str(e))
-    write_predictions_csv(a.o, ids, probs, names)
+    with disk_errors(a.o):
+        write_predictions_csv(a.o, ids, probs, names)
     print(f"{len(ids)} case(s) classified with {len(a.f)} fold(s) of {folder} -> {a.o}")
     return 0
 
@@ -92,6 +102,10 @@ def main_summary(argv=None) -> int:
     if not a.folder and not a.d:
         die("give -d DATASET (with -c/-tr/-p) or --folder TRAINER_FOLDER.")
     folder = _trainer_dir(a)
+    if not os.path.isdir(folder):
+        die(f"--folder {folder} does not exist: pass the trainer's results folder.")
+    if a.o:
+        output_file(a.o, "-o")
     from nnunet_mmpretrain.classification.metrics import CV_FILE, cross_validation_summary, format_cv_table
     from nnunet_mmpretrain.io_utils import atomic_write_json
     try:
@@ -103,7 +117,8 @@ def main_summary(argv=None) -> int:
         if missing:
             die(f"fold(s) {', '.join(missing)} of {folder} have no summary.json: train and validate them first.")
     out = a.o or os.path.join(folder, CV_FILE)
-    atomic_write_json(cv, out)
+    with disk_errors(out):
+        atomic_write_json(cv, out)
     print(format_cv_table(cv))
     print(f"-> {out}")
     return 0

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from nnunet_mmpretrain.cli._common import die
+from nnunet_mmpretrain.cli._common import die, disk_errors, writable_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def validate_args(a) -> None:
     if not a.raw_dir:
         die("no output folder: set nnUNet_raw or pass --raw-dir FOLDER.")
+    if os.path.exists(a.raw_dir) and not os.path.isdir(a.raw_dir):
+        die(f"--raw-dir {a.raw_dir} is an existing file: name a folder (nnU-Net's raw folder).")
     what = {w.strip() for w in a.what.split(",") if w.strip()}
     bad = what - {"seg", "corpus", "cls"}
     if bad or not what:
@@ -71,20 +73,22 @@ def validate_args(a) -> None:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     validate_args(a)
+    writable_folder(a.raw_dir)
     from nnunet_mmpretrain.synthetic import datasets as ds
 
     t0 = time.time()
     made = []
     try:
-        if "seg" in a.what:
-            made.append(ds.make_segmentation_dataset(a.raw_dir, a.seg_id, a.num_train, a.num_test, a.spacing,
-                                                     a.seed, a.num_processes, a.overwrite))
-        if "corpus" in a.what:
-            made.append(ds.make_corpus(a.raw_dir, a.corpus_id, a.corpus_cases, a.spacing, a.seed,
-                                       a.num_processes, a.overwrite))
-        if "cls" in a.what:
-            made.append(ds.make_classification_dataset(a.raw_dir, a.cls_id, a.cls_cases, a.spacing, a.seed,
-                                                       a.num_processes, a.overwrite))
+        with disk_errors(a.raw_dir):
+            if "seg" in a.what:
+                made.append(ds.make_segmentation_dataset(a.raw_dir, a.seg_id, a.num_train, a.num_test,
+                                                         a.spacing, a.seed, a.num_processes, a.overwrite))
+            if "corpus" in a.what:
+                made.append(ds.make_corpus(a.raw_dir, a.corpus_id, a.corpus_cases, a.spacing, a.seed,
+                                           a.num_processes, a.overwrite))
+            if "cls" in a.what:
+                made.append(ds.make_classification_dataset(a.raw_dir, a.cls_id, a.cls_cases, a.spacing,
+                                                           a.seed, a.num_processes, a.overwrite))
     except FileExistsError as e:
         die(str(e))
     for m in made:

@@ -15,6 +15,20 @@ from nnunet_mmpretrain.cli._common import die, disk_errors, require_env, writabl
 TINY_DEFAULTS = {"patch": (32, 32, 32), "features": (8, 16, 32), "batch": 2}
 
 
+def _validation_line(e) -> str:
+    """One line for a corpus that failed validation: the first bad file, how many more, the fix."""
+    r = e.report
+    if r is None or not r.bad:
+        return str(e).strip().splitlines()[0]
+    cid, probs = next(iter(r.bad.items()))
+    path, reason = probs[0]
+    n = sum(len(v) for v in r.bad.values())
+    more = f" ({n - 1} more problem(s) in {len(r.bad)} case(s), listed above)" if n > 1 else ""
+    fix = ("fix or remove the files" if not r.ok else
+           "fix or remove the files, or re-run with --skip-bad to leave the bad cases out")
+    return f"corpus '{r.corpus_name}': {path}: {reason}{more}; {fix}"
+
+
 def main(argv=None) -> int:
     from nnunet_mmpretrain.planning.pretrain_planner import PRESETS
     p = argparse.ArgumentParser(prog="nnUNetv2_mmpretrain_plan_and_preprocess", description=__doc__,
@@ -59,6 +73,7 @@ def main(argv=None) -> int:
     writable_folder(os.environ["nnUNet_preprocessed"])
     from nnunet_mmpretrain.corpus.manifest import ManifestError
     from nnunet_mmpretrain.corpus.preprocess import plan_and_preprocess_corpus
+    from nnunet_mmpretrain.corpus.validate import CorpusValidationError
     from nnunet_mmpretrain.modalities import UnknownModalityError
     from nnunet_mmpretrain.planning.pretrain_planner import load_like
     try:
@@ -70,6 +85,9 @@ def main(argv=None) -> int:
                 from nnunet_mmpretrain.planning.tiny import add_tiny_configuration
                 add_tiny_configuration(r.plans_file, a.add_config, patch_size=a.patch, features=a.features,
                                        batch_size=a.batch)
+    except CorpusValidationError as e:  # every bad file on stdout, one line on stderr
+        print(e.report.summary() if e.report is not None else str(e))
+        die(_validation_line(e))
     except (ManifestError, UnknownModalityError, ValueError, FileNotFoundError, KeyError) as e:
         die(str(e).strip("'\""))
     except RuntimeError as e:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_mmpretrain.cli._common import die
+from nnunet_mmpretrain.cli._common import die, disk_errors, output_folder
 
 
 def main(argv=None) -> int:
@@ -28,12 +28,31 @@ def main(argv=None) -> int:
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
     p.add_argument("-np", type=int, default=1)
     a = p.parse_args(argv)
+    import os
+    if not os.path.isdir(a.i):
+        die(f"-i {a.i} is not a folder of images (CASE_XXXX.nii.gz): check the path.")
+    if a.bundle and not os.path.isdir(a.bundle):
+        die(f"--bundle {a.bundle} is not a bundle folder: pass the folder written by nnUNetv2_mmpretrain_export.")
+    if a.np < 1:
+        die(f"-np must be at least 1, got {a.np}.")
+    try:
+        folds = [f if f == "all" else int(f) for f in a.f]
+    except ValueError:
+        die(f"-f takes fold numbers or 'all', got {' '.join(a.f)}.")
+    if not os.environ.get("nnUNet_results"):
+        die("nnUNet_results is not set: export it (see nnU-Net's documentation/setting_up_paths.md).")
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    from nnunet_mmpretrain.transfer.predict import predict_with_templates
-    folds = [f if f == "all" else int(f) for f in a.f]
     try:
         model = get_output_folder(a.d, a.tr, a.p, a.c)
-        predict_with_templates(a.i, a.o, model, folds, a.bundle, a.chk, a.device, a.tta, a.np)
+    except RuntimeError as e:
+        die(f"{str(e).strip().splitlines()[0]} (-d {a.d}): check -d or $nnUNet_raw / $nnUNet_results.")
+    if not os.path.isdir(model):
+        die(f"no trained model at {model}: check -d/-c/-tr/-p or train it with nnUNetv2_train.")
+    output_folder(a.o, "-o", inputs=[a.i, model])
+    from nnunet_mmpretrain.transfer.predict import predict_with_templates
+    try:
+        with disk_errors(a.o):
+            predict_with_templates(a.i, a.o, model, folds, a.bundle, a.chk, a.device, a.tta, a.np)
     except (ValueError, FileNotFoundError) as e:
         die(str(e))
     return 0

@@ -67,13 +67,19 @@ class Staging:
         self.folder = folder
         self.what = what
         self.staged = bool(overwrite and not dry_run and os.path.isdir(folder))
+        self.created = not os.path.exists(folder)  # by this run: removed again when it stays empty
         parent, base = os.path.split(os.path.abspath(folder))
         self.build = os.path.join(parent, f".{base}.overwrite") if self.staged else folder
         self._old = os.path.join(parent, f".{base}.replaced")
         if self.staged:
             for p in (self.build, self._old):  # left by a killed earlier run (ours by name)
                 shutil.rmtree(p, ignore_errors=True)
-            os.makedirs(self.build)
+            try:
+                os.makedirs(self.build)
+            except OSError as e:
+                if not is_fatal_os_error(e):
+                    raise
+                raise OutputError(f"{os_error_line(e, what=self.build)}; {self.kept_line()}.") from None
 
     def kept_line(self, staged: Optional[bool] = None) -> str:
         if self.staged if staged is None else staged:
@@ -94,9 +100,17 @@ class Staging:
         self.staged = False
 
     def discard(self) -> None:
+        """Remove the half-built folder (staged), or the target when this run created it and
+        left it without a file."""
         if self.staged:
             shutil.rmtree(self.build, ignore_errors=True)
             self.staged = False
+        elif self.created and os.path.isdir(self.folder):
+            for cur, _dirs, _files in sorted(os.walk(self.folder), key=lambda w: -len(w[0])):
+                try:
+                    os.rmdir(cur)  # only empty folders
+                except OSError:
+                    pass
 
     def fail(self, e: BaseException) -> BaseException:
         """The exception to raise for ``e`` after removing the half-built folder: one line that

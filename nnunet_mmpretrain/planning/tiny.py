@@ -26,7 +26,8 @@ def shrink_architecture(arch: dict, features: Sequence[int], strides: Sequence[S
     old_n = int(kw["n_stages"])
     n = len(features)
     if n > old_n:
-        raise ValueError(f"cannot grow the network from {old_n} to {n} stages")
+        raise ValueError(f"--features gives {n} stages but the parent configuration's network has {old_n} "
+                         f"(small images): give at most {old_n} --features values")
     if len(strides) != n:
         raise ValueError(f"{n} stages need {n} strides, got {len(strides)}")
     for k, v in list(kw.items()):
