@@ -314,3 +314,33 @@ def test_cli(tmp_path, capsys, monkeypatch):
         cli.main(["csv-labels", c["images"], "--csv", c["csv"], "--id-column", "Subject", "--label-column",
                   "Group", "--class-map", "CN:0", "-o", raw])
     assert "NAME=INT" in capsys.readouterr().err
+
+
+def test_corpus_overwrite_of_one_source_is_staged(tmp_path, monkeypatch):
+    """--overwrite of one source of a multi-source corpus: built beside it (the other source's
+    files hard-linked), swapped in when complete; a failure leaves the corpus as it was."""
+    raw = str(tmp_path / "raw")
+    F.fake_subject_folders(str(tmp_path / "a"))
+    F.fake_ixi(str(tmp_path / "ixi"))
+    folder_corpus.convert(str(tmp_path / "a"), raw, name="Mixed", progress=False, print_summary=False)
+    ixi.convert(str(tmp_path / "ixi"), raw, dataset_id=553, name="Mixed", progress=False, print_summary=False)
+    folder = os.path.join(raw, "Dataset553_Mixed")
+    before = {f: os.path.getsize(os.path.join(folder, f)) for f in F.tree(folder)}
+    sources = {c.source for c in load_manifest(folder).cases}
+    assert len(sources) == 2
+
+    def full(src, fold, final, link):
+        raise OSError(errno.ENOSPC, "No space left on device", final)
+
+    monkeypatch.setattr(execute, "place_file", full)
+    monkeypatch.setattr(execute, "write_image", lambda img, fold, final: full(None, fold, final, True))
+    with pytest.raises(ConversionError, match="previous corpus in .* is unchanged"):
+        folder_corpus.convert(str(tmp_path / "a"), raw, name="Mixed", overwrite=True, progress=False)
+    assert {f: os.path.getsize(os.path.join(folder, f)) for f in F.tree(folder)} == before
+    assert sorted(os.listdir(raw)) == ["Dataset553_Mixed"]
+    monkeypatch.undo()
+    s = folder_corpus.convert(str(tmp_path / "a"), raw, name="Mixed", overwrite=True, progress=False)
+    man = load_manifest(folder)
+    assert {c.source for c in man.cases} == sources and len(s.converted) == 3
+    assert all(os.path.isfile(man.path(c, m)) for c in man.cases for m in c.images)
+    assert sorted(os.listdir(raw)) == ["Dataset553_Mixed"]
