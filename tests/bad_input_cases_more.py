@@ -212,6 +212,12 @@ def register(case, img, damage):  # noqa: C901 - one table of cases
         p = damage(os.path.join(labelled(ws), "labelsTr", "y.nii.gz"), "truncated")
         return (*tiny(), [p, "truncated"])
 
+    @case("tiny_plans: nnUNet_n_proc_DA negative")
+    def _(ws):
+        labelled(ws)
+        ws.mp.setenv("nnUNet_n_proc_DA", "-2")
+        return (*tiny(), ["nnUNet_n_proc_DA", "'-2'"])
+
     @case("tiny_plans: nnUNet_raw unset")
     def _(ws):
         ws.mp.delenv("nnUNet_raw")
@@ -307,6 +313,12 @@ def register(case, img, damage):  # noqa: C901 - one table of cases
         model(ws)
         open(ws.p("b.pth"), "w").write("x")
         return (*predict(ws, "-i", ws.p("in"), "-o", ws.p("out"), "--bundle", ws.p("b.pth")), ["--bundle", ws.p("b.pth")])
+
+    @case("predict: nnUNet_n_proc_DA not a number")
+    def _(ws):
+        model(ws)
+        ws.mp.setenv("nnUNet_n_proc_DA", "many")
+        return (*predict(ws, "-i", ws.p("in"), "-o", ws.p("out")), ["nnUNet_n_proc_DA", "'many'"])
 
     @case("predict: bad -f")
     def _(ws):

@@ -69,16 +69,25 @@ def test_catalogue_count():
     assert len(CATALOGUE) == len({c[0] for c in CATALOGUE}) >= 60
 
 
-def test_planning_accepts_n_proc_da_zero(monkeypatch):
-    """nnUNet_n_proc_DA=0 is valid for nnU-Net training; planning must not pass 0 to torch."""
-    import torch
-    from nnunet_mmpretrain.planning.nnunet_plan import planner_threads
-    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    n = torch.get_num_threads()
-    with planner_threads():
-        torch.set_num_threads(get_allowed_n_proc_DA())  # what nnU-Net's planner does
-    torch.set_num_threads(n)
+def test_planning_accepts_n_proc_da_zero(ws, capsys):
+    """nnUNet_n_proc_DA=0 is valid for nnU-Net training (augmentation in the main process); nnU-Net's
+    planner would hand it to torch.set_num_threads and fail. Planning a corpus works with it."""
+    import json
+    import numpy as np
+    import release_fakes as F
+    from nnunet_mmpretrain.cli.plan_and_preprocess import main
+    folder = os.path.join(ws.raw, "Dataset900_C")
+    cases = []
+    for i, c in enumerate("ab"):
+        for j, m in enumerate(("t1", "t2")):
+            F.write(os.path.join(folder, "images", f"{c}_{m}.nii.gz"),
+                    np.random.default_rng(2 * i + j).random((24, 28, 26)).astype(np.float32) + 1)
+        cases.append({"case_id": c, "images": {m: f"images/{c}_{m}.nii.gz" for m in ("t1", "t2")}})
+    json.dump({"name": "C", "cases": cases}, open(os.path.join(folder, "manifest.json"), "w"))
+    ws.mp.setenv("nnUNet_n_proc_DA", "0")
+    assert main(["-d", "900", "-np", "1", "--plan-only", "--add-config", "3d_t", "--patch", "16", "16", "16"]) == 0
+    plans = json.load(open(os.path.join(ws.pre, "Dataset900_C", "mmPretrainPlans.json")))
+    assert plans["configurations"]["3d_t"]["patch_size"] == [16, 16, 16]
     assert os.environ["nnUNet_n_proc_DA"] == "0"
 
 

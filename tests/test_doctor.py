@@ -16,6 +16,7 @@ def env(tmp_path, monkeypatch):
         (tmp_path / var).mkdir()
         monkeypatch.setenv(var, str(tmp_path / var))
     monkeypatch.setenv("nnUNet_extTrainer", ext_trainer_value(None))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     return tmp_path
 
 
@@ -29,10 +30,10 @@ def test_passes_in_the_test_environment(env, capsys):
     rc, lines, _ = _run(capsys)
     checks = [ln for ln in lines if ln.startswith(("ok", "FAIL"))]
     assert rc == 0, lines
-    assert len(checks) == 9 and all(ln.startswith("ok ") for ln in checks)
+    assert len(checks) == 10 and all(ln.startswith("ok ") for ln in checks)
     names = {ln.split()[1].rstrip(":") for ln in checks}
     assert {"nnunetv2", "torch", "torchvision", "dynamic-network-architectures", "blosc2", "nnUNet_raw",
-            "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"} == names
+            "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA", "nnUNet_extTrainer"} == names
     assert "nnUNetTrainerMMPretrain" in [ln for ln in checks if "extTrainer" in ln][0]
 
 
@@ -42,6 +43,7 @@ def test_passes_in_the_test_environment(env, capsys):
     ("nnUNet_raw", "missing", "does not exist"),
     ("nnUNet_extTrainer", "unset", "not set"),
     ("nnUNet_extTrainer", "other", "does not list"),
+    ("nnUNet_n_proc_DA", "-1", "whole number"),
 ])
 def test_fails_naming_the_check(env, capsys, monkeypatch, var, how, needle):
     if how == "unset":
@@ -51,10 +53,12 @@ def test_fails_naming_the_check(env, capsys, monkeypatch, var, how, needle):
         monkeypatch.setenv(var, str(env / "afile"))
     elif how == "missing":
         monkeypatch.setenv(var, str(env / "nowhere"))
+    elif how == "-1":
+        monkeypatch.setenv(var, how)
     else:
         monkeypatch.setenv(var, str(env))
     rc, lines, err = _run(capsys)
-    fails = [ln for ln in lines if ln.startswith("FAIL")]
+    fails = [ln for ln in lines if ln.startswith("FAIL") and "not checked" not in ln]
     assert rc != 0 and len(fails) == 1 and fails[0].startswith(f"FAIL {var}:") and needle in fails[0]
     assert var in err
 

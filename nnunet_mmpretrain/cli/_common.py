@@ -20,6 +20,16 @@ def require_env(*names: str) -> None:
             die(f"{var} is not set: export it (see nnU-Net's documentation/setting_up_paths.md).")
 
 
+def check_n_proc_da() -> None:
+    """nnU-Net reads ``$nnUNet_n_proc_DA`` with int() when it is imported: a bad value would be a
+    traceback from inside nnU-Net. Call before importing nnunetv2."""
+    from nnunet_mmpretrain.planning.nnunet_plan import n_proc_da
+    try:
+        n_proc_da()
+    except ValueError as e:
+        die(str(e))
+
+
 def _same(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 

@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 
-from nnunet_mmpretrain.cli._common import die, disk_errors, output_file
+from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors, output_file
 
 
 def _trainer_dir(a) -> str:
@@ -61,6 +61,7 @@ def main_predict(argv=None) -> int:
                    help="device (default cuda; cpu when no GPU is present)")
     p.add_argument("--mirror", action="store_true", help="test-time mirroring on the three axes")
     a = p.parse_args(argv)
+    check_n_proc_da()  # before nnU-Net is imported (it reads the variable on import)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not a.folder and not a.d:
         die("give -d DATASET (with -c/-tr/-p) or --folder TRAINER_FOLDER.")
@@ -99,6 +100,7 @@ def main_summary(argv=None) -> int:
     p.add_argument("-f", nargs="+", help="folds to summarise (default: every fold_N with a summary.json)")
     p.add_argument("-o", help="output JSON (default: cv_summary.json in the trainer folder)")
     a = p.parse_args(argv)
+    check_n_proc_da()  # before nnU-Net is imported (it reads the variable on import)
     if not a.folder and not a.d:
         die("give -d DATASET (with -c/-tr/-p) or --folder TRAINER_FOLDER.")
     folder = _trainer_dir(a)

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from nnunet_mmpretrain.cli._common import die, disk_errors, require_env, writable_folder
+from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors, require_env, writable_folder
 
 TINY_DEFAULTS = {"patch": (32, 32, 32), "features": (8, 16, 32), "batch": 2}
 
@@ -30,6 +30,7 @@ def _validation_line(e) -> str:
 
 
 def main(argv=None) -> int:
+    check_n_proc_da()  # before nnU-Net is imported (it reads the variable on import)
     from nnunet_mmpretrain.planning.pretrain_planner import PRESETS
     p = argparse.ArgumentParser(prog="nnUNetv2_mmpretrain_plan_and_preprocess", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,8 +67,6 @@ def main(argv=None) -> int:
     try:
         if a.add_config:
             check_tiny(a.patch, a.features, a.batch)  # refused before any work is spent
-        from nnunet_mmpretrain.planning.nnunet_plan import n_proc_da
-        n_proc_da()  # an integer (0 is fine: planning sees 1)
     except ValueError as e:
         die(str(e))
     writable_folder(os.environ["nnUNet_preprocessed"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_mmpretrain.cli._common import die, disk_errors, output_folder
+from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors, output_folder
 
 
 def main(argv=None) -> int:
@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
     p.add_argument("-np", type=int, default=1)
     a = p.parse_args(argv)
+    check_n_proc_da()  # before nnU-Net is imported (it reads the variable on import)
     import os
     if not os.path.isdir(a.i):
         die(f"-i {a.i} is not a folder of images (CASE_XXXX.nii.gz): check the path.")

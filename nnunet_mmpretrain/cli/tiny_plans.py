@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from nnunet_mmpretrain.cli._common import die, disk_errors, require_env, writable_folder
+from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors, require_env, writable_folder
 
 
 def main(argv=None) -> int:
@@ -27,13 +27,13 @@ def main(argv=None) -> int:
     p.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--no-verify", action="store_true", help="skip nnU-Net's dataset integrity check")
     a = p.parse_args(argv)
+    check_n_proc_da()  # before nnU-Net is imported (it reads the variable on import)
     require_env("nnUNet_raw", "nnUNet_preprocessed")
     if a.np < 1:
         die(f"-np must be at least 1, got {a.np}.")
-    from nnunet_mmpretrain.planning.nnunet_plan import n_proc_da, plan_and_preprocess
+    from nnunet_mmpretrain.planning.nnunet_plan import plan_and_preprocess
     from nnunet_mmpretrain.planning.tiny import check_tiny
     try:
-        n_proc_da()
         check_tiny(a.patch, a.features, a.batch)  # refused before any work is spent
     except ValueError as e:
         die(str(e))
