@@ -81,6 +81,22 @@ def test_bundle_to_nnssl_to_bundle_keeps_every_tensor(bundle, tmp_path, capsys):
     assert torch.allclose(ck["network_weights"][w], mean) and ck["network_weights"][w].shape[1] == 1
     assert not torch.allclose(ck["network_weights"][w], b["stems"][trained[0]][w])   # a mean, not one stem
 
+    # what nnU-Net's documented loader does with it: a 4-channel network from architecture_plans
+    # takes the stages as they are and the stem repeated over the channels / 4, strictly
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    archp = ap["architecture_plans"]
+    net = get_network_from_plans("dynamic_network_architectures.architectures.unet." + archp["arch_class_name"],
+                                 archp["arch_kwargs"], archp["arch_kwargs_requiring_import"], 4, 3, allow_init=True)
+    sd = ck["network_weights"]
+    enc, stem = ap["key_to_encoder"] + ".", ap["key_to_stem"] + "."
+    net.get_submodule(ap["key_to_encoder"]).load_state_dict(
+        {k[len(enc):]: v for k, v in sd.items() if k.startswith(enc)}, strict=True)
+    stem_sd = {k[len(stem):]: v for k, v in sd.items() if k.startswith(stem)}
+    for p in ap["keys_to_in_proj"]:
+        stem_sd[p[len(stem):] + ".weight"] = sd[w].repeat(1, 4, 1, 1, 1) / 4
+    net.get_submodule(ap["key_to_stem"]).load_state_dict(stem_sd, strict=True)
+    assert set(sd) == {k for k in net.state_dict() if k.startswith((enc, stem))}
+
     rc, out, err = _cli(import_nnssl, [pth, "-o", str(tmp_path / "back")], capsys)
     assert rc == 0, err
     back = load_bundle(str(tmp_path / "back"))

@@ -151,11 +151,13 @@ def _architecture(ap: dict, problems: List[str]) -> Optional[Tuple[str, dict, li
     name = str(archp.get("arch_class_name"))
     kwargs = archp.get("arch_kwargs")
     short = name.rsplit(".", 1)[-1]
-    if short == "ResEncL" and not kwargs:
-        return DYNAMIC_CLASSES["ResidualEncoderUNet"], deepcopy(RESENC_L), list(REQUIRES_IMPORT)
+    if short in ("ResEncL", "NoSkipResEncL"):      # presets; the no-skip variant differs in its decoder only
+        if not kwargs:
+            return DYNAMIC_CLASSES["ResidualEncoderUNet"], deepcopy(RESENC_L), list(REQUIRES_IMPORT)
+        short = "ResidualEncoderUNet"
     if short not in DYNAMIC_CLASSES:
-        problems.append(f"architecture_plans.arch_class_name = {name} (need ResidualEncoderUNet, PlainConvUNet or "
-                        f"ResEncL)")
+        problems.append(f"architecture_plans.arch_class_name = {name} (need ResidualEncoderUNet, PlainConvUNet, "
+                        f"ResEncL or NoSkipResEncL)")
         return None
     if not isinstance(kwargs, dict):
         problems.append(f"architecture_plans.arch_kwargs = {kwargs!r} (need the dynamic-network-architectures kwargs)")
