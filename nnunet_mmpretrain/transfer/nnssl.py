@@ -230,11 +230,17 @@ def nnssl_to_bundle(ck: dict, path: str) -> dict:
         problems.append(f"key_to_lpe = {ap.get('key_to_lpe')} (learnable positional embeddings: transformer, "
                         f"not expressible as nnU-Net plans here)")
     patch = ap.get("recommended_downstream_patchsize")
-    if not (isinstance(patch, (list, tuple)) and len(patch) == 3 and all(int(p) > 0 for p in patch)):
+    if not (isinstance(patch, (list, tuple)) and len(patch) == 3 and
+            all(isinstance(p, (int, float)) and int(p) > 0 for p in patch)):
         problems.append(f"recommended_downstream_patchsize = {patch} (need 3 positive sizes: 3D)")
-    for f in ("key_to_encoder", "key_to_stem", "keys_to_in_proj"):
-        if not ap.get(f):
-            problems.append(f"{f} = {ap.get(f)!r} (missing)")
+    for f in ("key_to_encoder", "key_to_stem"):
+        if not isinstance(ap.get(f), str) or not ap.get(f):
+            problems.append(f"{f} = {ap.get(f)!r} (need a state-dict prefix such as 'encoder.stages')")
+    if not isinstance(ap.get("keys_to_in_proj"), (list, tuple)) or not ap.get("keys_to_in_proj"):
+        problems.append(f"keys_to_in_proj = {ap.get('keys_to_in_proj')!r} (need the input projection's module names)")
+    bad = [k for k, v in ck["network_weights"].items() if not isinstance(v, torch.Tensor)][:3]
+    if bad:
+        problems.append(f"network_weights hold non-tensors under {bad}")
     arch = _architecture(ap, problems)
     if problems:
         raise NnsslError(f"{path}: our plans cannot express this checkpoint's topology: " + "; ".join(problems) +
