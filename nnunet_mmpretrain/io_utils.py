@@ -109,6 +109,27 @@ def free_bytes(path: str) -> Optional[int]:
         return None
 
 
+def diagnose_disk(path: str, min_free: int = 1 << 20) -> Optional[OSError]:
+    """An OSError describing why writing under ``path`` fails (read-only file system, less than
+    ``min_free`` bytes free), or None. For writers that report a failed write without errno
+    (SimpleITK's and blosc2's RuntimeError)."""
+    p = os.path.abspath(path)
+    while p and not os.path.exists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+    if st.f_bavail * st.f_frsize < min_free:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    return None
+
+
 def os_error_line(e: OSError, needed_bytes: Optional[int] = None, what: str = "the output folder") -> str:
     """One line for an OSError of the output disk, naming the path and the fix."""
     path = e.filename or what

@@ -70,18 +70,23 @@ def writable_folder(path: str) -> None:
             f.write("x")
         os.remove(probe)
     except OSError as e:
-        if e.filename is None:
-            e.filename = path
-        die(os_error_line(e))
+        die(os_error_line(OSError(e.errno, e.strerror, path)))
 
 
 @contextlib.contextmanager
 def disk_errors(what: str = "the output folder") -> Iterator[None]:
-    """A full, read-only or forbidden disk met while working: one line naming the path."""
-    from nnunet_mmpretrain.io_utils import is_fatal_os_error, os_error_line
+    """A full, read-only or forbidden disk met while working under ``what``: one line naming the
+    path. Writers that report a failed write as RuntimeError (blosc2, SimpleITK) are checked
+    against the state of the disk holding ``what``."""
+    from nnunet_mmpretrain.io_utils import diagnose_disk, is_fatal_os_error, os_error_line
     try:
         yield
     except OSError as e:
         if is_fatal_os_error(e):
             die(os_error_line(e, what=what))
+        raise
+    except RuntimeError:
+        disk = diagnose_disk(what)
+        if disk is not None:
+            die(os_error_line(disk, what=what) + " (finished cases are kept; a re-run resumes)")
         raise

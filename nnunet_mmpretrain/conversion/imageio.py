@@ -187,15 +187,11 @@ def _commit(tmp: str, final: str) -> None:
 
 def _write_failure(e: RuntimeError, tmp: str) -> BaseException:
     """SimpleITK reports a failed write as RuntimeError: an OSError when the disk is the cause."""
+    from nnunet_mmpretrain.io_utils import diagnose_disk
     d = os.path.dirname(tmp)
-    try:
-        st = os.statvfs(d)
-        if st.f_flag & os.ST_RDONLY:
-            return OSError(errno.EROFS, os.strerror(errno.EROFS), tmp)
-        if st.f_bavail * st.f_frsize < 1 << 20:
-            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
-    except OSError:
-        pass
+    disk = diagnose_disk(d)
+    if disk is not None:
+        return OSError(disk.errno, disk.strerror, tmp)
     if not os.access(d, os.W_OK):
         return OSError(errno.EACCES, os.strerror(errno.EACCES), tmp)
     return e
@@ -219,23 +215,34 @@ def place_file(src: str, folder: str, final: str, link: bool) -> str:
     """Hard-link (or copy) ``src`` to ``final`` through a temporary name. Returns 'linked',
     'copied' or 'fallback' (link requested but impossible: copied)."""
     tmp = _tmp_for(folder, final)
-    how = "copied"
     try:
-        if link:
-            try:
-                os.link(src, tmp)
-                how = "linked"
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK,
-                                   errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
-                    raise
-                how = "fallback"
-        if how != "linked":
-            shutil.copyfile(src, tmp)
+        how = _link_or_copy(src, tmp, link)
         _commit(tmp, final)
+    except OSError as e:
+        if e.errno in _OUTPUT_ERRNOS:  # the output disk (full / read-only), not the source file
+            raise OSError(e.errno, e.strerror, final) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    return how
+
+
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _link_or_copy(src: str, tmp: str, link: bool) -> str:
+    how = "copied"
+    if link:
+        try:
+            os.link(src, tmp)
+            return "linked"
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK,
+                               errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            how = "fallback"
+    shutil.copyfile(src, tmp)
     return how
 
 

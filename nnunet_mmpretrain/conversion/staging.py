@@ -84,6 +84,8 @@ class Staging:
     def kept_line(self, staged: Optional[bool] = None) -> str:
         if self.staged if staged is None else staged:
             return f"the previous {self.what} in {self.folder} is unchanged"
+        if self.created and not os.path.isdir(self.folder):
+            return "nothing was written"
         return f"finished cases in {self.folder} are kept (a re-run resumes)"
 
     def commit(self) -> None:
