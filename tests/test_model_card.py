@@ -41,7 +41,8 @@ def test_bundle_json_and_model_card_describe_the_run(bundle, pretrained):
     assert set(c["sources"]) == {"phantom_brats", "phantom_ixi"}
     assert sum(c["scans_per_modality"].values()) == sum(len(v) for v in cases.values())
     assert meta["method"]["trainer"] == "nnUNetTrainerMMPretrain_5epochs" and meta["method"]["objective"]["w_md"] > 0
-    assert meta["schedule"]["epochs_completed"] == 5
+    assert meta["schedule"]["epochs_completed"] == 5 and meta["schedule"]["planned_epochs"] == 5
+    assert meta["method"]["settings"]["mask_ratio"] > 0 and meta["schedule"]["patch_size"] == [32, 32, 32]
     for view in ("template_view", "cross_modal_view"):
         r = meta["proxy_task"][view]
         assert r["masked_mse"] > 0 and r["baseline_patch_mean"] > 0

@@ -65,10 +65,29 @@ def _proxy_task(mm_log: dict) -> dict:
     return out
 
 
+def _trainer_settings(name: Optional[str]) -> dict:
+    """Class-level settings of our pretraining trainer ``name`` (schedule, masking, optimiser), or {}."""
+    import importlib
+    for mod in ("nnunet_mmpretrain.training.pretrain_variants", "nnunet_mmpretrain.training.pretrain"):
+        cls = getattr(importlib.import_module(mod), str(name), None)
+        if cls is not None:
+            sch = getattr(cls, "schedule", None)
+            out = {k: getattr(cls, k) for k in ("mask_ratio", "block_size", "lr", "weight_decay", "template_lr",
+                                                 "decoder") if isinstance(getattr(cls, k, None), (int, float, str))}
+            if sch is not None:
+                out.update(planned_epochs=sch.epochs, iterations_per_epoch=sch.iterations,
+                           val_iterations_per_epoch=sch.val_iterations)
+            return out
+    return {}
+
+
 def describe_checkpoint(ck: dict, checkpoint_path: str) -> dict:
     """Model-card fields of a pretraining checkpoint dict (see module docstring)."""
     plans = json.loads(ck["init_args"]["plans"])
     block = plans.get("mmpretrain", {})
+    conf_name = ck["init_args"]["configuration"]
+    from nnunet_mmpretrain.planning.transfer import resolved_configuration
+    conf = resolved_configuration(plans, conf_name)
     fold = os.path.dirname(os.path.abspath(checkpoint_path))
     ds = ck.get("identity", {}).get("dataset_name") or plans.get("dataset_name")
     pre = os.path.join(os.environ.get("nnUNet_preprocessed", ""), str(ds))
@@ -97,16 +116,22 @@ def describe_checkpoint(ck: dict, checkpoint_path: str) -> dict:
     lrs = [x for x in log.get("lr") or [] if _finite(x) is not None]
     summary_file = _json_path(os.path.join(fold, "pretraining_summary", "summary.json"))
     summary = json.load(open(summary_file)) if summary_file else None
+    settings = _trainer_settings(ck.get("trainer_name"))
+    method["settings"] = {k: v for k, v in settings.items() if "epoch" not in k}
+    nl = ck.get("nnunet_logging") or {}
+    t0, t1 = (nl.get("epoch_start_timestamps") or [None])[0], (nl.get("epoch_end_timestamps") or [None])[-1]
     schedule = {"checkpoint": os.path.basename(checkpoint_path), "epochs_completed": int(ck.get("current_epoch", 0)),
+                "planned_epochs": settings.get("planned_epochs"),
+                "iterations_per_epoch": settings.get("iterations_per_epoch"),
                 "initial_lr": lrs[0] if lrs else None, "final_lr": lrs[-1] if lrs else None,
+                "wall_time_hours": round((t1 - t0) / 3600, 4) if _finite(t0) is not None and _finite(t1) is not None
+                else None,
+                "batch_size": conf.get("batch_size"), "patch_size": conf.get("patch_size"),
                 "epochs_in_summary": summary.get("epochs") if summary else None}
     proxy = _proxy_task(log)
     if summary and not any(v.get("masked_mse") is not None for v in proxy.values() if isinstance(v, dict)):
         proxy = _proxy_task({k: [v] for k, v in (summary.get("last") or {}).items()})
     proxy["summary_file"] = summary_file
-    conf_name = ck["init_args"]["configuration"]
-    from nnunet_mmpretrain.planning.transfer import resolved_configuration
-    conf = resolved_configuration(plans, conf_name)
     plans_fp = {"plans_name": plans.get("plans_name"), "configuration": conf_name,
                 "plans_sha256": hashlib.sha256(json.dumps(plans, sort_keys=True).encode()).hexdigest(),
                 "spacing": conf.get("spacing"), "patch_size": conf.get("patch_size"),
@@ -188,13 +213,16 @@ def render_model_card(meta: dict) -> str:
               f"- cases: {_fmt(c.get('case_count'))}; scans per modality: {_fmt(c.get('scans_per_modality'))}",
               f"- case list SHA256: {_fmt(c.get('case_list_sha256'))}", "",
               "## Method", f"- {_fmt(m.get('description'))}", f"- trainer: {_fmt(m.get('trainer'))}",
-              f"- objective: `{json.dumps(m.get('objective'))}`", "",
-              "## Schedule", f"- checkpoint {_fmt(s.get('checkpoint'))}, epochs completed {_fmt(s.get('epochs_completed'))}",
+              f"- objective: `{json.dumps(m.get('objective'))}`",
+              f"- settings: `{json.dumps(m.get('settings'))}`", "",
+              "## Schedule", f"- checkpoint {_fmt(s.get('checkpoint'))}, epochs completed {_fmt(s.get('epochs_completed'))} "
+              f"of {_fmt(s.get('planned_epochs'))} ({_fmt(s.get('iterations_per_epoch'))} iterations each, batch "
+              f"{_fmt(s.get('batch_size'))}, patch {_fmt(s.get('patch_size'))}; {_fmt(s.get('wall_time_hours'))} h)",
               f"- learning rate {_fmt(s.get('initial_lr'))} -> {_fmt(s.get('final_lr'))}", "",
               "## Final proxy-task errors (validation, masked voxels)", "",
               "| view | masked MSE | patch-mean baseline | ratio | fill baseline | ratio |", "|---|---|---|---|---|---|"]
-    for v in ("template_view", "cross_modal_view"):
-        r = p.get(v) or {}
+    for v in [x for x in ("template_view", "cross_modal_view", "joint_view") if x in p]:
+        r = p[v] or {}
         lines.append(f"| {v} | {_fmt(r.get('masked_mse'))} | {_fmt(r.get('baseline_patch_mean'))} | "
                      f"{_fmt(r.get('ratio_to_patch_mean'))} | {_fmt(r.get('baseline_fill'))} | "
                      f"{_fmt(r.get('ratio_to_fill'))} |")
