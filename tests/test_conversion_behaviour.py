@@ -175,6 +175,17 @@ def test_written_files_get_the_umask_mode(brats, umask):
         assert os.stat(f).st_mode & 0o777 == want, f
 
 
+def test_kill_between_the_two_renames_of_overwrite_is_recovered(brats):
+    rel, raw = brats
+    brats2021.convert(rel, raw, progress=False)
+    folder = os.path.join(raw, DS)
+    before = F.tree(folder)
+    os.rename(folder, os.path.join(raw, "." + DS + ".replaced"))  # the swap's first rename only
+    os.makedirs(os.path.join(raw, "." + DS + ".overwrite", "imagesTr"))
+    s = brats2021.convert(rel, raw, progress=False)
+    assert len(s.already_done) == 3 and F.tree(folder) == before and os.listdir(raw) == [DS]
+
+
 def test_release_inside_the_target_is_refused(tmp_path):
     raw = tmp_path / "raw"
     rel = raw / DS / "release"

@@ -7,7 +7,7 @@ from typing import Dict, List, Sequence
 from nnunet_mmpretrain.conversion.execute import run_cases
 from nnunet_mmpretrain.conversion.imageio import image_grid
 from nnunet_mmpretrain.conversion.spec import CaseSpec, corpus_image_dst
-from nnunet_mmpretrain.conversion.staging import Staging, link_tree, refuse_release_inside
+from nnunet_mmpretrain.conversion.staging import Staging, link_tree, refuse_release_inside, restore_interrupted
 from nnunet_mmpretrain.conversion.summary import CaseSkip, ConversionError, ConversionSummary, report_summary
 from nnunet_mmpretrain.corpus.manifest import (CorpusCase, CorpusManifest, ManifestError, MANIFEST_NAME,
                                                load_manifest, save_manifest)
@@ -27,6 +27,8 @@ def convert_corpus(kind: str, specs: Sequence[CaseSpec], folder: str, sources: D
     if not specs:
         raise ConversionError(f"no {kind} cases found.")
     these = set(sources) | {s.info.get("source") for s in specs}
+    if not dry_run:
+        restore_interrupted(folder)
     old = None
     mpath = os.path.join(folder, MANIFEST_NAME)
     if os.path.isfile(mpath):

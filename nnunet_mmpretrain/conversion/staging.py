@@ -58,6 +58,16 @@ def estimate_bytes(specs: Iterable[CaseSpec]) -> int:
     return n
 
 
+def restore_interrupted(folder: str) -> None:
+    """An ``--overwrite`` killed between its two renames left the previous complete folder as
+    ``.<name>.replaced`` and no ``<name>``: rename it back (call before reading the folder)."""
+    parent, base = os.path.split(os.path.abspath(folder))
+    old = os.path.join(parent, f".{base}.replaced")
+    if not os.path.exists(folder) and os.path.isdir(old):
+        os.rename(old, folder)
+        log.warning("restored %s from an interrupted --overwrite", folder)
+
+
 class Staging:
     """Where a conversion writes. Without ``--overwrite`` (or when the target does not exist yet)
     that is the target itself (per-file atomic writes, resumable). With ``--overwrite`` of an
@@ -66,14 +76,18 @@ class Staging:
     def __init__(self, folder: str, overwrite: bool, dry_run: bool, what: str = "dataset"):
         self.folder = folder
         self.what = what
+        parent, base = os.path.split(os.path.abspath(folder))
+        self._old = os.path.join(parent, f".{base}.replaced")
+        staging = os.path.join(parent, f".{base}.overwrite")
+        if not dry_run:
+            restore_interrupted(folder)
         self.staged = bool(overwrite and not dry_run and os.path.isdir(folder))
         self.created = not os.path.exists(folder)  # by this run: removed again when it stays empty
-        parent, base = os.path.split(os.path.abspath(folder))
-        self.build = os.path.join(parent, f".{base}.overwrite") if self.staged else folder
-        self._old = os.path.join(parent, f".{base}.replaced")
-        if self.staged:
-            for p in (self.build, self._old):  # left by a killed earlier run (ours by name)
+        self.build = staging if self.staged else folder
+        if not dry_run:
+            for p in (staging, self._old):  # left by a killed earlier run (ours by name)
                 shutil.rmtree(p, ignore_errors=True)
+        if self.staged:
             try:
                 os.makedirs(self.build)
             except OSError as e:
