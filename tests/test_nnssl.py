@@ -204,6 +204,38 @@ def test_plans_bundle_entry_survives_moving_and_a_missing_bundle_names_both_path
     assert str(moved / "bundles" / "gone") in str(e.value) and "/old/results/bundles/b" in str(e.value)
 
 
+def test_bundle_entry_is_relative_to_an_nnunet_folder_and_resolves_after_a_move(tmp_path, monkeypatch):
+    from nnunet_mmpretrain.planning.transfer import _bundle_entry, resolve_bundle
+    results, pre = tmp_path / "results", tmp_path / "pre"
+    (results / "Dataset1_X" / "b").mkdir(parents=True)
+    (results / "Dataset1_X" / "b" / "encoder_bundle.pt").write_text("w")
+    (pre / "Dataset2_Y").mkdir(parents=True)
+    monkeypatch.setattr("nnunetv2.paths.nnUNet_results", str(results))
+    monkeypatch.setattr("nnunetv2.paths.nnUNet_preprocessed", str(pre))
+    e = _bundle_entry(str(results / "Dataset1_X" / "b"), str(pre / "Dataset2_Y"), "p")
+    assert e["bundle"] == os.path.join("Dataset1_X", "b") and e["bundle_root"] == "nnUNet_results"
+    outside = tmp_path / "elsewhere" / "b"
+    outside.mkdir(parents=True)
+    (outside / "encoder_bundle.pt").write_text("v1")
+    (outside / "stale.txt").write_text("x")
+    _bundle_entry(str(outside), str(pre / "Dataset2_Y"), "p")
+    (outside / "stale.txt").unlink()
+    (outside / "encoder_bundle.pt").write_text("v2")
+    e2 = _bundle_entry(str(outside), str(pre / "Dataset2_Y"), "p")     # a second transfer replaces the copy whole
+    assert e2["bundle_root"] == "nnUNet_preprocessed" and e2["bundle"] == os.path.join("Dataset2_Y", "mmpretrain_bundle_p")
+    assert sorted(os.listdir(pre / e2["bundle"])) == ["encoder_bundle.pt"]
+    assert (pre / e2["bundle"] / "encoder_bundle.pt").read_text() == "v2"
+    # move both nnU-Net folders; the entries follow the variables
+    os.rename(results, tmp_path / "results2")
+    os.rename(pre, tmp_path / "pre2")
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results2"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre2"))
+    for entry in (e, e2):
+        path, recorded = resolve_bundle(entry)
+        assert os.path.isfile(os.path.join(path, "encoder_bundle.pt")) and path.startswith(str(tmp_path) + "/")
+        assert recorded == entry["bundle_written_at"] and not os.path.exists(recorded)
+
+
 def test_corpus_as_transfer_target_is_refused(planned_corpus):
     folder = planned_corpus["folder"]
     before = sorted(os.listdir(folder))
