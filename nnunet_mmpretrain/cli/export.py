@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="nnUNetv2_mmpretrain_export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", nargs="?", help="checkpoint_final.pth (or _best/_latest) of nnUNetTrainerMMPretrain, "
-                                             "or a bundle folder")
+                                             "a bundle folder, or an nnssl checkpoint")
     p.add_argument("-o", "--output", help="bundle folder (--format bundle) or .pth file (--format nnssl) to write")
     p.add_argument("--format", choices=["bundle", "nnssl"], default="bundle", help="output format (default bundle)")
     p.add_argument("--license", default=None, help="licence of the weights, recorded in bundle.json and the card "
