@@ -355,3 +355,29 @@ def test_corpus_overwrite_of_one_source_is_staged(tmp_path, monkeypatch):
     assert {c.source for c in man.cases} == sources and len(s.converted) == 3
     assert all(os.path.isfile(man.path(c, m)) for c in man.cases for m in c.images)
     assert sorted(os.listdir(raw)) == ["Dataset553_Mixed"]
+
+
+def test_sigterm_during_overwrite_keeps_the_dataset(tmp_path):
+    """A killed job (SIGTERM) mid --overwrite: the previous dataset stays, the command says so."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    rel, raw = str(tmp_path / "rel"), str(tmp_path / "raw")
+    F.fake_brats2021(rel, n=3)
+    brats2021.convert(rel, raw, progress=False)
+    before = {f: os.path.getsize(os.path.join(raw, f)) for f in F.tree(raw)}
+    code = ("import sys, time; from nnunet_mmpretrain.conversion import execute; real = execute.write_image\n"
+            "def slow(*a):\n    print('writing', flush=True); time.sleep(30); return real(*a)\n"
+            "execute.write_image = slow\nfrom nnunet_mmpretrain.cli.convert import main\n"
+            f"sys.exit(main(['brats2021', {rel!r}, '-o', {raw!r}, '-q', '--overwrite']))")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:  # wait until the new dataset is being written
+        if "writing" in line:
+            break
+    time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "unchanged" in err and "Traceback" not in err
+    assert {f: os.path.getsize(os.path.join(raw, f)) for f in F.tree(raw)} == before
+    assert os.listdir(raw) == [DS]

@@ -58,14 +58,20 @@ def output_file(path: str, flag: str = "-o", inputs: Iterable[Optional[str]] = (
 
 
 def writable_folder(path: str) -> None:
-    """Create ``path`` if needed and write (then remove) a probe file in it; die naming the
-    folder when the disk is read-only, full or forbidden."""
+    """Write (then remove) a probe file in ``path``, or in its nearest existing parent when it
+    does not exist yet (nothing is created); die naming the folder when the disk is read-only,
+    full or forbidden, or when ``path`` is a file."""
     from nnunet_mmpretrain.io_utils import os_error_line
-    probe = os.path.join(path, f".write_probe_{os.getpid()}")
+    if os.path.exists(path) and not os.path.isdir(path):
+        die(f"{path} is an existing file, not a folder: choose another output folder.")
+    where = os.path.abspath(path)
+    while not os.path.isdir(where):
+        parent = os.path.dirname(where)
+        if os.path.exists(where) or parent == where:
+            die(f"{path} cannot be created: {where} is not a folder; choose another output folder.")
+        where = parent
+    probe = os.path.join(where, f".write_probe_{os.getpid()}")
     try:
-        if os.path.exists(path) and not os.path.isdir(path):
-            die(f"{path} is an existing file, not a folder: choose another output folder.")
-        os.makedirs(path, exist_ok=True)
         with open(probe, "w") as f:
             f.write("x")
         os.remove(probe)

@@ -225,8 +225,28 @@ def _report_to_stdout():
         logger.propagate = old_propagate
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a cluster job killed, ``kill PID``) ends the conversion like Ctrl-C: the
+    half-built ``--overwrite`` folder is removed and the previous dataset stays."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    with _report_to_stdout():
+    with _report_to_stdout(), _sigterm_as_interrupt():
         return _main(argv)
 
 

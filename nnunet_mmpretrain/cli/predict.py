@@ -7,6 +7,7 @@ written to ``template_substitutions.json``. Complete cases are predicted as nnU-
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors, output_folder
@@ -29,11 +30,13 @@ def main(argv=None) -> int:
     p.add_argument("-np", type=int, default=1)
     a = p.parse_args(argv)
     check_n_proc_da()  # before nnU-Net is imported (it reads the variable on import)
-    import os
     if not os.path.isdir(a.i):
         die(f"-i {a.i} is not a folder of images (CASE_XXXX.nii.gz): check the path.")
-    if a.bundle and not os.path.isdir(a.bundle):
-        die(f"--bundle {a.bundle} is not a bundle folder: pass the folder written by nnUNetv2_mmpretrain_export.")
+    output_folder(a.o, "-o", inputs=[a.i])
+    from nnunet_mmpretrain.transfer.bundle import BUNDLE_FILE
+    if a.bundle and not (os.path.isdir(a.bundle) and os.path.isfile(os.path.join(a.bundle, BUNDLE_FILE))):
+        die(f"--bundle {a.bundle} is not a bundle folder (no {BUNDLE_FILE}): pass the folder written by "
+            f"nnUNetv2_mmpretrain_export.")
     if a.np < 1:
         die(f"-np must be at least 1, got {a.np}.")
     try:
@@ -49,7 +52,16 @@ def main(argv=None) -> int:
         die(f"{str(e).strip().splitlines()[0]} (-d {a.d}): check -d or $nnUNet_raw / $nnUNet_results.")
     if not os.path.isdir(model):
         die(f"no trained model at {model}: check -d/-c/-tr/-p or train it with nnUNetv2_train.")
-    output_folder(a.o, "-o", inputs=[a.i, model])
+    for f in ("dataset.json", "plans.json"):
+        if not os.path.isfile(os.path.join(model, f)):
+            die(f"{model} has no {f}, so it is not a trained nnU-Net folder: train it with nnUNetv2_train or "
+                f"check -d/-c/-tr/-p.")
+    for f in folds:
+        ck = os.path.join(model, f"fold_{f}", a.chk)
+        if not os.path.isfile(ck):
+            die(f"{ck} does not exist: train fold {f} first, or pick trained folds with -f / another -chk.")
+    if os.path.realpath(a.o) == os.path.realpath(model):
+        die(f"-o {a.o} is the model folder: write the predictions to another folder.")
     from nnunet_mmpretrain.transfer.predict import predict_with_templates
     try:
         with disk_errors(a.o):
