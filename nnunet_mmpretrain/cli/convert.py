@@ -65,8 +65,9 @@ def _common(p: argparse.ArgumentParser, kind: str) -> None:
     g.add_argument("--copy", dest="link", action="store_false", help="copy images instead of hard-linking")
     p.add_argument("--dry-run", action="store_true", help="report what would be done, write nothing")
     p.add_argument("--overwrite", action="store_true",
-                   help="convert every case again (an existing dataset folder is replaced; in a "
-                        "corpus only the cases of the converted sources)")
+                   help="convert every case again (an existing dataset folder is replaced, in a "
+                        "corpus only the cases of the converted sources; the new one is built beside "
+                        "it and swapped in when complete, so an interrupted run keeps the old one)")
     p.add_argument("-np", "--num-processes", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     if what != "corpus":
