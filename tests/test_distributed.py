@@ -1,0 +1,202 @@
+"""Distributed pretraining on CPU/gloo: a rank that dies or hangs stops the others within a bound,
+the launcher says so in one line and the last checkpoint resumes; two nodes x one process meet
+through torchrun's c10d rendezvous on localhost; bad launcher input is one line, exit code 2."""
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CORPUS_ID, PRETRAINER, pretrain_fold, run_cli
+
+LAUNCHER = "nnUNetv2_mmpretrain_train_ddp"
+FAULTY = "nnUNetTrainerMMPretrain_faultTest"
+
+# A trainer with a fault on one rank, chosen by MMPRETRAIN_TEST_FAULT=kind:rank:epoch (kind: kill =
+# SIGKILL itself, hang = sleep for an hour with its connections open, raise = an exception).
+# 3 epochs; checkpoint_latest after epoch 1. Written into a temporary
+# nnUNet_extTrainer folder by the fixture below; without the variable it trains like _5epochs.
+FAULT_MODULE = f'''
+import os, signal, time
+from nnunet_mmpretrain.training.pretrain_variants import nnUNetTrainerMMPretrain_5epochs
+from nnunet_mmpretrain.training.schedules import Schedule
+
+
+class {FAULTY}(nnUNetTrainerMMPretrain_5epochs):
+    schedule = Schedule(epochs=3, iterations=3, val_iterations=1, save_every=2)   # MCL in epoch 2
+
+    def on_train_start(self):
+        with open(os.path.join(os.environ["MMPRETRAIN_TEST_DIR"], "rank%d.pid" % self.local_rank), "w") as f:
+            f.write(str(os.getpid()))
+        super().on_train_start()
+
+    def train_step(self, batch):
+        spec = os.environ.get("MMPRETRAIN_TEST_FAULT")
+        if spec:
+            kind, rank, epoch = spec.split(":")
+            steps = self.__dict__.setdefault("_fault_steps", {{}})
+            steps[self.current_epoch] = steps.get(self.current_epoch, 0) + 1
+            # the second step of the epoch: rank 0 has finished the previous epoch's checkpoint
+            if self.local_rank == int(rank) and self.current_epoch == int(epoch) and steps[self.current_epoch] == 2:
+                with open(os.path.join(os.environ["MMPRETRAIN_TEST_DIR"], "fault_time"), "w") as f:
+                    f.write(repr(time.time()))
+                if kind == "raise":
+                    raise RuntimeError("injected fault on rank " + rank)
+                if kind == "hang":
+                    time.sleep(3600)
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().train_step(batch)
+'''
+
+
+@pytest.fixture
+def fault_env(planned_corpus, tmp_path):
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    (ext / "mmpretrain_fault_test_trainers.py").write_text(FAULT_MODULE)
+    return {"nnUNet_results": str(tmp_path / "results"), "MMPRETRAIN_TEST_DIR": str(tmp_path),
+            "nnUNet_extTrainer": os.environ["nnUNet_extTrainer"] + os.pathsep + str(ext)}
+
+
+def _launch(env, *extra, trainer=FAULTY, timeout=300):
+    r = run_cli([LAUNCHER, str(CORPUS_ID), "3d_tiny", "all", "-tr", trainer, "-nproc", "2", *extra], env=env,
+                check=False, timeout=timeout)
+    return r, time.time()
+
+
+def _left_behind(env):
+    """Processes still alive in the sessions of the ranks (ranks and their augmentation workers)."""
+    from nnunet_mmpretrain.parallel import session_members
+    d = env["MMPRETRAIN_TEST_DIR"]
+    ranks = [int(open(os.path.join(d, f)).read()) for f in sorted(os.listdir(d)) if f.endswith(".pid")]
+    assert len(ranks) == 2
+    return session_members(ranks)
+
+
+def _error_line(r):
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith(f"error: {LAUNCHER}: training stopped: "), r.stderr[-3000:]
+    assert sum(ln.startswith(f"error: {LAUNCHER}") for ln in lines) == 1
+    return lines[-1]
+
+
+def _stop_time(env, end):
+    return end - float(open(os.path.join(env["MMPRETRAIN_TEST_DIR"], "fault_time")).read())
+
+
+def test_sigkilled_rank_stops_all_and_checkpoint_resumes(fault_env):
+    """SIGKILL of rank 1 in the last epoch (after checkpoint_latest at epoch 2): rank 0 is stopped
+    within seconds, the launcher exits 1 with one line, the checkpoint loads weights-only and --c
+    finishes the training."""
+    r, end = _launch(dict(fault_env, MMPRETRAIN_TEST_FAULT="kill:1:2"))
+    assert r.returncode == 1, r.stderr[-3000:]
+    line = _error_line(r)
+    stop = _stop_time(fault_env, end)
+    print(f"SIGKILL of rank 1 -> launcher exit: {stop:.2f} s")
+    assert "rank 1 " in line and "was killed by SIGKILL" in line, line
+    fold = pretrain_fold(fault_env["nnUNet_results"], FAULTY)
+    latest = os.path.join(fold, "checkpoint_latest.pth")
+    assert f"resume with --c from {latest} (epoch 2)" in line, line
+    assert stop < 10, f"the other rank took {stop:.1f} s to stop"
+    assert not _left_behind(fault_env), "a rank or its workers outlived the launcher"
+    saved = torch.load(latest, weights_only=True)
+    assert saved["current_epoch"] == 2 and not os.path.exists(os.path.join(fold, "checkpoint_final.pth"))
+    assert not [f for f in os.listdir(fold) if ".tmp" in f or f.startswith("tmp")], os.listdir(fold)
+
+    r, _ = _launch(fault_env, "--c")
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = torch.load(os.path.join(fold, "checkpoint_final.pth"), weights_only=True)
+    assert final["current_epoch"] == 3 and final["objective"]["gather"] is True
+    assert final["mm_log"]["train_loss"][:2] == saved["mm_log"]["train_loss"][:2]
+    assert len(final["mm_log"]["train_loss"]) == 3
+    assert np.all(np.isfinite(final["mm_log"]["train_loss"]))
+
+
+def test_exception_on_one_rank_stops_the_other(fault_env):
+    r, end = _launch(dict(fault_env, MMPRETRAIN_TEST_FAULT="raise:1:0"))
+    assert r.returncode == 1, r.stderr[-3000:]
+    line = _error_line(r)
+    print(f"exception on rank 1 -> launcher exit: {_stop_time(fault_env, end):.2f} s")
+    assert "rank 1 " in line and "RuntimeError: injected fault on rank 1" in line, line
+    assert "no checkpoint in" in line, line
+    assert _stop_time(fault_env, end) < 15
+    assert not _left_behind(fault_env)
+
+
+def test_hung_rank_is_bounded_by_the_collective_timeout(fault_env):
+    """A rank that stops answering with its connections open (here: asleep in train_step): rank 0
+    gives up after --pg-timeout, then the agent stops the hung rank (SIGTERM)."""
+    timeout = 10
+    r, end = _launch(dict(fault_env, MMPRETRAIN_TEST_FAULT="hang:1:0"), "--pg-timeout", str(timeout))
+    assert r.returncode == 1, r.stderr[-3000:]
+    line = _error_line(r)
+    stop = _stop_time(fault_env, end)
+    print(f"rank 1 hung, --pg-timeout {timeout} -> launcher exit: {stop:.2f} s")
+    assert "rank 0 " in line and "lost contact with another rank" in line and "Timed out" in line, line
+    assert timeout - 1 < stop < timeout + 10, stop
+    assert not _left_behind(fault_env)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_one_process_each_c10d(fault_env):
+    """Two launchers (as two nodes) meet at one c10d endpoint: world size 2, one rank each, the
+    global batch split over them; rank 0 writes the only checkpoints."""
+    env = dict(os.environ, **fault_env, nnUNet_n_proc_DA="0",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    cmd = [LAUNCHER, str(CORPUS_ID), "3d_tiny", "all", "-tr", FAULTY, "-nproc", "1", "--nnodes", "2",
+           "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "test2nodes", "--rdzv-join-timeout", "120"]
+    procs = [subprocess.Popen(cmd + ["--node-rank", str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = []
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, o in zip(procs, outs):
+        assert p.returncode == 0, o[-3000:]
+        assert "2 node(s), world size 2" in o and "The world size is 2" in o, o[-2000:]
+        assert "batch_size 1" in o                               # the global batch of 2, split over the nodes
+    ranks = sorted(int(re.search(r"^I am local rank (\d+)\.", o, re.M).group(1)) for o in outs)
+    assert ranks == [0, 1]
+    fold = pretrain_fold(fault_env["nnUNet_results"], FAULTY)
+    ck = torch.load(os.path.join(fold, "checkpoint_final.pth"), weights_only=True)
+    assert ck["current_epoch"] == 3 and ck["objective"]["gather"] is True
+    assert np.all(np.isfinite(ck["mm_log"]["train_loss"])) and ck["mm_log"]["train_l_mcl"][-1] > 0
+    assert sorted(os.listdir(fault_env["nnUNet_results"])) == ["Dataset992_PhantomCorpus"]
+    assert [f for f in os.listdir(os.path.dirname(fold)) if f.startswith("fold")] == ["fold_all"]
+    assert sorted(f for f in os.listdir(fold) if f.endswith(".pth")) == ["checkpoint_best.pth", "checkpoint_final.pth"]
+    assert len([ln for ln in outs[0].splitlines() + outs[1].splitlines() if "training finished on 2 rank(s)" in ln]) == 2
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["-nproc", "3"], "smaller than the 3 ranks"),
+    (["--nnodes", "2"], "needs --rdzv-endpoint"),
+    (["--nnodes", "2", "--rdzv-endpoint", "nohostport"], "must be HOST:PORT"),
+    (["--nnodes", "2", "--rdzv-endpoint", "h:1", "--node-rank", "2"], "--node-rank must be between 0 and 1"),
+    (["--pg-timeout", "0"], "must be at least 1 second"),
+])
+def test_bad_launcher_input_is_one_line(planned_corpus, args, expect):
+    r = run_cli([LAUNCHER, str(CORPUS_ID), "3d_tiny", "all", "-tr", PRETRAINER, *args], check=False, timeout=120)
+    assert r.returncode == 2 and expect in r.stderr, (r.returncode, r.stderr[-2000:])
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr
+
+
+def test_unknown_configuration_and_trainer_are_one_line(planned_corpus):
+    for extra, expect in ((["-tr", PRETRAINER], "configuration '3d_nope' is not in"),):
+        r = run_cli([LAUNCHER, str(CORPUS_ID), "3d_nope", "all", *extra], check=False, timeout=120)
+        assert r.returncode == 2 and expect in r.stderr, r.stderr[-2000:]
+    r = run_cli([LAUNCHER, str(CORPUS_ID), "3d_tiny", "all", "-tr", "nnUNetTrainerDoesNotExist"], check=False,
+                timeout=120)
+    assert r.returncode == 2 and "trainer 'nnUNetTrainerDoesNotExist' not found" in r.stderr, r.stderr[-2000:]
