@@ -26,7 +26,12 @@ Variants are measured interleaved (ABBA order) so that load from other processes
 Run::
 
     .venv/bin/python scripts/bench_pretrain_step.py [--size tiny] [--device cpu|cuda] [--iters 10]
-        [--warmup 3] [--threads 2] [--grid X Y Z] [--fused-adamw] [--out FILE]
+        [--warmup 3] [--threads 2] [--grid X Y Z] [--patch P | X Y Z] [--fused-adamw] [--amp]
+        [--plans PLANS.json -c CONFIG] [--out FILE]
+
+``--plans``/``-c`` take architecture, patch and batch from a plans file (e.g. the ResEnc-M plan of
+a corpus, as scripts/gpu_check.sh does); ``--amp`` runs both variants as the trainer does on a
+GPU (float16 autocast and a GradScaler).
 
 The tiny default takes about 20 s on 2 cores; on a busy machine use ``--threads 1`` (two torch
 threads competing with another process gave 10 s iterations instead of 0.3 s).
@@ -78,10 +83,34 @@ def resenc_architecture(features, blocks) -> dict:
     }
 
 
+def _die(message: str):
+    """Bad input: one line, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def plans_preset(plans_file: str, configuration: str) -> dict:
+    """Architecture, patch and batch of one configuration of a plans file (``inherits_from`` followed)."""
+    import json
+    with open(plans_file) as f:
+        configs = json.load(f)["configurations"]
+    if configuration not in configs:
+        _die(f"configuration {configuration!r} not in {plans_file} ({', '.join(configs)})")
+    cfg, chain = dict(configs[configuration]), {configuration}
+    while cfg.get("inherits_from") and cfg["inherits_from"] not in chain:
+        chain.add(cfg["inherits_from"])
+        parent = dict(configs[cfg.pop("inherits_from")])
+        parent.update(cfg)
+        cfg = parent
+    arch = cfg["architecture"]
+    return dict(features=tuple(arch["arch_kwargs"]["features_per_stage"]), arch=arch,
+                patch=tuple(int(p) for p in cfg["patch_size"]), batch=int(cfg["batch_size"]), grid=(155, 240, 240))
+
+
 def build(preset: dict, grid, device, fused: bool = False):
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunet_mmpretrain.training.pretrain_network import MMPretrainNetwork
-    arch = resenc_architecture(preset["features"], preset["blocks"])
+    arch = preset.get("arch") or resenc_architecture(preset["features"], preset["blocks"])
     base = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                   1, 2, allow_init=True, deep_supervision=False)
     net = MMPretrainNetwork(base, grid, arch["arch_kwargs"]["strides"], proj_dim=128).to(device)
@@ -97,15 +126,15 @@ def build(preset: dict, grid, device, fused: bool = False):
 def make_batch(B, P, grid, device, gen):
     """z-scored-like intensities (brain ~ N(0, 1), a zero background corner), two different
     brain modalities per sample, random atlas starts inside the grid."""
-    shape = (B, 1, P, P, P)
+    shape = (B, 1, *P)
     target = torch.randn(shape, generator=gen)
     partner = 0.8 * target + 0.6 * torch.randn(shape, generator=gen)   # co-registered, correlated
-    target[..., : P // 4, : P // 4, :] = 0
-    partner[..., : P // 4, : P // 4, :] = 0
+    target[..., : P[0] // 4, : P[1] // 4, :] = 0
+    partner[..., : P[0] // 4, : P[1] // 4, :] = 0
     pair = torch.stack([torch.randperm(4, generator=gen)[:2] for _ in range(B)])
     slots = torch.tensor(BRAIN_MODALITIES)
     m_idx, n_idx = slots[pair[:, 0]], slots[pair[:, 1]]
-    starts = torch.stack([torch.randint(0, g - P + 1, (B,), generator=gen) for g in grid], 1)
+    starts = torch.stack([torch.randint(0, g - p + 1, (B,), generator=gen) for g, p in zip(grid, P)], 1)
     return [t.to(device) for t in (target, partner, m_idx, n_idx)] + [starts]
 
 
@@ -129,22 +158,52 @@ class Timer:
         return out
 
 
-def brainmvp_step(net, opt, batch, mask, objective, tm: Timer):
+class Amp:
+    """float16 autocast + GradScaler on CUDA as nnU-Net's trainers; a no-op when off."""
+
+    def __init__(self, on: bool):
+        self.on = on
+        self.scaler = torch.amp.GradScaler("cuda") if on else None
+
+    def forward(self, fn):
+        if not self.on:
+            return fn
+        return lambda: _autocast(fn)
+
+    def backward(self, loss):
+        return (lambda: self.scaler.scale(loss).backward()) if self.on else loss.backward
+
+    def step(self, opt):
+        if not self.on:
+            return opt.step
+        return lambda: (self.scaler.step(opt), self.scaler.update())
+
+
+def _autocast(fn):
+    with torch.autocast("cuda", dtype=torch.float16):
+        return fn()
+
+
+NO_AMP = Amp(False)
+
+
+def brainmvp_step(net, opt, batch, mask, objective, tm: Timer, amp: Amp = NO_AMP):
     target, partner, m_idx, n_idx, starts = batch
     opt.zero_grad(set_to_none=True)
     b = PretrainBatch(target, partner, m_idx, n_idx, starts)
-    loss = tm("forward", lambda: brainmvp_forward(net, b, objective=objective, epoch=EPOCH, num_epochs=NUM_EPOCHS,
-                                                  mask=mask, templates=net.templates)[0])
-    tm("backward", loss.backward)
-    tm("optimizer", opt.step)
+    loss = tm("forward", amp.forward(lambda: brainmvp_forward(net, b, objective=objective, epoch=EPOCH,
+                                                              num_epochs=NUM_EPOCHS, mask=mask,
+                                                              templates=net.templates)[0]))
+    tm("backward", amp.backward(loss))
+    tm("optimizer", amp.step(opt))
 
 
-def mae_steps(net, opt, batches, mask, tm: Timer):
+def mae_steps(net, opt, batches, mask, tm: Timer, amp: Amp = NO_AMP):
     for target, _, m_idx, _, _ in batches:
         opt.zero_grad(set_to_none=True)
-        loss = tm("forward", lambda: mae_forward(net, target, m_idx, mask))
-        tm("backward", loss.backward)
-        tm("optimizer", opt.step)
+        loss = tm("forward", amp.forward(lambda: mae_forward(net, target, m_idx, mask)))
+        tm("backward", amp.backward(loss))
+        tm("optimizer", amp.step(opt))
 
 
 def template_bank_optimizers(net):
@@ -186,29 +245,42 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
     ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--patch", type=int, default=None)
+    ap.add_argument("--patch", type=int, nargs="+", default=None, help="P (cubic) or X Y Z")
     ap.add_argument("--grid", type=int, nargs=3, default=None)
     ap.add_argument("--mask-ratio", type=float, default=0.875)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--amp", action="store_true", help="float16 autocast + GradScaler (CUDA only)")
+    ap.add_argument("--plans", default=None, help="take architecture, patch and batch from this plans file")
+    ap.add_argument("-c", default="3d_fullres", help="configuration of --plans (default 3d_fullres)")
     ap.add_argument("--fused-adamw", action="store_true",
                     help="AdamW(fused=True) for both variants (the trainer uses torch's default implementation)")
     ap.add_argument("--out", default=None, help="JSON result (default bench_output/bench_pretrain_step_<size>_<device>.json)")
     args = ap.parse_args()
 
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        _die("--device cuda but torch sees no CUDA device")
+    if args.amp and device.type != "cuda":
+        _die("--amp needs --device cuda (nnU-Net trains without AMP on CPU)")
+    if args.patch is not None and len(args.patch) not in (1, 3):
+        _die("--patch takes one size (cubic) or three")
+    amp = Amp(args.amp)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    preset = dict(PRESETS[args.size])
-    B, P = args.batch or preset["batch"], args.patch or preset["patch"]
-    grid = tuple(args.grid or preset["grid"])
+    preset = plans_preset(args.plans, args.c) if args.plans else dict(PRESETS[args.size])
+    B = args.batch or preset["batch"]
+    P = args.patch or preset["patch"]
+    P = (P,) * 3 if isinstance(P, int) else tuple(P)
+    P = tuple(int(p) for p in (P * 3 if len(P) == 1 else P))
+    grid = tuple(max(g, p) for g, p in zip(args.grid or preset["grid"], P))   # templates cover a patch
     mask, objective = MaskSpec(args.mask_ratio, 8), ObjectiveConfig()
-    result = {"machine": machine_info(), "config": {"size": args.size, "device": str(device), "batch": B, "patch": P,
+    result = {"machine": machine_info(), "config": {"size": args.plans or args.size, "device": str(device), "batch": B, "patch": list(P),
                                                     "grid": list(grid), "features": list(preset["features"]),
                                                     "iters": args.iters, "warmup": args.warmup,
                                                     "threads": torch.get_num_threads(), "mask": asdict(mask),
                                                     "epoch": EPOCH, "num_epochs": NUM_EPOCHS,
-                                                    "fused_adamw": args.fused_adamw}}
+                                                    "fused_adamw": args.fused_adamw, "amp": args.amp}}
     print(f"load average at start: {result['machine']['load_average_start']} on {os.cpu_count()} cores; "
           f"torch threads {torch.get_num_threads()}", flush=True)
 
@@ -220,8 +292,8 @@ def main():
 
     mem = {}
     if device.type == "cuda":   # before the template copies of the overhead measurement exist
-        steps = (("brainmvp", lambda b: brainmvp_step(net, opt, b, mask, objective, Timer(device))),
-                 ("2x_mae", lambda b: mae_steps(net, opt, [b, b], mask, Timer(device))))
+        steps = (("brainmvp", lambda b: brainmvp_step(net, opt, b, mask, objective, Timer(device), amp)),
+                 ("2x_mae", lambda b: mae_steps(net, opt, [b, b], mask, Timer(device), amp)))
         for _, fn in steps:   # allocate the AdamW states of both groups first
             fn(make_batch(B, P, grid, device, gen))
         for name, fn in steps:
@@ -240,8 +312,8 @@ def main():
     def one_round(timed: bool, order: int):
         batch = make_batch(B, P, grid, device, gen)
         mae_batches = [batch, make_batch(B, P, grid, device, gen)]
-        runs = [("brainmvp", tm_mvp, lambda: brainmvp_step(net, opt, batch, mask, objective, tm_mvp)),
-                ("2x_mae", tm_mae, lambda: mae_steps(net, opt, mae_batches, mask, tm_mae)),
+        runs = [("brainmvp", tm_mvp, lambda: brainmvp_step(net, opt, batch, mask, objective, tm_mvp, amp)),
+                ("2x_mae", tm_mae, lambda: mae_steps(net, opt, mae_batches, mask, tm_mae, amp)),
                 ("overhead_only", tm_ovh, lambda: overhead_only(net, batch, mask, tm_ovh, bank_opts))]
         if order % 2:
             runs = [runs[1], runs[0], runs[2]]
@@ -277,7 +349,8 @@ def main():
     })
 
     c = result["config"]
-    title = (f"{args.size}: {len(preset['features'])} stages {preset['features']}, patch {P}^3, batch {B}, grid "
+    title = (f"{args.plans + ' ' + args.c if args.plans else args.size}: {len(preset['features'])} stages "
+             f"{list(preset['features'])}, patch {'x'.join(map(str, P))}, batch {B}, {'AMP, ' if args.amp else ''}grid "
              f"{'x'.join(map(str, grid))}, {device} ({c['threads']} threads), AdamW "
              f"{'fused' if args.fused_adamw else 'default'}; network {n_net / 1e6:.2f} M params, "
              f"templates {n_tmpl / 1e6:.2f} M; {n} iters after {args.warmup} warm-up")
@@ -309,7 +382,7 @@ def main():
              for k, v in mem.items()]
     tables.append(print_table(rows, ["quantity", "value"], "summary"))
     result["tables"] = tables
-    write_result(args.out, f"bench_pretrain_step_{args.size}_{device.type}", result)
+    write_result(args.out, f"bench_pretrain_step_{'plans' if args.plans else args.size}_{device.type}", result)
 
 
 if __name__ == "__main__":
