@@ -117,7 +117,7 @@ _case = st.fixed_dictionaries({"case_id": st.sampled_from(["a", "b", "../x", "",
 _manifest = st.fixed_dictionaries({"cases": st.lists(_case, max_size=4)},
                                   optional={"name": _scalars, "sources": _json, "atlas_registered": _scalars,
                                             "format": _scalars, "extra": _scalars}) | _json
-PROP = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+PROP = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
 @PROP
