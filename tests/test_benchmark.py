@@ -319,3 +319,18 @@ def test_smoke_missing_modality_template_vs_zero_fill(smoke, tmp_path):
     assert len(c) == 1 and c[0]["n_cases"] == "2" and c[0]["evaluation"] == "cv-no3"
     assert "channel 3 removed and filled with the template" in open(os.path.join(out, "leaderboard",
                                                                                   "leaderboard.md")).read()
+
+
+def test_demo_suite_is_what_the_demo_runs():
+    """The demo writes its pretraining where the benchmark looks for the demo suite's preset, so the
+    suite must name the demo's trainer, configuration, plans and phantoms (else the benchmark would
+    pretrain again or fail)."""
+    from nnunet_mmpretrain import demo
+    from nnunet_mmpretrain.benchmark.suite import load_suite
+    s = load_suite(demo.SUITE)
+    pre = s.presets[demo.PRESET]
+    assert (pre.trainer, pre.configuration, pre.plans) == (demo.PRETRAINER, demo.CONFIG, demo.PLANS)
+    assert (s.configuration, s.plans, s.corpus["dataset"]) == (demo.CONFIG, demo.PLANS, demo.CORPUS_ID)
+    assert s.phantoms["seg_id"] == demo.SEG_ID and s.corpus["add_config"]["name"] == demo.CONFIG
+    assert {m.kind for m in s.methods.values()} == {"scratch", "pretrained"}
+    assert len(s.folds) * len(s.seeds) >= 2
