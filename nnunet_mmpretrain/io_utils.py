@@ -95,14 +95,32 @@ def _gb(n: float) -> str:
     return f"{int(n)} bytes"
 
 
-def free_bytes(path: str) -> Optional[int]:
-    """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
+def existing_parent(path: str) -> str:
+    """``path`` itself if it exists, else its nearest existing parent folder."""
     p = os.path.abspath(path)
     while p and not os.path.exists(p):
         parent = os.path.dirname(p)
         if parent == p:
             break
         p = parent
+    return p
+
+
+def write_probe(folder: str) -> Optional[OSError]:
+    """Write and remove a small file in the existing ``folder``: None when that works, else the OSError."""
+    probe = os.path.join(folder, f".write_probe_{os.getpid()}")
+    try:
+        with open(probe, "w") as f:
+            f.write("x")
+        os.remove(probe)
+    except OSError as e:
+        return e
+    return None
+
+
+def free_bytes(path: str) -> Optional[int]:
+    """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
+    p = existing_parent(path)
     try:
         return shutil.disk_usage(p).free
     except OSError:
@@ -113,12 +131,7 @@ def diagnose_disk(path: str, min_free: int = 1 << 20) -> Optional[OSError]:
     """An OSError describing why writing under ``path`` fails (read-only file system, less than
     ``min_free`` bytes free), or None. For writers that report a failed write without errno
     (SimpleITK's and blosc2's RuntimeError)."""
-    p = os.path.abspath(path)
-    while p and not os.path.exists(p):
-        parent = os.path.dirname(p)
-        if parent == p:
-            break
-        p = parent
+    p = existing_parent(path)
     try:
         st = os.statvfs(p)
     except OSError:

@@ -70,12 +70,9 @@ def writable_folder(path: str) -> None:
         if os.path.exists(where) or parent == where:
             die(f"{path} cannot be created: {where} is not a folder; choose another output folder.")
         where = parent
-    probe = os.path.join(where, f".write_probe_{os.getpid()}")
-    try:
-        with open(probe, "w") as f:
-            f.write("x")
-        os.remove(probe)
-    except OSError as e:
+    from nnunet_mmpretrain.io_utils import write_probe
+    e = write_probe(where)
+    if e is not None:
         die(os_error_line(OSError(e.errno, e.strerror, path)))
 
 
@@ -96,3 +93,14 @@ def disk_errors(what: str = "the output folder") -> Iterator[None]:
         if disk is not None:
             die(os_error_line(disk, what=what) + " (finished cases are kept; a re-run resumes)")
         raise
+
+
+def require_trained_folder(folder: str, fix: str) -> None:
+    """Exit 2 unless ``folder`` is an nnU-Net trainer output folder (dataset.json and plans.json);
+    ``fix`` ends the message (what the user should check)."""
+    if not os.path.isdir(folder):
+        die(f"no trained model at {folder}: {fix}")
+    for f in ("dataset.json", "plans.json"):
+        if not os.path.isfile(os.path.join(folder, f)):
+            die(f"{folder} has no {f}, so it is not a trained nnU-Net folder: train with nnUNetv2_train or {fix}")
+

@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 
-from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors, output_file
+from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors, output_file, require_trained_folder
 
 
 def _trainer_dir(a) -> str:
@@ -69,12 +69,7 @@ def main_predict(argv=None) -> int:
         die(f"-i {a.i} is not a folder of images (CASE_0000.nii.gz, ...): check the path.")
     output_file(a.o, "-o", inputs=[a.i])
     folder = _trainer_dir(a)
-    if not os.path.isdir(folder):
-        die(f"--folder {folder} does not exist: pass the trainer's results folder.")
-    for f in ("dataset.json", "plans.json"):
-        if not os.path.isfile(os.path.join(folder, f)):
-            die(f"{folder} has no {f}, so it is not a trained nnU-Net folder: train with nnUNetv2_train or "
-                f"pass the trainer's results folder.")
+    require_trained_folder(folder, "pass the trainer's results folder (--folder).")
     import torch
     from nnunet_mmpretrain.classification.predict import ClassifierModelError, predict_folder, write_predictions_csv
     dev = a.device

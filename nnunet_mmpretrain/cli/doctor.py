@@ -90,19 +90,15 @@ def check_torchvision() -> Result:
 
 def path_check(var: str, min_free_gb: float) -> Callable[[], Result]:
     def check() -> Result:
-        from nnunet_mmpretrain.io_utils import free_bytes
+        from nnunet_mmpretrain.io_utils import free_bytes, write_probe
         v = os.environ.get(var)
         if not v:
             return False, f"not set: export {var}=/path/to/{var} (see nnU-Net's documentation/setting_up_paths.md)"
         if not os.path.isdir(v):
             what = "is a file, not a folder" if os.path.exists(v) else "does not exist"
             return False, f"{v} {what}: mkdir -p a folder and export {var} to it"
-        probe = os.path.join(v, f".doctor_probe_{os.getpid()}")
-        try:
-            with open(probe, "w") as f:
-                f.write("x")
-            os.remove(probe)
-        except OSError as e:
+        e = write_probe(v)
+        if e is not None:
             return False, f"{v} is not writable ({e.strerror}): fix its permissions or export another folder"
         free = free_bytes(v)
         if free is not None and free < min_free_gb * 1e9:

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors, output_folder
+from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors, output_folder, require_trained_folder
 
 
 def main(argv=None) -> int:
@@ -50,12 +50,7 @@ def main(argv=None) -> int:
         model = get_output_folder(a.d, a.tr, a.p, a.c)
     except RuntimeError as e:
         die(f"{str(e).strip().splitlines()[0]} (-d {a.d}): check -d or $nnUNet_raw / $nnUNet_results.")
-    if not os.path.isdir(model):
-        die(f"no trained model at {model}: check -d/-c/-tr/-p or train it with nnUNetv2_train.")
-    for f in ("dataset.json", "plans.json"):
-        if not os.path.isfile(os.path.join(model, f)):
-            die(f"{model} has no {f}, so it is not a trained nnU-Net folder: train it with nnUNetv2_train or "
-                f"check -d/-c/-tr/-p.")
+    require_trained_folder(model, "check -d/-c/-tr/-p.")
     for f in folds:
         ck = os.path.join(model, f"fold_{f}", a.chk)
         if not os.path.isfile(ck):
