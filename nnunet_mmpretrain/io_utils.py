@@ -219,3 +219,14 @@ def _nifti_bytes(head: bytes) -> Optional[int]:
             n_vox = int(np.prod(np.maximum(dims[1:1 + nd], 1)))
             return max(off, 348) + n_vox * bitpix // 8
     return None
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+

@@ -142,3 +142,14 @@ def run_cli(args, env=None, check=True, timeout=900):
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
     return r
+
+
+def run_main(main, args, capsys):
+    """Run a console entry point in-process; (exit code, stdout, stderr)."""
+    try:
+        rc = main(args)
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+

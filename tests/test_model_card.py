@@ -13,13 +13,7 @@ REQUIRED = ("corpus", "method", "schedule", "proxy_task", "plans_and_fingerprint
             "template_geometry", "versions", "code", "command", "license", "weights_sha256", "files")
 
 
-def _cli(main, args, capsys):
-    try:
-        rc = main(args)
-    except SystemExit as e:
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+from conftest import run_main as _cli  # noqa: E402
 
 
 def _sha(path):

@@ -47,14 +47,7 @@ def write_documented_checkpoint(path, prefix="encoder", **plan_overrides):
     return sd
 
 
-def _cli(main, args, capsys):
-    """Run a console entry point in-process; (exit code, stdout, stderr)."""
-    try:
-        rc = main(args)
-    except SystemExit as e:
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+from conftest import run_main as _cli  # noqa: E402
 
 
 def test_bundle_to_nnssl_to_bundle_keeps_every_tensor(bundle, tmp_path, capsys):

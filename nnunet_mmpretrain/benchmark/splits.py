@@ -23,6 +23,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from nnunet_mmpretrain.io_utils import sha256_file as file_sha256  # noqa: F401  (the split files' hash)
+
 DEFAULT_PATIENT_REGEX = r"^(BraTS[-_][A-Za-z]+[-_]\d+)[-_]\d{3}$"
 
 
@@ -113,11 +115,3 @@ def check_patient_disjoint(split: dict, regex: Optional[str] = None) -> None:
 def split_bytes(split: dict) -> bytes:
     """Canonical JSON bytes (what is written, so the file hash is reproducible)."""
     return (json.dumps(split, indent=1, sort_keys=True) + "\n").encode()
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from typing import List, Optional
 
+from nnunet_mmpretrain.io_utils import sha256_file
+
 #: top-level bundle.json keys that --verify requires
 REQUIRED = ("format", "weights_file", "weights_sha256", "files", "corpus", "method", "schedule", "proxy_task",
             "plans_and_fingerprint", "modality_order", "axis_order", "template_geometry", "versions", "code",
@@ -27,14 +29,6 @@ REQUIRED = ("format", "weights_file", "weights_sha256", "files", "corpus", "meth
 DEFAULT_LICENSE = "unspecified (set it with nnUNetv2_mmpretrain_export --license)"
 CARD_FILE = "MODEL_CARD.md"
 META_FILE = "bundle.json"
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _json_path(*cands: str) -> Optional[str]:
