@@ -9,11 +9,13 @@ Needs a planned downstream dataset with a bundle, e.g. the demo's output::
 
     bash scripts/demo.sh            # once
     .venv/bin/python scripts/bench_finetune_step.py --root demo_output --dataset 990 -c 3d_demo
+
+On a GPU (``--device cuda``) both trainers run as ``nnUNetv2_train`` runs them there (AMP); set
+``nnUNet_compile=f`` to time them without torch.compile (scripts/gpu_check.sh does).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,6 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("-f", "--fold", default="0")
     p.add_argument("--out", default=None, help="JSON result (default bench_output/finetune_step.json)")
     a = p.parse_args(argv)
     root = os.path.abspath(a.root)
@@ -42,13 +46,19 @@ def main(argv=None) -> int:
     os.environ.setdefault("nnUNet_n_proc_DA", "2")
     import torch
     torch.set_num_threads(a.threads)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    device = torch.device(a.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fold = a.fold if a.fold == "all" else int(a.fold)
     from nnunetv2.run.run_training import get_trainer_from_args
     from nnunet_mmpretrain.cli.ext_trainer_path import ext_trainer_value
     os.environ["nnUNet_extTrainer"] = ext_trainer_value(os.environ.get("nnUNet_extTrainer"))
     load0 = load_average()
     trainers = {}
     for name in ("nnUNetTrainer", "nnUNetTrainerMMFinetune"):
-        tr = get_trainer_from_args(a.dataset, a.c, 0, name, a.p, device=torch.device("cpu"))
+        tr = get_trainer_from_args(a.dataset, a.c, fold, name, a.p, device=device)
         tr.on_train_start()
         tr.on_train_epoch_start()
         trainers[name] = tr
@@ -56,8 +66,10 @@ def main(argv=None) -> int:
     for i in range(a.warmup + a.iters):
         for name, tr in trainers.items():
             batch = next(tr.dataloader_train)
+            sync()
             t = time.perf_counter()
             tr.train_step(batch)
+            sync()
             if i >= a.warmup:
                 times[name].append(time.perf_counter() - t)
     for tr in trainers.values():
@@ -67,7 +79,7 @@ def main(argv=None) -> int:
     rows = [[k, f"{1000 * statistics.mean(v):.1f}", f"{1000 * med[k]:.1f}", f"{1000 * min(v):.1f}"]
             for k, v in times.items()]
     print(f"dataset {a.dataset}, {a.c}, plans {a.p}; {a.iters} steps each after {a.warmup} warm-up, "
-          f"{a.threads} threads; load {load0}")
+          f"{a.device}{'' if a.device == 'cuda' else f', {a.threads} threads'}; load {load0}")
     print_table(rows, ["trainer", "mean ms", "median ms", "min ms"])
     print(f"ratio (median) MMFinetune / stock: {ratio:.3f} ({(ratio - 1) * 100:+.1f} %; goal within 2 %)")
     write_result(a.out, "finetune_step", {"times_s": times, "median_ratio": ratio, "args": vars(a),

@@ -142,30 +142,59 @@ def test_hung_rank_is_bounded_by_the_collective_timeout(fault_env):
     assert not _left_behind(fault_env)
 
 
+def test_killed_launcher_takes_its_ranks_along(fault_env):
+    """SIGKILL of the launcher itself (not a rank): each rank's watchdog kills its process group,
+    the rank and its augmentation workers (nnUNet_n_proc_DA=2 here)."""
+    env = dict(os.environ, **fault_env, MMPRETRAIN_TEST_FAULT="hang:1:0", nnUNet_n_proc_DA="2",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    p = subprocess.Popen([LAUNCHER, str(CORPUS_ID), "3d_tiny", "all", "-tr", FAULTY, "-nproc", "2"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stamp = os.path.join(fault_env["MMPRETRAIN_TEST_DIR"], "fault_time")
+    t0 = time.time()
+    while not os.path.isfile(stamp) and p.poll() is None and time.time() - t0 < 240:
+        time.sleep(0.2)
+    try:
+        assert os.path.isfile(stamp) and p.poll() is None, "the run did not reach the hang"
+        assert len(_left_behind(fault_env)) > 2          # two ranks and their augmentation workers
+    finally:
+        p.kill()
+    p.wait()
+    t0 = time.time()
+    while _left_behind(fault_env) and time.time() - t0 < 10:
+        time.sleep(0.2)
+    print(f"launcher SIGKILLed -> its ranks and workers gone after {time.time() - t0:.2f} s")
+    assert not _left_behind(fault_env)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_two_nodes_one_process_each_c10d(fault_env):
-    """Two launchers (as two nodes) meet at one c10d endpoint: world size 2, one rank each, the
-    global batch split over them; rank 0 writes the only checkpoints."""
-    env = dict(os.environ, **fault_env, nnUNet_n_proc_DA="0",
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+def _two_nodes(env):
+    """Two launchers (as two nodes, one process each) at one c10d endpoint on localhost; returns
+    their exit codes, outputs and the time the last one exited."""
+    env = dict(os.environ, **env, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     cmd = [LAUNCHER, str(CORPUS_ID), "3d_tiny", "all", "-tr", FAULTY, "-nproc", "1", "--nnodes", "2",
            "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "test2nodes", "--rdzv-join-timeout", "120"]
     procs = [subprocess.Popen(cmd + ["--node-rank", str(i)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outs = []
     try:
         outs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, o in zip(procs, outs):
-        assert p.returncode == 0, o[-3000:]
+    return [p.returncode for p in procs], outs, time.time()
+
+
+def test_two_nodes_one_process_each_c10d(fault_env):
+    """World size 2 over two launchers, the global batch split over them; rank 0 writes the only
+    checkpoints."""
+    codes, outs, _ = _two_nodes(dict(fault_env, nnUNet_n_proc_DA="0"))
+    for c, o in zip(codes, outs):
+        assert c == 0, o[-3000:]
         assert "2 node(s), world size 2" in o and "The world size is 2" in o, o[-2000:]
         assert "batch_size 1" in o                               # the global batch of 2, split over the nodes
     ranks = sorted(int(re.search(r"^I am local rank (\d+)\.", o, re.M).group(1)) for o in outs)
@@ -177,7 +206,21 @@ def test_two_nodes_one_process_each_c10d(fault_env):
     assert sorted(os.listdir(fault_env["nnUNet_results"])) == ["Dataset992_PhantomCorpus"]
     assert [f for f in os.listdir(os.path.dirname(fold)) if f.startswith("fold")] == ["fold_all"]
     assert sorted(f for f in os.listdir(fold) if f.endswith(".pth")) == ["checkpoint_best.pth", "checkpoint_final.pth"]
-    assert len([ln for ln in outs[0].splitlines() + outs[1].splitlines() if "training finished on 2 rank(s)" in ln]) == 2
+    assert sum("training finished on 2 rank(s)" in ln for o in outs for ln in o.splitlines()) == 2
+
+
+def test_rank_death_on_another_node_stops_this_node(fault_env):
+    """SIGKILL of rank 1 on one 'node': that launcher reports it, the other node's rank 0 loses
+    its connections at once and its launcher stops too."""
+    codes, outs, end = _two_nodes(dict(fault_env, MMPRETRAIN_TEST_FAULT="kill:1:0"))
+    stop = _stop_time(fault_env, end)
+    print(f"2 nodes, SIGKILL of rank 1 -> both launchers exited: {stop:.2f} s")
+    assert codes == [1, 1], [o[-2000:] for o in outs]
+    last = sorted(o.strip().splitlines()[-1] for o in outs)
+    assert "rank 0 " in last[0] and "lost contact with another rank" in last[0], last
+    assert "rank 1 " in last[1] and "was killed by SIGKILL" in last[1], last
+    assert stop < 10, stop
+    assert not _left_behind(fault_env)
 
 
 @pytest.mark.parametrize("args, expect", [

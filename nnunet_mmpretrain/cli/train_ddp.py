@@ -24,6 +24,7 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
 import traceback
 from datetime import timedelta
@@ -129,8 +130,11 @@ def _preflight(a) -> str:
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     try:
         found = recursive_find_trainer_class_by_name(a.tr)
-    except Exception:   # nnU-Net raises a bare RuntimeError/AssertionError when it is missing
-        found = None
+    except (RuntimeError, AssertionError) as e:   # nnU-Net's "could not find" / not a trainer
+        found = None if "find" in str(e) else die(f"trainer {a.tr!r}: {str(e).splitlines()[0]}")
+    except Exception as e:   # a trainer module that does not import
+        die(f"looking up trainer {a.tr!r} failed, a module of nnU-Net's trainers or nnUNet_extTrainer "
+            f"does not import: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     if found is None:
         die(f"trainer {a.tr!r} not found in nnU-Net or nnUNet_extTrainer "
             f"(run: eval \"$(python -m nnunet_mmpretrain.cli.ext_trainer_path)\")")
@@ -153,9 +157,29 @@ def resume_point(folder: str):
 
 
 # ---------------------------------------------------------------- one rank
+def _die_with_launcher(period: float = 1.0) -> None:
+    """A watchdog thread: when the launcher (the elastic agent, this rank's parent) is gone, e.g.
+    SIGKILLed, SIGKILL this rank's process group, i.e. the rank and its data augmentation
+    workers (the agent starts each rank as the leader of its own group)."""
+    import threading
+    import time
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(period)
+            if os.getppid() != parent:
+                if os.getpgrp() == os.getpid():
+                    os.killpg(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
+
+
 def _worker(a) -> None:
     """One rank, started by the elastic agent (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_* set)."""
     from torch.distributed.elastic.multiprocessing.errors import record
+    _die_with_launcher()
     try:
         record(_train)(a)          # on an exception: the error file the launcher reads, then re-raise
     except BaseException:
