@@ -253,7 +253,7 @@ def main():
     ap.add_argument("--plans", default=None, help="take architecture, patch and batch from this plans file")
     ap.add_argument("-c", default="3d_fullres", help="configuration of --plans (default 3d_fullres)")
     ap.add_argument("--fused-adamw", action="store_true",
-                    help="AdamW(fused=True) for both variants (the trainer uses torch's default implementation)")
+                    help="AdamW(fused=True) for both variants, as nnUNetTrainerMMPretrain (default: torch's default AdamW)")
     ap.add_argument("--out", default=None, help="JSON result (default bench_output/bench_pretrain_step_<size>_<device>.json)")
     args = ap.parse_args()
 

@@ -8,7 +8,7 @@
 #      nnUNetv2_mmpretrain_train_ddp -nproc 1 --device cuda (NCCL process group, AMP); each final
 #      checkpoint must load with torch.load(weights_only=True);
 #   2. BrainMVP training step vs two plain MAE steps at the planned patch, batch and architecture
-#      (scripts/bench_pretrain_step.py --plans ... --amp);
+#      (scripts/bench_pretrain_step.py --plans ... --amp --fused-adamw, the trainer's optimiser);
 #   3. fine-tuning step, nnUNetTrainerMMFinetune vs the stock nnUNetTrainer, on the phantom
 #      segmentation dataset with the pretraining topology and the exported bundle
 #      (scripts/bench_finetune_step.py --device cuda).
@@ -77,7 +77,7 @@ stage "pretrain DDP -nproc 1" train_ddp env nnUNet_results="$WORK/results_ddp" n
   "$CONFIG" all -tr "$PRETRAINER" -p mmPretrainPlans -nproc 1 --device "$DEVICE" --threads "${OMP_NUM_THREADS:-1}"
 stage "BrainMVP vs 2 MAE steps" pretrain_step python scripts/bench_pretrain_step.py \
   --plans "$nnUNet_preprocessed/Dataset992_PhantomCorpus/mmPretrainPlans.json" -c "$CONFIG" --device "$DEVICE" \
-  --iters "$ITERS" --warmup "$WARMUP" "${AMP[@]}" "${GRID[@]}" --out "$OUT/pretrain_step.json"
+  --iters "$ITERS" --warmup "$WARMUP" --fused-adamw "${AMP[@]}" "${GRID[@]}" --out "$OUT/pretrain_step.json"
 FOLD="$WORK/results_train/Dataset992_PhantomCorpus/${PRETRAINER}__mmPretrainPlans__${CONFIG}/fold_all"
 stage "export bundle" export nnUNetv2_mmpretrain_export "$FOLD/checkpoint_final.pth" -o "$WORK/bundle"
 stage "transfer plans to 990" transfer nnUNetv2_mmpretrain_transfer_plans -s 992 -t 990 -c "$CONFIG" \
