@@ -236,6 +236,13 @@ def test_bad_launcher_input_is_one_line(planned_corpus, args, expect):
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without CUDA")
+def test_cuda_without_cuda_is_one_line(planned_corpus):
+    r = run_cli([LAUNCHER, str(CORPUS_ID), "3d_tiny", "all", "--device", "cuda"], check=False, timeout=120)
+    assert r.returncode == 2 and "--device cuda: no CUDA device" in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_unknown_configuration_and_trainer_are_one_line(planned_corpus):
     for extra, expect in ((["-tr", PRETRAINER], "configuration '3d_nope' is not in"),):
         r = run_cli([LAUNCHER, str(CORPUS_ID), "3d_nope", "all", *extra], check=False, timeout=120)

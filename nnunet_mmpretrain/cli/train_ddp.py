@@ -148,11 +148,13 @@ def resume_point(folder: str):
     for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
         path = os.path.join(folder, name)
         if os.path.isfile(path):
-            try:
-                ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                return path, int(ck["current_epoch"])
-            except Exception:
-                return path, None
+            for mmap in (True, False):      # mmap: no need to read the whole file (zip format only)
+                try:
+                    ck = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+                    return path, int(ck["current_epoch"])
+                except Exception:
+                    pass
+            return path, None
     return None
 
 
