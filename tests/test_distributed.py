@@ -250,3 +250,10 @@ def test_unknown_configuration_and_trainer_are_one_line(planned_corpus):
     r = run_cli([LAUNCHER, str(CORPUS_ID), "3d_tiny", "all", "-tr", "nnUNetTrainerDoesNotExist"], check=False,
                 timeout=120)
     assert r.returncode == 2 and "trainer 'nnUNetTrainerDoesNotExist' not found" in r.stderr, r.stderr[-2000:]
+
+
+def test_gpu_check_refuses_unknown_options():
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(["bash", os.path.join(repo, "scripts", "gpu_check.sh"), "--gpus", "2"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == "error: unknown option '--gpus' (use --dry-run, --out DIR)", r.stderr
