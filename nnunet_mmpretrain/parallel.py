@@ -172,6 +172,7 @@ def launch_elastic(cmd: Sequence[str], nnodes: int, nproc_per_node: int, rdzv_ba
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousTimeoutError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     configs = {"timeout": join_timeout, "join_timeout": join_timeout}
@@ -189,7 +190,13 @@ def launch_elastic(cmd: Sequence[str], nnodes: int, nproc_per_node: int, rdzv_ba
             if left:
                 log.warning(f"killed {left} process(es) left behind by the failed rank(s)")
             return first_failure(e.failures, socket.gethostname())
+        except RendezvousError as e:
+            what = "nodes did not all join in time" if isinstance(e, RendezvousTimeoutError) else \
+                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no details'}"
+            return RankFailure(-1, os.getpid(), 1, f"the rendezvous at {rdzv_endpoint} ({rdzv_backend}, {nnodes} "
+                               f"node(s), id {run_id}) failed: {what}; start the command on every node with the same "
+                               f"--nnodes, --rdzv-endpoint and --rdzv-id", socket.gethostname())
         except SignalException as e:
-            return RankFailure(-1, os.getpid(), -int(e.sigval), f"the launcher received {e.sigval.name}",
+            return RankFailure(-1, os.getpid(), -int(e.sigval), f"the launcher received {e.sigval.name} and stopped its ranks",
                                socket.gethostname())
     return None

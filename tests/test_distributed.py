@@ -223,6 +223,15 @@ def test_rank_death_on_another_node_stops_this_node(fault_env):
     assert not _left_behind(fault_env)
 
 
+def test_missing_node_ends_the_rendezvous_in_one_line(planned_corpus, tmp_path):
+    r = run_cli([LAUNCHER, str(CORPUS_ID), "3d_tiny", "all", "-tr", PRETRAINER, "-nproc", "1", "--nnodes", "2",
+                 "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-join-timeout", "3"],
+                env={"nnUNet_results": str(tmp_path)}, check=False, timeout=120)
+    assert r.returncode == 1, r.stderr[-2000:]
+    line = _error_line(r)
+    assert "nodes did not all join in time" in line and "no checkpoint in" in line, line
+
+
 @pytest.mark.parametrize("args, expect", [
     (["-nproc", "3"], "smaller than the 3 ranks"),
     (["--nnodes", "2"], "needs --rdzv-endpoint"),

@@ -263,8 +263,8 @@ def main(argv=None) -> int:
         resume = f"{rp[0]} does not load: delete it and start again"
     else:
         resume = f"resume with --c from {rp[0]} (epoch {rp[1]})"
-    print(f"error: {PROG}: training stopped: {failure.line()}; the other ranks of this node were stopped; "
-          f"{resume}", file=sys.stderr, flush=True)
+    stopped = "; the other ranks of this node were stopped" if failure.rank >= 0 else ""
+    print(f"error: {PROG}: training stopped: {failure.line()}{stopped}; {resume}", file=sys.stderr, flush=True)
     return 1
 
 
