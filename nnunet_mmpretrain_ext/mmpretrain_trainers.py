@@ -4,14 +4,11 @@ nnU-Net imports every module here as a top-level module and looks for the reques
 name, so this module re-exports the plugin's trainers from the installed package (relative
 imports would break). Add new trainer modules to the list below.
 """
-from nnunet_mmpretrain.training.smoke import *  # noqa: F401,F403
 from nnunet_mmpretrain.training.pretrain import nnUNetTrainerMMPretrain  # noqa: F401
 from nnunet_mmpretrain.training.pretrain_variants import *  # noqa: F401,F403
 from nnunet_mmpretrain.training.finetune import (  # noqa: F401
-    nnUNetTrainerMMFinetune, nnUNetTrainerMMFinetune_dad, nnUNetTrainerMMFinetune_dad_smoke,
-    nnUNetTrainerMMFinetune_demo, nnUNetTrainerMMFinetune_frozen, nnUNetTrainerMMFinetune_smoke,
-    nnUNetTrainerMMFinetune_templateAug, nnUNetTrainerMMFinetune_templateAug_smoke,
-    nnUNetTrainerMMFinetune_templateAugConsistency, nnUNetTrainerMMFinetune_templateAugConsistency_smoke,
+    nnUNetTrainerMMFinetune, nnUNetTrainerMMFinetune_dad, nnUNetTrainerMMFinetune_frozen,
+    nnUNetTrainerMMFinetune_templateAug, nnUNetTrainerMMFinetune_templateAugConsistency,
     nnUNetTrainerMMFinetune_templateAugRandom, nnUNetTrainerMMFinetune_warmup)
 from nnunet_mmpretrain.benchmark.trainers import *  # noqa
 from nnunet_mmpretrain.training.classifier import *  # noqa

@@ -20,9 +20,9 @@ def test_ext_trainer_command_prints_export_line():
 
 def test_trainer_lookup_finds_ours(nnunet_dirs):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunet_mmpretrain.training.smoke import nnUNetTrainerMMSmoke
-    cls = recursive_find_trainer_class_by_name("nnUNetTrainerMMSmoke")
-    assert cls.__name__ == "nnUNetTrainerMMSmoke" and cls.schedule == nnUNetTrainerMMSmoke.schedule
+    from nnunet_mmpretrain.training.pretrain_variants import nnUNetTrainerMMPretrain_cpu
+    cls = recursive_find_trainer_class_by_name("nnUNetTrainerMMPretrain_cpu")
+    assert cls.__name__ == "nnUNetTrainerMMPretrain_cpu" and cls.schedule == nnUNetTrainerMMPretrain_cpu.schedule
 
 
 def test_tiny_plan_network_builds(planned_seg):

@@ -48,8 +48,7 @@ from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, backwa
 log = logging.getLogger(__name__)
 
 __all__ = ["MMClassifierBase"] + [f"nnUNetTrainerMMClassifier{v}" for v in (
-    "", "_scratch", "_linearProbe", "_decoderFeatures", "_labelSmoothing", "_demo", "_scratch_demo", "_smoke",
-    "_scratch_smoke", "_linearProbe_smoke")]
+    "", "_scratch", "_linearProbe", "_decoderFeatures", "_labelSmoothing", "_demo", "_scratch_demo")]
 
 
 class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
@@ -372,17 +371,3 @@ class nnUNetTrainerMMClassifier_demo(ShortSchedule, MMClassifierBase):
 
 class nnUNetTrainerMMClassifier_scratch_demo(nnUNetTrainerMMClassifier_demo):
     use_bundle = False
-
-
-class nnUNetTrainerMMClassifier_smoke(ShortSchedule, MMClassifierBase):
-    """Tests: 2 epochs x 1 iteration."""
-    schedule = Schedule(epochs=2, iterations=1, val_iterations=1, save_every=50)
-    warmup_epochs = 0
-
-
-class nnUNetTrainerMMClassifier_scratch_smoke(nnUNetTrainerMMClassifier_smoke):
-    use_bundle = False
-
-
-class nnUNetTrainerMMClassifier_linearProbe_smoke(nnUNetTrainerMMClassifier_smoke):
-    use_bundle, linear_probe = True, True

@@ -20,7 +20,6 @@ import os
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mmpretrain.training.finetune_augment import AlignedTemplateSubstitution, DADAugmentation
-from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule
 
 ENV_BUNDLE = "nnUNet_mmpretrain_bundle"
 ENV_STEM = "nnUNet_mmpretrain_stem"
@@ -182,31 +181,3 @@ class nnUNetTrainerMMFinetune_templateAugRandom(RandomTemplateSubstitution, Pret
 
 class nnUNetTrainerMMFinetune_dad(DADAugmentation, PretrainedEncoder, nnUNetTrainer):
     """Pretrained encoder + domain adaptive denormalization of the input channels (p = 0.3)."""
-
-
-class nnUNetTrainerMMFinetune_templateAug_smoke(ShortSchedule, TemplateSubstitution, PretrainedEncoder, nnUNetTrainer):
-    """Tests: aligned substitution, 2 epochs x 4 iterations."""
-    schedule = Schedule(epochs=2, iterations=4, val_iterations=2)
-
-
-class nnUNetTrainerMMFinetune_templateAugConsistency_smoke(ShortSchedule, TemplateSubstitution, PretrainedEncoder,
-                                                           nnUNetTrainer):
-    """Tests: substitution + consistency term, 2 epochs x 4 iterations."""
-    schedule = Schedule(epochs=2, iterations=4, val_iterations=2)
-    consistency_weight = 0.1
-
-
-class nnUNetTrainerMMFinetune_dad_smoke(ShortSchedule, DADAugmentation, PretrainedEncoder, nnUNetTrainer):
-    """Tests: DAD augmentation on every sample, 2 epochs x 4 iterations."""
-    schedule = Schedule(epochs=2, iterations=4, val_iterations=2)
-    dad_p = 1.0
-
-
-class nnUNetTrainerMMFinetune_smoke(ShortSchedule, PretrainedEncoder, nnUNetTrainer):
-    """Tests: 2 epochs x 4 iterations, no mirroring."""
-    schedule = Schedule(epochs=2, iterations=4, val_iterations=2)
-
-
-class nnUNetTrainerMMFinetune_demo(ShortSchedule, PretrainedEncoder, nnUNetTrainer):
-    """The demo: same schedule as nnUNetTrainerMMDemo (its from-scratch baseline)."""
-    schedule = Schedule(epochs=12, iterations=20, val_iterations=4)

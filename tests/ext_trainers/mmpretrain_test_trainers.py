@@ -1,6 +1,55 @@
 """Trainers only the tests use; the tests add this folder to ``nnUNet_extTrainer`` (conftest)."""
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_mmpretrain.training.classifier import MMClassifierBase
+from nnunet_mmpretrain.training.finetune import PretrainedEncoder
+from nnunet_mmpretrain.training.finetune_augment import AlignedTemplateSubstitution as TemplateSubstitution, DADAugmentation
 from nnunet_mmpretrain.training.pretrain_variants import nnUNetTrainerMMPretrain_dad
-from nnunet_mmpretrain.training.schedules import Schedule
+from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule
+
+SMOKE = Schedule(epochs=2, iterations=4, val_iterations=2)
+
+
+class nnUNetTrainerMMSmoke(ShortSchedule, nnUNetTrainer):
+    """The stock trainer, 2 epochs x 4 iterations, 2 validation iterations, no mirroring."""
+    schedule = SMOKE
+
+
+class nnUNetTrainerMMFinetune_smoke(ShortSchedule, PretrainedEncoder, nnUNetTrainer):
+    """Fine-tuning from a bundle, 2 epochs x 4 iterations, no mirroring."""
+    schedule = SMOKE
+
+
+class nnUNetTrainerMMFinetune_templateAug_smoke(ShortSchedule, TemplateSubstitution, PretrainedEncoder, nnUNetTrainer):
+    """Aligned template substitution, 2 epochs x 4 iterations."""
+    schedule = SMOKE
+
+
+class nnUNetTrainerMMFinetune_templateAugConsistency_smoke(ShortSchedule, TemplateSubstitution, PretrainedEncoder,
+                                                           nnUNetTrainer):
+    """Substitution + consistency term, 2 epochs x 4 iterations."""
+    schedule = SMOKE
+    consistency_weight = 0.1
+
+
+class nnUNetTrainerMMFinetune_dad_smoke(ShortSchedule, DADAugmentation, PretrainedEncoder, nnUNetTrainer):
+    """DAD augmentation on every sample, 2 epochs x 4 iterations."""
+    schedule = SMOKE
+    dad_p = 1.0
+
+
+class nnUNetTrainerMMClassifier_smoke(ShortSchedule, MMClassifierBase):
+    """Classifier, 2 epochs x 1 iteration."""
+    schedule = Schedule(epochs=2, iterations=1, val_iterations=1, save_every=50)
+    warmup_epochs = 0
+
+
+class nnUNetTrainerMMClassifier_scratch_smoke(nnUNetTrainerMMClassifier_smoke):
+    use_bundle = False
+
+
+class nnUNetTrainerMMClassifier_linearProbe_smoke(nnUNetTrainerMMClassifier_smoke):
+    use_bundle, linear_probe = True, True
 
 
 class nnUNetTrainerMMPretrain_dad_3epochs(nnUNetTrainerMMPretrain_dad):
