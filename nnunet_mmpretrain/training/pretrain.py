@@ -75,6 +75,8 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.is_ddp and dist.get_backend() == "gloo":   # nnU-Net assumes NCCL/CUDA under DDP
             self.device, self.grad_scaler = torch.device("cpu"), None
+        elif self.is_ddp and self.device.type == "cuda" and "LOCAL_RANK" in os.environ:
+            self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))   # nnU-Net uses the global rank
         self.enable_deep_supervision = False
         self.mm_log: Dict[str, List[float]] = {f"{s}_{k}": [] for s in ("train", "val") for k in LOG_KEYS}
         self.mm_log["lr"] = []
@@ -126,7 +128,7 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
         if self.is_ddp:
             self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
-            self.network = DDP(self.network, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+            self.network = DDP(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                                find_unused_parameters=True)   # stems of modalities absent from a batch
         self.loss = None
         self.was_initialized = True
