@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -47,12 +48,21 @@ def phantom_raw() -> str:
     folder = os.path.join(CACHE, _phantom_key())
     done = os.path.join(folder, ".complete")
     if not os.path.isfile(done):
-        tmp = folder + ".partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        _make_phantoms(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-        open(done, "w").close()
+        # each session builds in its own folder and moves it in complete (marker inside), so two
+        # sessions building at once never mix or half-write the cache
+        os.makedirs(CACHE, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=_phantom_key() + ".partial.", dir=CACHE)
+        try:
+            _make_phantoms(tmp)
+            open(os.path.join(tmp, ".complete"), "w").close()
+            if not os.path.isfile(done):
+                shutil.rmtree(folder, ignore_errors=True)        # an incomplete leftover
+                try:
+                    os.replace(tmp, folder)
+                except OSError:                                  # another session moved its copy in first
+                    pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
