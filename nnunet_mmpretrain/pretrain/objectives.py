@@ -26,7 +26,7 @@ def _first_epoch_at(fraction: float, num_epochs: int) -> int:
     return int(math.ceil(fraction * num_epochs - 1e-9))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ObjectiveConfig:
     """Weights and schedule of the BrainMVP objective.
 

@@ -43,7 +43,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mmpretrain.classification.labels import ClassLabelError, load_labels_for_plans
 from nnunet_mmpretrain.training.finetune import FinetuneError, PretrainedEncoder
-from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, backward_and_step
+from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, backward_and_step, restore_training_state
 
 log = logging.getLogger(__name__)
 
@@ -305,11 +305,7 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
         if diff:
             raise FinetuneError(f"{filename_or_checkpoint} was written for other plans or classes ({', '.join(diff)} "
                                 f"differ): continue with the same -p/-c and classes.csv, or train in a new folder.")
-        self._net().load_state_dict(ck["network_weights"])
-        self.optimizer.load_state_dict(ck["optimizer_state"])
-        if self.grad_scaler is not None and ck.get("grad_scaler_state") is not None:
-            self.grad_scaler.load_state_dict(ck["grad_scaler_state"])
-        self.current_epoch = int(ck["current_epoch"])
+        restore_training_state(self, ck)
         self.logger.load_checkpoint(ck["logging"])
         self._best_ema = ck.get("_best_ema")
         self._weights_from = os.path.basename(filename_or_checkpoint)

@@ -8,6 +8,7 @@ from dataclasses import asdict
 import torch
 
 from nnunet_mmpretrain.modalities import MODALITIES
+from nnunet_mmpretrain.training.schedules import restore_training_state
 
 
 class PretrainingError(RuntimeError):
@@ -68,11 +69,7 @@ def restore(trainer, filename: str) -> None:
             f"{filename} was written with other plans ({', '.join(f'{k}: {ident.get(k)!r} vs now {mine[k]!r}' for k in diff if k != 'architecture')}"
             f"{'; the architecture differs' if 'architecture' in diff else ''}). Resume with the same -p/-c, "
             f"or start a new training in another results folder.")
-    trainer._net().load_state_dict(ck["network_weights"])
-    trainer.optimizer.load_state_dict(ck["optimizer_state"])
-    if trainer.grad_scaler is not None and ck.get("grad_scaler_state") is not None:
-        trainer.grad_scaler.load_state_dict(ck["grad_scaler_state"])
-    trainer.current_epoch = int(ck["current_epoch"])
+    restore_training_state(trainer, ck)
     trainer.mm_log = {k: list(v) for k, v in ck["mm_log"].items()}
     trainer._best_val = ck.get("best_val")
     logging = trainer.logger.get_checkpoint()
