@@ -217,7 +217,7 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
             last = [f for f in ("checkpoint_latest.pth", "checkpoint_best.pth")
                     if os.path.isfile(os.path.join(self.output_folder, f))]
             raise PretrainingError(
-                f"non-finite loss ({float(loss)}) at epoch {self.current_epoch}, cases {', '.join(batch['keys'])} "
+                f"non-finite loss ({float(loss.detach())}) at epoch {self.current_epoch}, cases {', '.join(batch['keys'])} "
                 f"(terms {', '.join(f'{k}={v:.4g}' for k, v in logs.items() if k.startswith('l_'))}); last good "
                 f"checkpoint: {os.path.join(self.output_folder, last[0]) if last else 'none yet'}. Lower the learning "
                 f"rate or check these cases, then resume with --c.")
