@@ -15,15 +15,13 @@ needs them and they allow a segmentation auxiliary task), and ``classes.csv`` wi
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import List
 
 from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.conversion.common import (
-    BRATS_CHANNELS, CaseSpec, ConversionError, ConversionSummary, DatasetInfo, convert_segmentation,
-    dataset_folder, display, find_dirs, multimodal_seg_case, nifti_file, require_root, visible)
+    BRATS_CHANNELS, CLASSIFICATION, CaseSpec, Plan, Release, display, find_dirs, multimodal_seg_case, nifti_pair,
+    suffixed_files, visible)
 
-KIND = "BraTS 2018 grading"
-DEFAULT_ID, DEFAULT_NAME = 532, "BraTS2018Grade"
 SUFFIX = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair"}
 GRADES = {"HGG": 1, "LGG": 0}
 LABELS = labels.convention("brats2018")
@@ -36,35 +34,27 @@ def build_specs(root: str) -> List[CaseSpec]:
         grade = os.path.basename(gdir)
         for cid in sorted(d for d in os.listdir(gdir) if visible(d) and os.path.isdir(os.path.join(gdir, d))):
             d = os.path.join(gdir, cid)
-            chans = [(m, nifti_file(d, f"{cid}_{SUFFIX[m]}"), os.path.join(d, f"{cid}_{SUFFIX[m]}.nii.gz"))
-                     for m in BRATS_CHANNELS]
-            seg = (nifti_file(d, f"{cid}_seg"), os.path.join(d, f"{cid}_seg.nii.gz"))
-            spec = multimodal_seg_case(cid, chans, seg, LABELS)
+            spec = multimodal_seg_case(cid, suffixed_files(d, cid, SUFFIX), nifti_pair(d, f"{cid}_seg"), LABELS)
             spec.info.update(grade=grade, label=GRADES[grade])
             specs.append(spec)
     return specs
 
 
-def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
-            name: str = DEFAULT_NAME, *, link: bool = True, dry_run: bool = False,
-            overwrite: bool = False, num_processes: int = 1, progress: bool = True,
-            print_summary: bool = True) -> ConversionSummary:
-    root = require_root(release_root, KIND)
-    folder = dataset_folder(out_dir, dataset_id, name)
-    specs = build_specs(root)
-    if not specs:
-        raise ConversionError(f"no BraTS 2018 cases under {root}: expected HGG/ and LGG/ folders holding "
-                              f"<case>/<case>_{{t1,t1ce,t2,flair,seg}}.nii.gz.")
-    info = DatasetInfo(
-        channel_names=[display(m) for m in BRATS_CHANNELS], **LABELS.dataset_json(),
+def plan(root: str) -> Plan:
+    """Discovery, dataset.json content and ``classes.csv`` rows of a BraTS 2018 release."""
+    return Plan(
+        build_specs(root), channels=[display(m) for m in BRATS_CHANNELS],
+        empty=f"no BraTS 2018 cases under {root}: expected HGG/ and LGG/ folders holding "
+              f"<case>/<case>_{{t1,t1ce,t2,flair,seg}}.nii.gz.",
         description="BraTS 2018 glioma grading: classes.csv label 1 = HGG, 0 = LGG. Segmentations in "
                     "BraTS-2023 convention (release 4 enhancing -> 3).",
-        reference="https://www.med.upenn.edu/sbia/brats2018.html ; Bakas et al., arXiv:1811.02629",
-        licence="see the BraTS 2018 data use agreement",
-        extra={"classification": {"file": "classes.csv", "classes": {"0": "LGG", "1": "HGG"}},
-               "conversion": {"kind": "brats2018-grade", "source": root,
-                              "label_mapping_from_release": LABELS.mapping_json()}})
-    return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
-                                num_processes=num_processes, progress=progress, print_summary=print_summary,
-                                classes=(("case", "label", "grade"),
-                                         lambda s: (s.case_id, s.info["label"], s.info["grade"])))
+        extra={"classification": {"file": "classes.csv", "classes": {"0": "LGG", "1": "HGG"}}},
+        classes=(("case", "label", "grade"), lambda s: (s.case_id, s.info["label"], s.info["grade"])))
+
+
+RELEASE = Release(
+    kind="brats2018-grade", title="BraTS 2018 grading", output=CLASSIFICATION, plan=plan, default_id=532,
+    default_name="BraTS2018Grade", help="BraTS 2018 HGG/LGG: images + segmentations + classes.csv (label 1 = HGG)",
+    labels=LABELS, reference="https://www.med.upenn.edu/sbia/brats2018.html ; Bakas et al., arXiv:1811.02629",
+    licence="see the BraTS 2018 data use agreement")
+convert = RELEASE.convert

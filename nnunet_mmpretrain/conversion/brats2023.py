@@ -28,8 +28,8 @@ import numpy as np
 
 from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.conversion.common import (
-    BRATS_CHANNELS, CaseSkip, CaseSpec, ConversionError, ConversionSummary, DatasetInfo, convert_segmentation,
-    dataset_folder, display, find_dirs, load_image, multimodal_seg_case, nifti_file, require_root)
+    BRATS_CHANNELS, SEGMENTATION, CaseSkip, CaseSpec, ConversionError, Plan, Release, Setting, display, find_dirs,
+    load_image, multimodal_seg_case, nifti_pair, suffixed_files)
 
 KIND = "BraTS 2023"
 CASE_RE = re.compile(r"BraTS-([A-Z]+)-\d{5}-\d{3}")
@@ -54,10 +54,12 @@ def find_cases(root: str) -> Dict[str, List[Tuple[str, str]]]:
 
 
 def case_files(folder: str, case_id: str, suffix: str) -> Tuple[Optional[str], str]:
-    return nifti_file(folder, f"{case_id}-{suffix}"), os.path.join(folder, f"{case_id}-{suffix}.nii.gz")
+    """(existing file or None, expected .nii.gz path) of one modality / the segmentation."""
+    return nifti_pair(folder, f"{case_id}-{suffix}")
 
 
 def pick_subset(found: Dict[str, list], subset: Optional[str], root: str, kind: str = KIND) -> str:
+    """The sub-challenge to convert: ``subset``, or the only one ``found`` (one line otherwise)."""
     if not found:
         raise ConversionError(f"no {kind} cases under {root}: expected folders BraTS-GLI-XXXXX-YYY "
                               f"(or MEN/MET/PED/SSA) holding BraTS-...-{{t1n,t1c,t2w,t2f,seg}}.nii.gz.")
@@ -73,11 +75,8 @@ def pick_subset(found: Dict[str, list], subset: Optional[str], root: str, kind: 
 
 
 def build_specs(cases: List[Tuple[str, str]], convention: labels.LabelConvention = LABELS) -> List[CaseSpec]:
-    specs = []
-    for cid, d in cases:
-        chans = [(m, *case_files(d, cid, SUFFIX[m])) for m in BRATS_CHANNELS]
-        specs.append(multimodal_seg_case(cid, chans, case_files(d, cid, "seg"), convention))
-    return specs
+    return [multimodal_seg_case(cid, suffixed_files(d, cid, SUFFIX, "-"), case_files(d, cid, "seg"), convention)
+            for cid, d in cases]
 
 
 def label_values(specs: Sequence[CaseSpec], limit: int = SNIFF_CASES) -> Iterator[Tuple[str, Set[int]]]:
@@ -106,29 +105,25 @@ def refuse_brats2024(specs: Sequence[CaseSpec]) -> None:
                                   f"'nnUNetv2_mmpretrain_convert brats2024' instead of brats2023.")
 
 
-def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: Optional[int] = None,
-            name: Optional[str] = None, *, subset: Optional[str] = None, link: bool = True,
-            dry_run: bool = False, overwrite: bool = False, num_processes: int = 1,
-            progress: bool = True, print_summary: bool = True) -> ConversionSummary:
-    """``dataset_id`` / ``name`` default to 522-526 / ``BraTS2023_<SUBSET>``."""
-    root = require_root(release_root, KIND)
+def plan(root: str, subset: Optional[str] = None) -> Plan:
+    """Discovery and dataset.json content of one sub-challenge of a BraTS 2023 release (refused
+    when its first label files hold a 4: a BraTS 2024 release)."""
     found = find_cases(root)
     sub = pick_subset(found, subset, root)
-    if dataset_id is None:
-        if sub not in DEFAULT_IDS:
-            raise ConversionError(f"no default dataset id for sub-challenge {sub}: pass -d ID.")
-        dataset_id = DEFAULT_IDS[sub]
-    folder = dataset_folder(out_dir, dataset_id, name or f"BraTS2023_{sub}")
     specs = build_specs(found[sub])
     refuse_brats2024(specs)
-    info = DatasetInfo(
-        channel_names=[display(m) for m in BRATS_CHANNELS], **LABELS.dataset_json(),
-        description=f"BraTS 2023 {sub} ({DESCRIPTIONS.get(sub, sub)}). Labels as released: 1 "
-                    f"non-enhancing core/necrosis, 2 edema, 3 enhancing tumour.",
-        reference="https://www.synapse.org/brats2023",
-        licence="see the BraTS 2023 data use agreement",
-        extra={"conversion": {"kind": "brats2023", "subset": sub, "source": root,
-                              "label_mapping_from_release": LABELS.mapping_json()}})
-    return convert_segmentation(f"{KIND} {sub}", specs, folder, info, link=link, dry_run=dry_run,
-                                overwrite=overwrite, num_processes=num_processes, progress=progress,
-                                print_summary=print_summary)
+    return Plan(specs, title=f"{KIND} {sub}", dataset_id=DEFAULT_IDS.get(sub), name=f"BraTS2023_{sub}",
+                empty=f"no {KIND} {sub} cases under {root}.", channels=[display(m) for m in BRATS_CHANNELS],
+                description=f"BraTS 2023 {sub} ({DESCRIPTIONS.get(sub, sub)}). Labels as released: 1 "
+                            f"non-enhancing core/necrosis, 2 edema, 3 enhancing tumour.",
+                conversion={"subset": sub})
+
+
+RELEASE = Release(
+    kind="brats2023", title=KIND, output=SEGMENTATION, plan=plan, default_name="BraTS2023_<SUBSET>",
+    default_id_help="by sub-challenge: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_IDS.items()),
+    help=f"BraTS 2023 {'/'.join(SUBSETS)}: BraTS-GLI-XXXXX-YYY/...-{{t1n,t1c,t2w,t2f,seg}}.nii.gz (labels 0-3 kept)",
+    settings=(Setting("subset", None, ("--subset",), "sub-challenge (needed when the folder holds several)",
+                      cli={"choices": SUBSETS, "type": str.upper}),),
+    labels=LABELS, reference="https://www.synapse.org/brats2023", licence="see the BraTS 2023 data use agreement")
+convert = RELEASE.convert

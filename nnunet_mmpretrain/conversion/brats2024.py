@@ -30,8 +30,7 @@ from typing import Optional
 from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.conversion.brats2023 import build_specs, find_cases, pick_subset
 from nnunet_mmpretrain.conversion.common import (
-    BRATS_CHANNELS, ConversionError, ConversionSummary, DatasetInfo, convert_segmentation, dataset_folder,
-    display, require_root)
+    BRATS_CHANNELS, SEGMENTATION, ConversionError, Plan, Release, Setting, display)
 
 KIND = "BraTS 2024"
 DEFAULT_IDS = {"GLI": 534, "MET": 535, "SSA": 536}
@@ -43,9 +42,12 @@ REFUSED = {
     "MEN": "BraTS 2024 has no MEN sub-challenge in this layout (MEN-RT ships T1c + GTV only): BraTS-MEN-* "
            "folders are the 2023 release, convert them with brats2023",
 }
+RC_WORDS = {"keep": "resection cavity kept as its own class 4", "background": "resection cavity written as 0",
+            "ignore": "resection cavity written as nnU-Net's ignore label 4"}
 
 
 def convention(subset: str, resection_cavity: str = "keep") -> labels.LabelConvention:
+    """The label convention of a sub-challenge (GLI: with the resection cavity mode)."""
     if subset in REFUSED:
         raise ConversionError(REFUSED[subset] + ".")
     if subset == "GLI":
@@ -62,32 +64,30 @@ def convention(subset: str, resection_cavity: str = "keep") -> labels.LabelConve
                               f"(known: GLI, MET, SSA).") from None
 
 
-def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: Optional[int] = None,
-            name: Optional[str] = None, *, subset: Optional[str] = None, resection_cavity: str = "keep",
-            link: bool = True, dry_run: bool = False, overwrite: bool = False, num_processes: int = 1,
-            progress: bool = True, print_summary: bool = True) -> ConversionSummary:
-    """``dataset_id`` / ``name`` default to 534-536 / ``BraTS2024_<SUBSET>``; ``resection_cavity``:
-    'keep' | 'background' | 'ignore' (GLI)."""
-    root = require_root(release_root, KIND)
+def plan(root: str, subset: Optional[str] = None, resection_cavity: str = "keep") -> Plan:
+    """Discovery and dataset.json content of one sub-challenge of a BraTS 2024 release."""
     found = find_cases(root)
     sub = pick_subset(found, subset, root, KIND)
     conv = convention(sub, resection_cavity)
-    if dataset_id is None:
-        dataset_id = DEFAULT_IDS[sub]
-    folder = dataset_folder(out_dir, dataset_id, name or f"BraTS2024_{sub}")
-    specs = build_specs(found[sub], conv)
-    rc = {"keep": "resection cavity kept as its own class 4", "background": "resection cavity written as 0",
-          "ignore": "resection cavity written as nnU-Net's ignore label 4"}[resection_cavity] if sub == "GLI" else ""
-    info = DatasetInfo(
-        channel_names=[display(m) for m in BRATS_CHANNELS], **conv.dataset_json(),
+    rc = RC_WORDS[resection_cavity] if sub == "GLI" else ""
+    return Plan(
+        build_specs(found[sub], conv), title=f"{KIND} {sub}", dataset_id=DEFAULT_IDS[sub], name=f"BraTS2024_{sub}",
+        empty=f"no {KIND} {sub} cases under {root}.", channels=[display(m) for m in BRATS_CHANNELS], labels=conv,
         description=f"BraTS 2024 {sub} ({DESCRIPTIONS[sub]}). Labels: 1 non-enhancing tumour core, 2 "
                     f"surrounding FLAIR hyperintensity / edema, 3 enhancing tissue" + (f"; {rc}" if rc else "") + ".",
-        reference="https://www.synapse.org/brats2024",
-        licence="see the BraTS 2024 data use agreement",
-        extra={"evaluation_regions": {k: list(v) for k, v in conv.evaluation_regions.items()},
-               "conversion": {"kind": "brats2024", "subset": sub, "source": root,
-                              **({"resection_cavity": resection_cavity} if sub == "GLI" else {}),
-                              "label_mapping_from_release": conv.mapping_json()}})
-    return convert_segmentation(f"{KIND} {sub}", specs, folder, info, link=link, dry_run=dry_run,
-                                overwrite=overwrite, num_processes=num_processes, progress=progress,
-                                print_summary=print_summary)
+        extra={"evaluation_regions": {k: list(v) for k, v in conv.evaluation_regions.items()}},
+        conversion={"subset": sub, **({"resection_cavity": resection_cavity} if sub == "GLI" else {})})
+
+
+RELEASE = Release(
+    kind="brats2024", title=KIND, output=SEGMENTATION, plan=plan, default_name="BraTS2024_<SUBSET>",
+    default_id_help="by sub-challenge: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_IDS.items()),
+    help=f"BraTS 2024 {'/'.join(DEFAULT_IDS)}: same files as 2023; GLI label 4 (resection cavity) kept as its "
+         f"own class or mapped (--resection-cavity)",
+    settings=(Setting("subset", None, ("--subset",), "sub-challenge (needed when the folder holds several)",
+                      cli={"choices": tuple(DEFAULT_IDS) + tuple(REFUSED), "type": str.upper}),
+              Setting("resection_cavity", "keep", ("--resection-cavity",),
+                      "GLI label 4: keep as its own class and region (default), write as background, or as "
+                      "nnU-Net's ignore label", cli={"choices": labels.RESECTION_CAVITY_MODES})),
+    reference="https://www.synapse.org/brats2024", licence="see the BraTS 2024 data use agreement")
+convert = RELEASE.convert

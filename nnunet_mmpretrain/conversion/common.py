@@ -33,10 +33,14 @@ from nnunet_mmpretrain.conversion.imageio import (
     read_header, resample_onto, write_image)
 from nnunet_mmpretrain.conversion.paths import (
     FILE_ENDING, PARTIAL_DIR, check_dataset_name, dataset_folder, dataset_folder_name, display, find_dirs,
-    find_dirs_containing, image_file, nifti_file, nifti_stem, require_root, resolve_raw_dir, safe_join, visible)
+    find_dirs_containing, image_file, nifti_file, nifti_pair, nifti_stem, require_root, resolve_raw_dir, safe_join,
+    suffixed_files, visible)
+from nnunet_mmpretrain.conversion.options import ConvertOptions
 from nnunet_mmpretrain.conversion.raw_dataset import (
     DatasetInfo, convert_segmentation, prepare_dataset_folder, verify_nnunet_dataset, write_csv,
     write_dataset_json)
+from nnunet_mmpretrain.conversion.release import (
+    CLASSIFICATION, CORPUS, SEGMENTATION, Plan, Release, Setting, run_release)
 from nnunet_mmpretrain.conversion.spec import (
     BRATS_CHANNELS, CaseSpec, ImageSpec, LabelSpec, corpus_case_spec, corpus_image_dst,
     missing_files_problem, multimodal_seg_case, seg_image_dst, seg_label_dst)
@@ -46,13 +50,15 @@ from nnunet_mmpretrain.labels import BRATS_421_MAP, BRATS_LABELS, BRATS_REGIONS_
 
 __all__ = [
     "ALREADY_DONE", "BRATS_421_MAP", "BRATS_CHANNELS", "BRATS_LABELS", "BRATS_REGIONS_CLASS_ORDER",
-    "CaseResult", "CaseSkip", "CaseSpec", "ConversionError", "ConversionSummary", "DatasetInfo",
-    "FILE_ENDING", "GRID_TOL_MM", "Grid", "ImageSpec", "LabelSpec", "PARTIAL_DIR", "check_dataset_name",
-    "clear_partial", "convert_corpus", "convert_segmentation", "corpus_case_spec", "corpus_image_dst",
-    "dataset_folder", "dataset_folder_name", "display", "execute_case", "find_dirs", "find_dirs_containing",
-    "foreground_mask", "image_file", "image_grid", "load_image", "map_labels", "missing_files_problem",
-    "multimodal_seg_case", "nifti_file", "nifti_stem", "place_file", "prepare_dataset_folder", "read_header",
-    "report_summary", "require_root", "resample_onto", "resolve_raw_dir", "run_cases", "safe_join",
-    "seg_image_dst", "seg_label_dst", "verify_nnunet_dataset", "visible", "write_csv", "write_dataset_json",
-    "write_image",
+    "CLASSIFICATION", "CORPUS", "CaseResult", "CaseSkip", "CaseSpec", "ConversionError",
+    "ConversionSummary", "ConvertOptions", "DatasetInfo", "FILE_ENDING", "GRID_TOL_MM", "Grid",
+    "ImageSpec", "LabelSpec", "PARTIAL_DIR", "Plan", "Release", "SEGMENTATION", "Setting",
+    "check_dataset_name", "clear_partial", "convert_corpus", "convert_segmentation", "corpus_case_spec",
+    "corpus_image_dst", "dataset_folder", "dataset_folder_name", "display", "execute_case", "find_dirs",
+    "find_dirs_containing", "foreground_mask", "image_file", "image_grid", "load_image", "map_labels",
+    "missing_files_problem", "multimodal_seg_case", "nifti_file", "nifti_pair", "nifti_stem",
+    "place_file", "prepare_dataset_folder", "read_header", "report_summary", "require_root",
+    "resample_onto", "resolve_raw_dir", "run_cases", "run_release", "safe_join", "seg_image_dst",
+    "seg_label_dst", "suffixed_files", "verify_nnunet_dataset", "visible", "write_csv",
+    "write_dataset_json", "write_image",
 ]

@@ -11,15 +11,12 @@ allows varying modality sets); a case with none is skipped.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import List
 
 from nnunet_mmpretrain.conversion import brats2021, brats2023
 from nnunet_mmpretrain.conversion.common import (
-    BRATS_CHANNELS, CaseSpec, ConversionError, ConversionSummary, convert_corpus, corpus_case_spec,
-    dataset_folder, find_dirs, require_root)
+    BRATS_CHANNELS, CORPUS, CaseSpec, Plan, Release, corpus_case_spec, find_dirs)
 
-KIND = "BraTS corpus"
-DEFAULT_ID, DEFAULT_NAME = 550, "BraTSCorpus"
 SOURCE_INFO = {
     "brats2021": "BraTS 2021 adult glioma: T1, T1ce, T2, FLAIR (SRI24, 240x240x155, skull-stripped)",
     "brats2023_gli": "BraTS 2023 adult glioma", "brats2023_men": "BraTS 2023 meningioma",
@@ -29,6 +26,7 @@ SOURCE_INFO = {
 
 
 def build_specs(root: str, case_prefix: str = "") -> List[CaseSpec]:
+    """One corpus case per BraTS 2021 / 2023 case folder (the images it has)."""
     specs = []
     for d in find_dirs(root, lambda n: bool(brats2021.CASE_RE.fullmatch(n) or brats2023.CASE_RE.fullmatch(n))):
         cid = os.path.basename(d)
@@ -45,18 +43,16 @@ def build_specs(root: str, case_prefix: str = "") -> List[CaseSpec]:
     return specs
 
 
-def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
-            name: str = DEFAULT_NAME, *, case_prefix: str = "", atlas_registered="auto",
-            link: bool = True, dry_run: bool = False, overwrite: bool = False, num_processes: int = 1,
-            progress: bool = True, print_summary: bool = True) -> ConversionSummary:
-    root = require_root(release_root, "BraTS")
-    folder = dataset_folder(out_dir, dataset_id, name)
+def plan(root: str, case_prefix: str = "") -> Plan:
+    """Discovery and manifest sources (one per release and sub-challenge found) of BraTS folders."""
     specs = build_specs(root, case_prefix)
-    if not specs:
-        raise ConversionError(f"no BraTS case folders under {root}: expected BraTS2021_XXXXX/ or "
-                              f"BraTS-GLI-XXXXX-YYY/ (MEN, MET, PED, SSA) folders.")
     used = sorted({s.info["source"] for s in specs})
-    sources: Dict[str, dict] = {s: {"description": SOURCE_INFO.get(s, s), "release": root} for s in used}
-    return convert_corpus(KIND, specs, folder, sources, atlas_registered=atlas_registered, link=link,
-                          dry_run=dry_run, overwrite=overwrite, num_processes=num_processes,
-                          progress=progress, print_summary=print_summary)
+    return Plan(specs, sources={s: {"description": SOURCE_INFO.get(s, s), "release": root} for s in used},
+                empty=f"no BraTS case folders under {root}: expected BraTS2021_XXXXX/ or BraTS-GLI-XXXXX-YYY/ "
+                      f"(MEN, MET, PED, SSA) folders.")
+
+
+RELEASE = Release(
+    kind="corpus-brats", title="BraTS corpus", output=CORPUS, plan=plan, default_id=550, default_name="BraTSCorpus",
+    help="pretraining corpus from BraTS 2021 / 2023 images (no labels needed)", root_word="BraTS")
+convert = RELEASE.convert

@@ -6,6 +6,7 @@ from typing import Dict, List, Sequence
 
 from nnunet_mmpretrain.conversion.execute import run_cases
 from nnunet_mmpretrain.conversion.imageio import image_grid
+from nnunet_mmpretrain.conversion.options import ConvertOptions
 from nnunet_mmpretrain.conversion.spec import CaseSpec, corpus_image_dst
 from nnunet_mmpretrain.conversion.staging import Staging, link_tree, refuse_release_inside, restore_interrupted
 from nnunet_mmpretrain.conversion.summary import CaseSkip, ConversionError, ConversionSummary, report_summary
@@ -14,15 +15,15 @@ from nnunet_mmpretrain.corpus.manifest import (CorpusCase, CorpusManifest, Manif
 
 
 def convert_corpus(kind: str, specs: Sequence[CaseSpec], folder: str, sources: Dict[str, dict], *,
-                   atlas_registered: "str | bool" = "auto", link: bool = True, dry_run: bool = False,
-                   overwrite: bool = False, num_processes: int = 1, progress: bool = True,
-                   print_summary: bool = True) -> ConversionSummary:
+                   options: ConvertOptions, atlas_registered: "str | bool" = "auto") -> ConversionSummary:
     """Write (or extend) a pretraining corpus folder: ``images/`` and ``manifest.json``.
 
     A corpus folder may hold several sources: cases of other sources already in its manifest are
     kept, so converting BraTS, IXI and UCSF-PDGM with the same ``-d``/``--name`` builds one
     multi-source corpus. ``atlas_registered``: True/False, or 'auto' (True when every scan of
-    the corpus lies on one voxel grid)."""
+    the corpus lies on one voxel grid); ``options``: how the run goes
+    (:class:`~nnunet_mmpretrain.conversion.options.ConvertOptions`)."""
+    dry_run, overwrite = options.dry_run, options.overwrite
     summary = ConversionSummary(kind=kind, output=folder, dry_run=dry_run)
     if not specs:
         raise ConversionError(f"no {kind} cases found.")
@@ -61,13 +62,12 @@ def convert_corpus(kind: str, specs: Sequence[CaseSpec], folder: str, sources: D
     try:
         if stage.staged and old is not None:  # the other sources' files, hard-linked
             link_tree(folder, stage.build, skip=mine_files + [mpath])
-        finished = run_cases(specs, stage.build, summary, link=link, dry_run=dry_run, force=overwrite,
-                             num_processes=num_processes, progress=progress, desc=os.path.basename(folder))
+        finished = run_cases(specs, stage.build, summary, options, desc=os.path.basename(folder))
         if not dry_run:
             _write_manifest(stage, folder, finished, kept, old, sources, atlas_registered, summary)
     except BaseException as e:
         raise stage.fail(e) from None
-    if print_summary:
+    if options.print_summary:
         report_summary(summary)
     return summary
 

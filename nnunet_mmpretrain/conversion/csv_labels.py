@@ -26,17 +26,17 @@ import csv
 import glob
 import os
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from nnunet_mmpretrain.conversion import visits
 from nnunet_mmpretrain.conversion.common import (
-    CaseSpec, ConversionError, ConversionSummary, DatasetInfo, ImageSpec, LabelSpec,
-    convert_segmentation, dataset_folder, display, require_root, seg_image_dst, seg_label_dst,
-    visible, report_summary)
+    CLASSIFICATION, CaseSpec, ConversionError, ConversionSummary, ConvertOptions, ImageSpec, LabelSpec, Plan,
+    Release, Setting, display, seg_image_dst, seg_label_dst, visible)
 from nnunet_mmpretrain.corpus.manifest import ManifestError, check_case_id
 
 KIND = "CSV labels"
 DEFAULT_ID = 540
+DEFAULT_PATTERNS = ("{id}.nii.gz",)
 
 
 def read_table(path: str) -> Tuple[List[str], List[Dict[str, str]]]:
@@ -161,30 +161,43 @@ def build_specs(root: str, rows: List[Dict[str, str]], id_column: str, label_col
     return specs, dict(class_map)
 
 
-def convert(image_root: str, csv_path: str, id_column: str, label_column: str,
-            patterns: Sequence[str] = ("{id}.nii.gz",), modalities: Optional[Sequence[str]] = None,
-            class_map: Optional[Mapping[str, int]] = None, mask: str = "otsu",
-            out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID, name: Optional[str] = None, *,
-            visit: Optional[str] = None, visit_column: Optional[str] = None,
-            link: bool = True, dry_run: bool = False, overwrite: bool = False, num_processes: int = 1,
-            progress: bool = True, print_summary: bool = True) -> ConversionSummary:
-    """``patterns``: one per channel (``{id}``, optionally ``{visit}``); ``modalities``: channel
-    names (default T1 for one channel); ``visit``: None (several visits of an id are ambiguous),
-    'first', 'last' or a value of ``visit_column`` (:mod:`~nnunet_mmpretrain.conversion.visits`)."""
-    root = require_root(image_root, "image")
-    patterns = list(patterns)
+def parse_class_map(text: Optional[str]) -> Optional[Dict[str, int]]:
+    """``'CN=0,MCI=1'`` -> {'CN': 0, 'MCI': 1} (the ``--class-map`` option); None stays None."""
+    if text is None:
+        return None
+    out: Dict[str, int] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ConversionError(f"--class-map takes NAME=INT pairs separated by commas, got {item!r}.")
+        k, v = item.rsplit("=", 1)
+        try:
+            out[k.strip()] = int(v)
+        except ValueError:
+            raise ConversionError(f"--class-map: {v!r} is not an integer (in {item!r}).") from None
+    if not out:
+        raise ConversionError("--class-map is empty.")
+    return out
+
+
+def _check_patterns(patterns: List[str], modalities: List[str], mask: str) -> None:
+    """One line (ConversionError) for image patterns, channel names or a mask that cannot work."""
     if not patterns or any("{id}" not in p for p in patterns):
         raise ConversionError(f"every image pattern must contain {{id}}, got {patterns}.")
     if any(os.path.isabs(p) or ".." in p.split("/") for p in patterns):
         raise ConversionError("image patterns are relative to the image folder and may not contain '..'.")
-    modalities = list(modalities or (["T1"] if len(patterns) == 1 else []))
     if len(modalities) != len(patterns):
         raise ConversionError(f"give one modality per image pattern ({len(patterns)} pattern(s), "
                               f"{len(modalities)} modality name(s)).")
     if mask not in ("otsu", "nonzero", "none"):
         raise ConversionError(f"mask must be otsu, nonzero or none, got {mask!r}.")
-    cols, rows = read_table(csv_path)
-    for c in (id_column, label_column) + ((visit_column,) if visit_column else ()):
+
+
+def _check_columns(csv_path: str, cols: List[str], rows: list, columns: Sequence[str], patterns: List[str],
+                   visit: Optional[str], visit_column: Optional[str]) -> None:
+    """One line (ConversionError) for columns, a visit rule or placeholders the table does not have."""
+    for c in columns:
         if c not in cols:
             raise ConversionError(f"column {c!r} not in {csv_path} (columns: {', '.join(cols)}).")
     if visit is not None and visit not in visits.RULES and not visit_column:
@@ -198,37 +211,85 @@ def convert(image_root: str, csv_path: str, id_column: str, label_column: str,
                               f"of {csv_path} (use {{id}}, {{visit}} or a column: {', '.join(cols)}).")
     if not rows:
         raise ConversionError(f"{csv_path} has no data rows.")
-    if name is None:
-        name = re.sub(r"[^A-Za-z0-9_\-]", "_", os.path.splitext(os.path.basename(csv_path))[0]) or "CSVLabels"
-        if not name[0].isalnum():
-            name = "CSV" + name
-    folder = dataset_folder(out_dir, dataset_id, name)
+
+
+def plan(root: str, csv_path: str, id_column: str, label_column: str, patterns: Optional[Sequence[str]] = None,
+         modalities: Optional[Sequence[str]] = None, class_map: Optional[Mapping[str, int]] = None,
+         mask: str = "otsu", visit: Optional[str] = None, visit_column: Optional[str] = None) -> Plan:
+    """Cases, ``classes.csv`` rows and dataset.json content from the table and the image folder.
+    ``patterns``: one per channel (``{id}``, optionally ``{visit}``; default ``{id}.nii.gz``);
+    ``modalities``: channel names (default T1 for one channel); ``visit``: None (several visits of
+    an id are ambiguous), 'first', 'last' or a value of ``visit_column``
+    (:mod:`~nnunet_mmpretrain.conversion.visits`)."""
+    patterns = list(patterns or DEFAULT_PATTERNS)
+    modalities = list(modalities or (["T1"] if len(patterns) == 1 else []))
+    _check_patterns(patterns, modalities, mask)
+    cols, rows = read_table(csv_path)
+    _check_columns(csv_path, cols, rows, (id_column, label_column) + ((visit_column,) if visit_column else ()),
+                   patterns, visit, visit_column)
+    name = re.sub(r"[^A-Za-z0-9_\-]", "_", os.path.splitext(os.path.basename(csv_path))[0]) or "CSVLabels"
     skipped_files: Dict[str, str] = {}
     specs, cmap = build_specs(root, rows, id_column, label_column, patterns,
                               dict(class_map) if class_map is not None else None, mask, skipped_files,
                               visit, visit_column)
-    classes = {str(v): k for k, v in sorted(cmap.items(), key=lambda kv: kv[1])}
-    info = DatasetInfo(
-        channel_names=[display(m) for m in modalities],
-        labels={"background": 0, "foreground": 1} if mask != "none" else {"background": 0},
+    numbered = sorted(cmap.items(), key=lambda kv: kv[1])
+    notes = ["classes: " + ", ".join(f"{k} -> {v}" for k, v in numbered)]
+    if visit is not None:
+        notes.append(f"one visit per id: {visit}" + (f" by {visit_column}" if visit_column else " in table order"))
+    if mask == "none":
+        notes.append("no labelsTr written (mask none): nnU-Net cannot plan this dataset as it is.")
+    return Plan(
+        specs, empty=f"no rows in {csv_path}.", name=name if name[0].isalnum() else "CSV" + name,
+        channels=[display(m) for m in modalities], skipped_files=skipped_files, notes=notes,
+        label_json={"background": 0, "foreground": 1} if mask != "none" else {"background": 0},
         description=f"classification dataset from {os.path.basename(csv_path)} (column {label_column!r}); "
                     + ("labelsTr hold a placeholder foreground mask (" + mask + "), not annotations."
                        if mask != "none" else "no labelsTr."),
-        extra={"classification": {"file": "classes.csv", "classes": classes, "table": os.path.abspath(csv_path),
-                                  "id_column": id_column, "label_column": label_column},
-               "conversion": {"kind": "csv-labels", "source": root, "patterns": patterns, "mask": mask,
-                              **({"visit": visit, "visit_column": visit_column} if visit or visit_column else {})}})
-    summary = convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
-                                   num_processes=num_processes, progress=progress, print_summary=False,
-                                   classes=(("case", "label", "class"),
-                                            lambda s: (s.case_id, s.info["label"], s.info["class"])))
-    summary.skipped_files.update(skipped_files)
-    summary.notes.append("classes: " + ", ".join(f"{k} -> {v}" for k, v in sorted(cmap.items(), key=lambda kv: kv[1])))
-    if visit is not None:
-        summary.notes.append(f"one visit per id: {visit}" + (f" by {visit_column}" if visit_column else
-                                                           " in table order"))
-    if mask == "none":
-        summary.notes.append("no labelsTr written (mask none): nnU-Net cannot plan this dataset as it is.")
-    if print_summary:
-        report_summary(summary)
-    return summary
+        extra={"classification": {"file": "classes.csv", "classes": {str(v): k for k, v in numbered},
+                                  "table": os.path.abspath(csv_path), "id_column": id_column,
+                                  "label_column": label_column}},
+        conversion={"patterns": patterns, "mask": mask,
+                    **({"visit": visit, "visit_column": visit_column} if visit or visit_column else {})},
+        classes=(("case", "label", "class"), lambda s: (s.case_id, s.info["label"], s.info["class"])))
+
+
+def _text(flag: str, help: str, **cli) -> Setting:
+    """A setting given on the command line as ``flag`` (the keyword is the flag's name)."""
+    return Setting(flag[2:].replace("-", "_"), cli.pop("default", None), (flag,), help, cli=cli)
+
+
+RELEASE = Release(
+    kind="csv-labels", title=KIND, output=CLASSIFICATION, plan=plan, default_id=DEFAULT_ID,
+    default_name="<csv file name>", root_word="image",
+    help="classification labels from a CSV (ADNI, ADHD-200, ABIDE, ...) + an image folder",
+    root_help="folder holding the images (the --pattern paths are relative to it)",
+    settings=(
+        Setting("csv_path", None, ("--csv",), "label table (CSV or TSV with a header row)", cli={"required": True}),
+        _text("--id-column", "column with the subject / image id", required=True),
+        _text("--label-column", "column with the class", required=True),
+        Setting("patterns", None, ("--pattern",), "image path relative to RELEASE_ROOT with {id} and glob "
+                "wildcards, one per channel (repeatable; default '{id}.nii.gz')", cli={"action": "append"}),
+        Setting("modalities", None, ("--modality",), "channel name per --pattern (repeatable; default T1)",
+                cli={"action": "append"}),
+        Setting("class_map", None, ("--class-map",), "keep and number these classes, e.g. 'CN=0,MCI=1' (default: "
+                "all classes, sorted, 0..K-1)", parse=parse_class_map),
+        _text("--mask", "placeholder foreground label written to labelsTr (default otsu)", default="otsu",
+              choices=("otsu", "nonzero", "none")),
+        _text("--visit", "one visit per id when the table has several rows (or the pattern several images) per "
+              "id: the first, the last (by --visit-column, else table order; images by path), or the row whose "
+              "--visit-column equals VALUE (e.g. bl)", metavar="first|last|VALUE"),
+        _text("--visit-column", "column holding the visit (VISCODE, EXAMDATE, ...); its value replaces {visit} "
+              "in --pattern", metavar="COLUMN")))
+
+
+def convert(image_root: str, csv_path: str, id_column: str, label_column: str,
+            patterns: Sequence[str] = DEFAULT_PATTERNS, modalities: Optional[Sequence[str]] = None,
+            class_map: Optional[Mapping[str, int]] = None, mask: str = "otsu", out_dir: Optional[str] = None,
+            dataset_id: int = DEFAULT_ID, name: Optional[str] = None, *, options: Optional[ConvertOptions] = None,
+            **settings: Any) -> ConversionSummary:
+    """:meth:`Release.convert <nnunet_mmpretrain.conversion.release.Release.convert>` of
+    :data:`RELEASE` with the table's arguments first (see :func:`plan`); ``settings``: ``visit``,
+    ``visit_column`` and the :class:`ConvertOptions` fields."""
+    return RELEASE.convert(image_root, out_dir, dataset_id, name, options=options, csv_path=csv_path,
+                           id_column=id_column, label_column=label_column, patterns=patterns,
+                           modalities=modalities, class_map=class_map, mask=mask, **settings)

@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterable, List, Sequence
 from nnunet_mmpretrain.conversion.imageio import (
     _first_line, _sitk, check_complete, clear_partial, foreground_mask, image_grid, load_image, map_labels,
     place_file, resample_onto, write_image)
+from nnunet_mmpretrain.conversion.options import ConvertOptions
 from nnunet_mmpretrain.conversion.paths import FILE_ENDING, safe_join
 from nnunet_mmpretrain.conversion.registration import register_rigid
 from nnunet_mmpretrain.conversion.spec import CaseSpec
@@ -168,12 +169,13 @@ def _execute_job(args) -> CaseResult:
     return execute_case(*args)
 
 
-def run_cases(specs: Sequence[CaseSpec], folder: str, summary: ConversionSummary, *, link: bool = True,
-              dry_run: bool = False, force: bool = False, num_processes: int = 1,
-              progress: bool = True, desc: str = "converting") -> List[CaseSpec]:
-    """Convert ``specs`` into ``folder``; fills ``summary``; returns the finished specs (converted
-    now or earlier) in input order."""
+def run_cases(specs: Sequence[CaseSpec], folder: str, summary: ConversionSummary,
+              options: ConvertOptions = ConvertOptions(), *, desc: str = "converting") -> List[CaseSpec]:
+    """Convert ``specs`` into ``folder`` as ``options`` say (``overwrite`` converts finished cases
+    again); fills ``summary``; returns the finished specs (converted now or earlier) in input order."""
     from tqdm import tqdm
+    link, dry_run, force = options.link, options.dry_run, options.overwrite
+    num_processes, progress = options.num_processes, options.progress
 
     # case ids: validity and uniqueness (a problem-free case wins over a broken one of the same id)
     valid: Dict[str, CaseSpec] = {}

@@ -21,11 +21,8 @@ from typing import Dict, List, Optional
 
 from nnunet_mmpretrain import modalities as mod
 from nnunet_mmpretrain.conversion.common import (
-    CaseSpec, ConversionError, ConversionSummary, convert_corpus, corpus_case_spec, dataset_folder,
-    nifti_stem, require_root, visible, report_summary)
+    CORPUS, CaseSpec, Plan, Release, Setting, corpus_case_spec, nifti_stem, visible)
 
-KIND = "folder corpus"
-DEFAULT_ID, DEFAULT_NAME = 553, "FolderCorpus"
 
 
 def modality_of(stem: str) -> Optional[str]:
@@ -39,6 +36,7 @@ def modality_of(stem: str) -> Optional[str]:
 
 def build_specs(root: str, source: str, skipped_files: Dict[str, str], resample_to: Optional[str] = None,
                 case_prefix: str = "") -> List[CaseSpec]:
+    """One corpus case per sub-folder holding NIfTI files; unusable files go to ``skipped_files``."""
     specs = []
     for sub in sorted(d for d in os.listdir(root) if visible(d) and os.path.isdir(os.path.join(root, d))):
         sdir = os.path.join(root, sub)
@@ -64,25 +62,25 @@ def build_specs(root: str, source: str, skipped_files: Dict[str, str], resample_
     return specs
 
 
-def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
-            name: str = DEFAULT_NAME, *, source: Optional[str] = None, resample_to: Optional[str] = None,
-            case_prefix: str = "", atlas_registered="auto", link: bool = True, dry_run: bool = False,
-            overwrite: bool = False, num_processes: int = 1, progress: bool = True,
-            print_summary: bool = True) -> ConversionSummary:
-    root = require_root(release_root, "subject")
-    folder = dataset_folder(out_dir, dataset_id, name)
+def plan(root: str, source: Optional[str] = None, resample_to: Optional[str] = None,
+         case_prefix: str = "") -> Plan:
+    """Discovery and manifest source of a folder of subject folders; ``source`` defaults to the
+    folder name, ``resample_to`` is a modality name of the vocabulary."""
     src = source or re.sub(r"[^A-Za-z0-9_]", "_", os.path.basename(root.rstrip(os.sep))).lower() or "folder"
     ref = mod.canonical(resample_to) if resample_to else None
     skipped: Dict[str, str] = {}
     specs = build_specs(root, src, skipped, ref, case_prefix)
-    if not specs:
-        raise ConversionError(f"no subject folders with NIfTI files under {root}: expected "
-                              f"ROOT/<subject>/<anything>_<modality>.nii.gz.")
-    sources = {src: {"description": f"subject folders imported from {root}", "release": root}}
-    summary = convert_corpus(KIND, specs, folder, sources, atlas_registered=atlas_registered, link=link,
-                             dry_run=dry_run, overwrite=overwrite, num_processes=num_processes,
-                             progress=progress, print_summary=False)
-    summary.skipped_files.update(skipped)
-    if print_summary:
-        report_summary(summary)
-    return summary
+    return Plan(specs, skipped_files=skipped,
+                empty=f"no subject folders with NIfTI files under {root}: expected "
+                      f"ROOT/<subject>/<anything>_<modality>.nii.gz.",
+                sources={src: {"description": f"subject folders imported from {root}", "release": root}})
+
+
+RELEASE = Release(
+    kind="corpus-folder", title="folder corpus", output=CORPUS, plan=plan, default_id=553,
+    default_name="FolderCorpus", root_word="subject",
+    help="pretraining corpus from subject folders of <anything>_<modality>.nii.gz",
+    settings=(Setting("source", None, ("--source",), "source name in the manifest (default: folder name)"),
+              Setting("resample_to", None, ("--resample-to",),
+                      "resample every case's other images onto this modality's grid", cli={"metavar": "MODALITY"})))
+convert = RELEASE.convert

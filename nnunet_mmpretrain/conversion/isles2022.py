@@ -30,12 +30,10 @@ from typing import List, Optional, Sequence
 from nnunet_mmpretrain import labels, modalities as mod
 from nnunet_mmpretrain.conversion import registration as reg
 from nnunet_mmpretrain.conversion.common import (
-    CaseSpec, ConversionError, ConversionSummary, DatasetInfo, ImageSpec, LabelSpec,
-    convert_segmentation, dataset_folder, display, find_dirs_containing, missing_files_problem, report_summary,
-    require_root, seg_image_dst, seg_label_dst, visible)
+    SEGMENTATION, CaseSpec, ConversionError, ConversionSummary, ConvertOptions, ImageSpec, LabelSpec, Plan, Release,
+    Setting, display, find_dirs_containing, missing_files_problem, seg_image_dst, seg_label_dst, visible)
 
 KIND = "ISLES 2022"
-DEFAULT_ID, DEFAULT_NAME = 528, "ISLES2022"
 SUB_RE = re.compile(r"sub-strokecase\d+")
 LABELS = labels.convention("isles2022")
 LABEL_MAP = dict(LABELS.mapping)
@@ -64,6 +62,7 @@ def subject_root(root: str) -> str:
 
 
 def derivatives_root(root: str, subjects: str) -> str:
+    """The ``derivatives/`` folder holding the lesion masks."""
     for cand in (os.path.join(subjects, "derivatives"), os.path.join(os.path.dirname(subjects), "derivatives"),
                  os.path.join(root, "derivatives")):
         if os.path.isdir(cand):
@@ -105,15 +104,12 @@ def build_specs(root: str, channels: Sequence[str] = DEFAULT_CHANNELS,
     return specs
 
 
-def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
-            name: str = DEFAULT_NAME, *, channels: Sequence[str] = DEFAULT_CHANNELS, register: bool = True,
-            min_coverage: Optional[float] = None, link: bool = True,
-            dry_run: bool = False, overwrite: bool = False, num_processes: int = 1,
-            progress: bool = True, print_summary: bool = True) -> ConversionSummary:
-    """``channels``: any ordered subset of dwi, adc, flair starting with dwi (the mask's grid).
-    ``register``: rigid registration of the FLAIR onto the DWI (default) or scanner coordinates
-    only; ``min_coverage``: the sanity check's minimum share of the DWI foreground inside the
-    registered FLAIR's foreground (default 0.8)."""
+def plan(root: str, channels: Sequence[str] = DEFAULT_CHANNELS, register: bool = True,
+         min_coverage: Optional[float] = None) -> Plan:
+    """Discovery and dataset.json content of ISLES 2022. ``channels``: any ordered subset of dwi,
+    adc, flair starting with dwi (the mask's grid). ``register``: rigid registration of the FLAIR
+    onto the DWI (default) or scanner coordinates only; ``min_coverage``: the sanity check's
+    minimum share of the DWI foreground inside the registered FLAIR's foreground (default 0.8)."""
     chans = [mod.canonical(c) for c in channels]
     if not chans or chans[0] != "dwi" or len(set(chans)) != len(chans) or any(c not in FILES for c in chans):
         raise ConversionError(f"ISLES 2022 channels must be distinct names from dwi, adc, flair, "
@@ -123,32 +119,41 @@ def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = 
         if not 0.0 <= min_coverage <= 1.0:
             raise ConversionError(f"the minimum foreground coverage is a fraction in [0, 1], got {min_coverage}.")
         settings = reg.RegistrationSettings(min_coverage=float(min_coverage))
-    root = require_root(release_root, KIND)
-    folder = dataset_folder(out_dir, dataset_id, name)
-    specs = build_specs(root, chans, settings if register else None)
-    if not specs:
-        raise ConversionError(f"no {KIND} cases under {root}.")
-    info = DatasetInfo(
-        channel_names=[display(m) for m in chans], **LABELS.dataset_json(),
+    return Plan(
+        build_specs(root, chans, settings if register else None), empty=f"no {KIND} cases under {root}.",
+        channels=[display(m) for m in chans],
         description="ISLES 2022 stroke lesions; DWI (b=1000) is the reference grid; FLAIR "
                     + ("rigidly registered onto the DWI (Mattes MI) and resampled there"
                        if register else "resampled into DWI space by scanner coordinates (no registration)")
                     + "; an ADC off the DWI grid resampled by scanner coordinates.",
-        reference="https://isles22.grand-challenge.org ; Hernandez Petzsche et al., Sci Data 2022",
-        licence="CC-BY 4.0",
-        extra={"conversion": {"kind": "isles2022", "source": root, "reference_grid": "DWI",
-                              "flair": ({"registration": "rigid (Euler 3D), Mattes mutual information, "
-                                                         "SimpleITK", "metrics": reg.TABLE_NAME,
-                                         "min_coverage": settings.min_coverage}
-                                        if register else "scanner coordinates, no registration"),
-                              "label_mapping_from_release": LABELS.mapping_json()}})
-    summary = convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
-                                   num_processes=num_processes, progress=progress, print_summary=False)
-    if not dry_run and os.path.isdir(folder):
+        conversion={"reference_grid": "DWI",
+                    "flair": ({"registration": "rigid (Euler 3D), Mattes mutual information, SimpleITK",
+                               "metrics": reg.TABLE_NAME, "min_coverage": settings.min_coverage}
+                              if register else "scanner coordinates, no registration")},
+        finish=write_registration_table)
+
+
+def write_registration_table(summary: ConversionSummary, folder: str, options: ConvertOptions) -> None:
+    """``registration.csv`` in the dataset folder: the registration metrics of the finished cases."""
+    if not options.dry_run and os.path.isdir(folder):
         finished = set(summary.converted) | set(summary.already_done)
         table = reg.write_table(folder, summary.case_info, finished)
         if table:
             summary.notes.append(f"registration metrics per case: {table}")
-    if print_summary:
-        report_summary(summary)
-    return summary
+
+
+RELEASE = Release(
+    kind="isles2022", title=KIND, output=SEGMENTATION, plan=plan, default_id=528, default_name="ISLES2022",
+    help="ISLES 2022 (BIDS): DWI, ADC and the FLAIR rigidly registered onto the DWI (Mattes MI; "
+         "--no-register: scanner coordinates); lesion masks",
+    settings=(
+        Setting("channels", DEFAULT_CHANNELS, ("--channels",),
+                "comma-separated channels, DWI first (default dwi,adc,flair)",
+                cli={"default": ",".join(DEFAULT_CHANNELS)}, parse=lambda text: [c.strip() for c in text.split(",") if c.strip()]),
+        Setting("register", True, ("--no-register",), "resample the FLAIR into DWI space by scanner coordinates "
+                "only (default: rigid registration onto the DWI, Mattes MI)", cli={"action": "store_false"}),
+        Setting("min_coverage", None, ("--min-coverage",), "sanity check: minimum share of the DWI foreground "
+                "inside the registered FLAIR's foreground (default 0.8)", cli={"type": float, "metavar": "FRACTION"})),
+    labels=LABELS, reference="https://isles22.grand-challenge.org ; Hernandez Petzsche et al., Sci Data 2022",
+    licence="CC-BY 4.0")
+convert = RELEASE.convert

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from nnunet_mmpretrain import modalities as mod
 from nnunet_mmpretrain.conversion.common import (
-    CaseSpec, ConversionError, ConversionSummary, convert_corpus, corpus_case_spec, dataset_folder,
-    require_root, visible, report_summary)
+    CORPUS, CaseSpec, Plan, Release, Setting, corpus_case_spec, visible)
 
-KIND = "IXI corpus"
-DEFAULT_ID, DEFAULT_NAME = 551, "IXICorpus"
 FILE_RE = re.compile(r"(?P<subject>(?P<num>IXI\d{3})-(?P<site>[A-Za-z]+)-\d{4})-(?P<mod>[A-Za-z0-9]+(?:-\d+)?)\.nii(?:\.gz)?")
 
 
@@ -54,6 +51,7 @@ def scan(root: str, skipped_files: Dict[str, str]) -> Dict[str, Dict[str, str]]:
 
 def build_specs(root: str, resample_to_t1: bool, skipped_files: Dict[str, str],
                 case_prefix: str = "") -> List[CaseSpec]:
+    """One corpus case per subject (``resample_to_t1``: the other scans onto its T1 grid)."""
     specs = []
     for subj, files in sorted(scan(root, skipped_files).items()):
         images = [(m, files[m]) for m in mod.sort_modalities(files)]
@@ -62,24 +60,21 @@ def build_specs(root: str, resample_to_t1: bool, skipped_files: Dict[str, str],
     return specs
 
 
-def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
-            name: str = DEFAULT_NAME, *, resample_to_t1: bool = False, case_prefix: str = "",
-            atlas_registered="auto", link: bool = True, dry_run: bool = False, overwrite: bool = False,
-            num_processes: int = 1, progress: bool = True, print_summary: bool = True) -> ConversionSummary:
-    root = require_root(release_root, "IXI")
-    folder = dataset_folder(out_dir, dataset_id, name)
+def plan(root: str, resample_to_t1: bool = False, case_prefix: str = "") -> Plan:
+    """Discovery and manifest source of IXI; files of modalities outside the vocabulary are listed
+    as skipped files."""
     skipped: Dict[str, str] = {}
     specs = build_specs(root, resample_to_t1, skipped, case_prefix)
-    if not specs:
-        raise ConversionError(f"no IXI scans under {root}: expected files like "
-                              f"IXI002-Guys-0828-T1.nii.gz (T1, T2, PD, MRA).")
-    sources = {"ixi": {"description": "IXI healthy subjects: T1, T2, PD, MRA (3 London hospitals)"
-                       + ("; resampled onto each subject's T1 grid" if resample_to_t1 else
-                          "; each scan on its own grid"), "release": root}}
-    summary = convert_corpus(KIND, specs, folder, sources, atlas_registered=atlas_registered, link=link,
-                             dry_run=dry_run, overwrite=overwrite, num_processes=num_processes,
-                             progress=progress, print_summary=False)
-    summary.skipped_files.update(skipped)
-    if print_summary:
-        report_summary(summary)
-    return summary
+    return Plan(specs, skipped_files=skipped,
+                empty=f"no IXI scans under {root}: expected files like IXI002-Guys-0828-T1.nii.gz (T1, T2, PD, MRA).",
+                sources={"ixi": {"description": "IXI healthy subjects: T1, T2, PD, MRA (3 London hospitals)"
+                                 + ("; resampled onto each subject's T1 grid" if resample_to_t1 else
+                                    "; each scan on its own grid"), "release": root}})
+
+
+RELEASE = Release(
+    kind="corpus-ixi", title="IXI corpus", output=CORPUS, plan=plan, default_id=551, default_name="IXICorpus",
+    help="pretraining corpus from IXI (T1, T2, PD, MRA; optional resampling to T1)", root_word="IXI",
+    settings=(Setting("resample_to_t1", False, ("--resample-to-t1",),
+                      "resample T2, PD and MRA onto each subject's T1 grid", cli={"action": "store_true"}),))
+convert = RELEASE.convert

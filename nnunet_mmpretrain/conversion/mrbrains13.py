@@ -23,15 +23,14 @@ did not evaluate, as nnU-Net's ``ignore`` label 4.
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import List
 
 from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.conversion.common import (
-    CaseSpec, ConversionError, ConversionSummary, DatasetInfo, convert_segmentation, dataset_folder,
-    find_dirs_containing, image_file, multimodal_seg_case, require_root)
+    SEGMENTATION, CaseSpec, ConversionError, Plan, Release, Setting, find_dirs_containing, image_file,
+    multimodal_seg_case)
 
 KIND = "MRBrainS13"
-DEFAULT_ID, DEFAULT_NAME = 530, "MRBrainS13"
 #: (channel name in dataset.json, file stem)
 CHANNELS = (("T1", "T1"), ("T1-IR", "T1_IR"), ("FLAIR", "T2_FLAIR"))
 LABEL_FILE = "LabelsForTraining"
@@ -51,6 +50,7 @@ def case_id_for(folder: str, root: str = "") -> str:
 
 
 def build_specs(root: str, label_set: str = "full") -> List[CaseSpec]:
+    """One case per subject folder holding T1 and T2_FLAIR (the label file may be missing)."""
     conv = CONVENTIONS[label_set]
     subjects = find_dirs_containing(root, lambda p: image_file(p, "T1") is not None and
                                     image_file(p, "T2_FLAIR") is not None, max_depth=4)
@@ -67,29 +67,26 @@ def build_specs(root: str, label_set: str = "full") -> List[CaseSpec]:
     return specs
 
 
-def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
-            name: str = DEFAULT_NAME, *, label_set: str = "full", link: bool = True,
-            dry_run: bool = False, overwrite: bool = False, num_processes: int = 1,
-            progress: bool = True, print_summary: bool = True) -> ConversionSummary:
-    if label_set not in ("full", "tissue"):
+def plan(root: str, label_set: str = "full") -> Plan:
+    """Discovery and dataset.json content of MRBrainS13 with the ``label_set`` convention."""
+    if label_set not in CONVENTIONS:
         raise ConversionError(f"label set must be 'full' or 'tissue', got {label_set!r}.")
-    root = require_root(release_root, KIND)
-    folder = dataset_folder(out_dir, dataset_id, name)
-    specs = build_specs(root, label_set)
-    if not specs:
-        raise ConversionError(f"no {KIND} subject folders under {root}: expected folders holding "
-                              f"T1, T1_IR, T2_FLAIR and {LABEL_FILE} as .nii (MRBrainS13DataNii) or .mhd "
-                              f"(the original release).")
-    info = DatasetInfo(
-        channel_names=[ch for ch, _ in CHANNELS],
-        **CONVENTIONS[label_set].dataset_json(),
+    return Plan(
+        build_specs(root, label_set), channels=[ch for ch, _ in CHANNELS], labels=CONVENTIONS[label_set],
+        empty=f"no {KIND} subject folders under {root}: expected folders holding T1, T1_IR, T2_FLAIR and "
+              f"{LABEL_FILE} as .nii (MRBrainS13DataNii) or .mhd (the original release).",
         description=("MRBrainS13 brain structures, labels as released (LabelsForTraining, 1-8)."
                      if label_set == "full" else
                      "MRBrainS13 tissue classes: 1 CSF (release 5, 6), 2 gray matter (1, 2), 3 white "
                      "matter (3, 4); cerebellum and brainstem (7, 8) -> ignore (4)."),
-        reference="https://mrbrains13.isi.uu.nl ; Mendrik et al., Comput Intell Neurosci 2015",
-        licence="see the MRBrainS13 data terms (DataverseNL doi:10.34894/645ZIN)",
-        extra={"conversion": {"kind": "mrbrains13", "source": root, "label_set": label_set,
-                              "label_mapping_from_release": CONVENTIONS[label_set].mapping_json()}})
-    return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
-                                num_processes=num_processes, progress=progress, print_summary=print_summary)
+        conversion={"label_set": label_set})
+
+
+RELEASE = Release(
+    kind="mrbrains13", title=KIND, output=SEGMENTATION, plan=plan, default_id=530, default_name="MRBrainS13",
+    help="MRBrainS13: <subject>/{T1,T1_IR,T2_FLAIR,LabelsForTraining}.nii (or .mhd)",
+    settings=(Setting("label_set", "full", ("--label-set",), "full: labels 0-8 as released; tissue: 1 CSF, 2 GM, "
+                      "3 WM, cerebellum/brainstem -> ignore", cli={"choices": tuple(CONVENTIONS)}),),
+    reference="https://mrbrains13.isi.uu.nl ; Mendrik et al., Comput Intell Neurosci 2015",
+    licence="see the MRBrainS13 data terms (DataverseNL doi:10.34894/645ZIN)")
+convert = RELEASE.convert

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from nnunet_mmpretrain import labels, modalities as mod
 from nnunet_mmpretrain.conversion.common import (
-    BRATS_CHANNELS, CaseSpec, ConversionError,
-    ConversionSummary, DatasetInfo, ImageSpec, LabelSpec, convert_segmentation, dataset_folder,
-    display, find_dirs_containing, nifti_stem, require_root, seg_image_dst, seg_label_dst, visible)
+    BRATS_CHANNELS, SEGMENTATION, CaseSpec, ConversionError, ImageSpec, LabelSpec, Plan, Release, display,
+    find_dirs_containing, nifti_stem, seg_image_dst, seg_label_dst, visible)
 
 KIND = "MSD Task01_BrainTumour"
-DEFAULT_ID, DEFAULT_NAME = 527, "MSDBrainTumour"
 LABELS = labels.convention("msd-brain")
 LABEL_MAP = dict(LABELS.mapping)  # 1 edema -> 2, 2 non-enhancing -> 1, 3 -> 3
 DEFAULT_ORDER = ("flair", "t1", "t1c", "t2")  # FLAIR, T1w, T1gd, T2w
@@ -81,25 +79,18 @@ def build_specs(task: str) -> List[CaseSpec]:
     return specs
 
 
-def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
-            name: str = DEFAULT_NAME, *, link: bool = True, dry_run: bool = False,
-            overwrite: bool = False, num_processes: int = 1, progress: bool = True,
-            print_summary: bool = True) -> ConversionSummary:
-    root = require_root(release_root, KIND)
+def plan(root: str) -> Plan:
+    """Discovery and dataset.json content of the MSD Task01_BrainTumour release."""
     task = find_task_folder(root)
-    folder = dataset_folder(out_dir, dataset_id, name)
-    specs = build_specs(task)
-    if not specs:
-        raise ConversionError(f"no {KIND} cases in {os.path.join(task, 'imagesTr')}: expected "
-                              f"BRATS_XXX.nii.gz files.")
-    info = DatasetInfo(
-        channel_names=[display(m) for m in BRATS_CHANNELS], **LABELS.dataset_json(),
-        description="MSD Task01_BrainTumour (BraTS 2016/2017 subset). 4D volumes split into T1, "
-                    "T1ce, T2, FLAIR; labels remapped to BraTS-2023 convention (MSD 1 edema -> 2, "
-                    "2 non-enhancing -> 1, 3 enhancing -> 3).",
-        reference="http://medicaldecathlon.com ; Antonelli et al., Nat Commun 2022",
-        licence="CC-BY-SA 4.0",
-        extra={"conversion": {"kind": "msd-brain", "source": task,
-                              "label_mapping_from_release": LABELS.mapping_json()}})
-    return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
-                                num_processes=num_processes, progress=progress, print_summary=print_summary)
+    return Plan(build_specs(task), source=task, channels=[display(m) for m in BRATS_CHANNELS],
+                empty=f"no {KIND} cases in {os.path.join(task, 'imagesTr')}: expected BRATS_XXX.nii.gz files.",
+                description="MSD Task01_BrainTumour (BraTS 2016/2017 subset). 4D volumes split into T1, "
+                            "T1ce, T2, FLAIR; labels remapped to BraTS-2023 convention (MSD 1 edema -> 2, "
+                            "2 non-enhancing -> 1, 3 enhancing -> 3).")
+
+
+RELEASE = Release(
+    kind="msd-brain", title=KIND, output=SEGMENTATION, plan=plan, default_id=527, default_name="MSDBrainTumour",
+    help="MSD Task01_BrainTumour: 4D imagesTr/BRATS_XXX.nii.gz (labels 1->2, 2->1, 3->3)", labels=LABELS,
+    reference="http://medicaldecathlon.com ; Antonelli et al., Nat Commun 2022", licence="CC-BY-SA 4.0")
+convert = RELEASE.convert

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, List, Optional
+from typing import Callable, List, Mapping, Optional, Tuple
 
 from nnunet_mmpretrain import modalities as mod
 from nnunet_mmpretrain.conversion.summary import CaseSkip, ConversionError
@@ -90,6 +90,18 @@ def nifti_file(folder: str, stem: str) -> Optional[str]:
         if os.path.isfile(p):
             return p
     return None
+
+
+def nifti_pair(folder: str, stem: str) -> Tuple[Optional[str], str]:
+    """(existing ``folder/stem.nii.gz`` or ``.nii``, or None; the expected ``.nii.gz`` path)."""
+    return nifti_file(folder, stem), os.path.join(folder, stem + ".nii.gz")
+
+
+def suffixed_files(folder: str, case_id: str, suffixes: Mapping[str, str],
+                   sep: str = "_") -> List[Tuple[str, Optional[str], str]]:
+    """(modality, found or None, expected) of ``folder/<case_id><sep><suffix>.nii.gz`` for each
+    modality -> release suffix of ``suffixes``, in its order (the BraTS-style layouts)."""
+    return [(m, *nifti_pair(folder, f"{case_id}{sep}{suf}")) for m, suf in suffixes.items()]
 
 
 #: image files SimpleITK reads that releases ship besides NIfTI (MetaImage: MRBrainS13's original release)

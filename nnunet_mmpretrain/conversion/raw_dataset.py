@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from nnunet_mmpretrain.conversion.execute import run_cases
+from nnunet_mmpretrain.conversion.options import ConvertOptions
 from nnunet_mmpretrain.conversion.paths import FILE_ENDING
 from nnunet_mmpretrain.conversion.spec import CaseSpec
 from nnunet_mmpretrain.conversion.staging import Staging, refuse_release_inside
@@ -65,24 +66,23 @@ def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -
 
 
 def convert_segmentation(kind: str, specs: Sequence[CaseSpec], folder: str, info: DatasetInfo, *,
-                         link: bool = True, dry_run: bool = False, overwrite: bool = False,
-                         num_processes: int = 1, progress: bool = True,
-                         classes: Optional[Tuple[Sequence[str], Callable[[CaseSpec], Sequence[Any]]]] = None,
-                         print_summary: bool = True) -> ConversionSummary:
-    """Write an nnU-Net raw dataset (imagesTr, labelsTr, dataset.json) from ``specs``.
+                         options: ConvertOptions,
+                         classes: Optional[Tuple[Sequence[str], Callable[[CaseSpec], Sequence[Any]]]] = None
+                         ) -> ConversionSummary:
+    """Write an nnU-Net raw dataset (imagesTr, labelsTr, dataset.json) from ``specs`` as
+    ``options`` say (:class:`~nnunet_mmpretrain.conversion.release.ConvertOptions`).
 
     ``classes``: optional (csv header, row function) for a ``classes.csv`` listing the finished
     cases (classification datasets)."""
-    summary = ConversionSummary(kind=kind, output=folder, dry_run=dry_run)
+    summary = ConversionSummary(kind=kind, output=folder, dry_run=options.dry_run)
     if not specs:
         raise ConversionError(f"no {kind} cases found.")
     refuse_release_inside(folder, specs)
-    prepare_dataset_folder(folder, overwrite, dry_run, summary)
-    stage = Staging(folder, overwrite, dry_run)
+    prepare_dataset_folder(folder, options.overwrite, options.dry_run, summary)
+    stage = Staging(folder, options.overwrite, options.dry_run)
     try:
-        finished = run_cases(specs, stage.build, summary, link=link, dry_run=dry_run, force=overwrite,
-                             num_processes=num_processes, progress=progress, desc=os.path.basename(folder))
-        if not dry_run:
+        finished = run_cases(specs, stage.build, summary, options, desc=os.path.basename(folder))
+        if not options.dry_run:
             if finished:
                 _note_stale_cases(stage.build, {s.case_id for s in finished}, summary)
                 name = os.path.basename(folder).split("_", 1)[1]
@@ -97,7 +97,7 @@ def convert_segmentation(kind: str, specs: Sequence[CaseSpec], folder: str, info
                 stage.discard()
     except BaseException as e:
         raise stage.fail(e) from None
-    if print_summary:
+    if options.print_summary:
         report_summary(summary)
     return summary
 

@@ -24,11 +24,8 @@ import re
 from typing import List, Optional
 
 from nnunet_mmpretrain.conversion.common import (
-    CaseSpec, ConversionError, ConversionSummary, convert_corpus, corpus_case_spec, dataset_folder,
-    find_dirs, report_summary, require_root, visible)
+    CORPUS, CaseSpec, Plan, Release, Setting, corpus_case_spec, find_dirs, visible)
 
-KIND = "UCSF-PDGM corpus"
-DEFAULT_ID, DEFAULT_NAME = 552, "UCSFPDGMCorpus"
 CASE_RE = re.compile(r".+_nifti")
 #: exam id -> patient (subject) and follow-up session
 FOLLOW_UP_RE = re.compile(r"(?P<subject>.+?)_(?P<session>FU\d+d)")
@@ -44,6 +41,7 @@ def _match(folder: str, suffix: str) -> Optional[str]:
 
 
 def build_specs(root: str, bias_corrected: bool = False, case_prefix: str = "") -> List[CaseSpec]:
+    """One corpus case per exam folder (``*_nifti``)."""
     specs = []
     for d in find_dirs(root, CASE_RE, max_depth=3):
         cid = os.path.basename(d)[: -len("_nifti")]
@@ -66,25 +64,24 @@ def exam_of(case_id: str):
     return (m.group("subject"), m.group("session")) if m else (case_id, BASELINE)
 
 
-def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
-            name: str = DEFAULT_NAME, *, bias_corrected: bool = False, case_prefix: str = "",
-            atlas_registered="auto", link: bool = True, dry_run: bool = False, overwrite: bool = False,
-            num_processes: int = 1, progress: bool = True, print_summary: bool = True) -> ConversionSummary:
-    root = require_root(release_root, "UCSF-PDGM")
-    folder = dataset_folder(out_dir, dataset_id, name)
+def plan(root: str, bias_corrected: bool = False, case_prefix: str = "") -> Plan:
+    """Discovery and manifest source of UCSF-PDGM; notes how many follow-up exams were grouped."""
     specs = build_specs(root, bias_corrected, case_prefix)
-    if not specs:
-        raise ConversionError(f"no UCSF-PDGM case folders under {root}: expected UCSF-PDGM-XXXX_nifti/ "
-                              f"folders holding UCSF-PDGM-XXXX_{{T1,T1c,T2,FLAIR,DWI,ADC}}.nii.gz.")
-    sources = {"ucsf_pdgm": {"description": "UCSF-PDGM diffuse glioma: T1, T1c, T2, FLAIR, DWI, ADC"
-                             + (" (bias-corrected versions)" if bias_corrected else ""), "release": root}}
-    summary = convert_corpus(KIND, specs, folder, sources, atlas_registered=atlas_registered, link=link,
-                             dry_run=dry_run, overwrite=overwrite, num_processes=num_processes,
-                             progress=progress, print_summary=False)
     fu = [s for s in specs if s.info.get("session") not in ("", BASELINE)]
-    if fu:
-        summary.notes.append(f"{len(fu)} follow-up exam(s) of {len({s.info['subject'] for s in fu})} patient(s) "
-                             f"grouped under their patient (manifest subject) with the exam as session")
-    if print_summary:
-        report_summary(summary)
-    return summary
+    notes = [f"{len(fu)} follow-up exam(s) of {len({s.info['subject'] for s in fu})} patient(s) grouped under "
+             f"their patient (manifest subject) with the exam as session"] if fu else []
+    return Plan(specs, notes=notes,
+                empty=f"no UCSF-PDGM case folders under {root}: expected UCSF-PDGM-XXXX_nifti/ folders holding "
+                      f"UCSF-PDGM-XXXX_{{T1,T1c,T2,FLAIR,DWI,ADC}}.nii.gz.",
+                sources={"ucsf_pdgm": {"description": "UCSF-PDGM diffuse glioma: T1, T1c, T2, FLAIR, DWI, ADC"
+                                       + (" (bias-corrected versions)" if bias_corrected else ""), "release": root}})
+
+
+RELEASE = Release(
+    kind="corpus-ucsf-pdgm", title="UCSF-PDGM corpus", output=CORPUS, plan=plan, default_id=552,
+    default_name="UCSFPDGMCorpus", root_word="UCSF-PDGM",
+    help="pretraining corpus from UCSF-PDGM (T1, T1c, T2, FLAIR, DWI, ADC; follow-up exams grouped under "
+         "their patient)",
+    settings=(Setting("bias_corrected", False, ("--bias-corrected",), "use the *_bias.nii.gz versions where present",
+                      cli={"action": "store_true"}),))
+convert = RELEASE.convert

@@ -20,11 +20,10 @@ from typing import List, Optional
 
 from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.conversion.common import (
-    BRATS_CHANNELS, CaseSpec, ConversionError, ConversionSummary, DatasetInfo, convert_segmentation,
-    dataset_folder, display, find_dirs, multimodal_seg_case, nifti_file, require_root, visible)
+    BRATS_CHANNELS, SEGMENTATION, CaseSpec, ConversionError, Plan, Release, Setting, display, find_dirs,
+    multimodal_seg_case, nifti_file, suffixed_files, visible)
 
 KIND = "UPENN-GBM"
-DEFAULT_ID, DEFAULT_NAME = 529, "UPENNGBM"
 SUFFIX = {"t1": "T1", "t1c": "T1GD", "t2": "T2", "flair": "FLAIR"}
 LABELS = labels.convention("upenn-gbm")
 LABEL_MAP = dict(LABELS.mapping)
@@ -40,6 +39,8 @@ def _sibling(structural: str, name: str, root: str) -> Optional[str]:
 
 
 def build_specs(root: str, use_automated: bool = False) -> List[CaseSpec]:
+    """One case per exam folder in ``images_structural``; the manual segmentation, or with
+    ``use_automated`` the automated one where no manual one exists."""
     hits = find_dirs(root, lambda d: d == "images_structural", max_depth=5)
     if not hits:
         raise ConversionError(f"no images_structural/ folder under {root} (UPENN-GBM NIfTI release).")
@@ -49,8 +50,7 @@ def build_specs(root: str, use_automated: bool = False) -> List[CaseSpec]:
     specs = []
     for cid in sorted(d for d in os.listdir(structural) if visible(d) and os.path.isdir(os.path.join(structural, d))):
         d = os.path.join(structural, cid)
-        chans = [(m, nifti_file(d, f"{cid}_{SUFFIX[m]}"), os.path.join(d, f"{cid}_{SUFFIX[m]}.nii.gz"))
-                 for m in BRATS_CHANNELS]
+        chans = suffixed_files(d, cid, SUFFIX)
         expected = os.path.join(segm or os.path.join(os.path.dirname(structural), "images_segm"),
                                 f"{cid}_segm.nii.gz")
         seg = nifti_file(segm, f"{cid}_segm") if segm else None
@@ -75,24 +75,22 @@ def _no_segmentation(cid: str, expected: str, automated: Optional[str], use_auto
     return f"the release has no segmentation for this exam{why}: neither {expected} nor {auto}"
 
 
-def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: int = DEFAULT_ID,
-            name: str = DEFAULT_NAME, *, use_automated: bool = False, link: bool = True,
-            dry_run: bool = False, overwrite: bool = False, num_processes: int = 1,
-            progress: bool = True, print_summary: bool = True) -> ConversionSummary:
-    root = require_root(release_root, KIND)
-    folder = dataset_folder(out_dir, dataset_id, name)
-    specs = build_specs(root, use_automated)
-    if not specs:
-        raise ConversionError(f"no {KIND} case folders in images_structural/ under {root}.")
-    info = DatasetInfo(
-        channel_names=[display(m) for m in BRATS_CHANNELS], **LABELS.dataset_json(),
-        description="UPENN-GBM glioblastoma, structural MRI in SRI24 space; labels remapped to "
-                    "BraTS-2023 convention (release 4 enhancing -> 3)"
-                    + ("; automated segmentations where no manual one exists" if use_automated else
-                       "; cases with manual segmentations only") + ".",
-        reference="https://doi.org/10.7937/TCIA.709X-DN49 ; Bakas et al., Sci Data 2022",
-        licence="CC-BY 4.0 (TCIA)",
-        extra={"conversion": {"kind": "upenn-gbm", "source": root, "automated_segm": bool(use_automated),
-                              "label_mapping_from_release": LABELS.mapping_json()}})
-    return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
-                                num_processes=num_processes, progress=progress, print_summary=print_summary)
+def plan(root: str, use_automated: bool = False) -> Plan:
+    """Discovery and dataset.json content of the UPENN-GBM NIfTI release."""
+    return Plan(build_specs(root, use_automated), channels=[display(m) for m in BRATS_CHANNELS],
+                empty=f"no {KIND} case folders in images_structural/ under {root}.",
+                description="UPENN-GBM glioblastoma, structural MRI in SRI24 space; labels remapped to "
+                            "BraTS-2023 convention (release 4 enhancing -> 3)"
+                            + ("; automated segmentations where no manual one exists" if use_automated else
+                               "; cases with manual segmentations only") + ".",
+                conversion={"automated_segm": bool(use_automated)})
+
+
+RELEASE = Release(
+    kind="upenn-gbm", title=KIND, output=SEGMENTATION, plan=plan, default_id=529, default_name="UPENNGBM",
+    help="UPENN-GBM: images_structural/ID/ID_{T1,T1GD,T2,FLAIR}.nii.gz + images_segm (labels 1,2,4 -> 1,2,3)",
+    settings=(Setting("use_automated", False, ("--automated-segm",),
+                      "use automated_segm/ where no manual segmentation exists", cli={"action": "store_true"}),),
+    labels=LABELS, reference="https://doi.org/10.7937/TCIA.709X-DN49 ; Bakas et al., Sci Data 2022",
+    licence="CC-BY 4.0 (TCIA)")
+convert = RELEASE.convert

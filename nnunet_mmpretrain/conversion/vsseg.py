@@ -35,9 +35,8 @@ from typing import List, Optional, Tuple
 
 from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.conversion.common import (
-    CaseSpec, ConversionError, ConversionSummary, DatasetInfo, ImageSpec, LabelSpec,
-    convert_segmentation, dataset_folder, find_dirs_containing, missing_files_problem,
-    require_root, seg_image_dst, seg_label_dst, visible)
+    SEGMENTATION, CaseSpec, ConversionError, ImageSpec, LabelSpec, Plan, Release, Setting, find_dirs_containing,
+    missing_files_problem, nifti_pair, seg_image_dst, seg_label_dst, visible)
 
 KIND = "VS-seg"
 DEFAULT_ID, DEFAULT_NAME = 531, "VSseg"
@@ -62,10 +61,7 @@ def _find(folder: str, suffix: str) -> Optional[str]:
 
 
 def _bids_file(path_no_ext: str) -> Tuple[Optional[str], str]:
-    for ext in (".nii.gz", ".nii"):
-        if os.path.isfile(path_no_ext + ext):
-            return path_no_ext + ext, path_no_ext + ".nii.gz"
-    return None, path_no_ext + ".nii.gz"
+    return nifti_pair(os.path.dirname(path_no_ext), os.path.basename(path_no_ext))
 
 
 def _is_bids_root(p: str) -> bool:
@@ -121,6 +117,8 @@ def _bids_specs(bids: str, sequence: str, with_t2: bool) -> Tuple[List[CaseSpec]
 
 
 def build_specs(root: str, with_t2: bool = False, sequence: str = "t1c") -> List[CaseSpec]:
+    """Cases of the BIDS export where there is one, else of the data_conversion.py layout;
+    refuses ``with_t2`` when no case has a T2 registered to the ceT1."""
     if sequence not in SEQUENCES:
         raise ConversionError(f"VS-seg sequence must be one of {', '.join(SEQUENCES)}, got {sequence!r}.")
     if with_t2 and sequence != "t1c":
@@ -142,32 +140,36 @@ def build_specs(root: str, with_t2: bool = False, sequence: str = "t1c") -> List
     return specs
 
 
-def convert(release_root: str, out_dir: Optional[str] = None, dataset_id: Optional[int] = None,
-            name: Optional[str] = None, *, sequence: str = "t1c", with_t2: bool = False, link: bool = True,
-            dry_run: bool = False, overwrite: bool = False, num_processes: int = 1,
-            progress: bool = True, print_summary: bool = True) -> ConversionSummary:
-    """``sequence``: 't1c' (ceT1 + its mask; default id 531 ``VSseg``) or 't2' (T2 + its own mask;
-    default id 537 ``VSsegT2``). ``with_t2``: add the T2 registered to ceT1 as channel 1."""
-    root = require_root(release_root, KIND)
+def plan(root: str, sequence: str = "t1c", with_t2: bool = False) -> Plan:
+    """Discovery and dataset.json content of VS-seg: ``sequence`` 't1c' (ceT1 + its mask; default
+    id 531 ``VSseg``) or 't2' (T2 + its own mask; default id 537 ``VSsegT2``); ``with_t2``: add
+    the T2 registered to ceT1 as channel 1."""
     specs = build_specs(root, with_t2, sequence)
-    if dataset_id is None:
-        dataset_id = DEFAULT_ID if sequence == "t1c" else DEFAULT_T2_ID
-    folder = dataset_folder(out_dir, dataset_id, name or (DEFAULT_NAME if sequence == "t1c" else DEFAULT_T2_NAME))
-    if not specs:
-        raise ConversionError(f"no {KIND} cases under {root}: expected folders vs_gk_N/ holding "
-                              f"vs_gk_{{t1_refT1,seg_refT1}}.nii.gz or vs_gk_{{t2_refT2,seg_refT2}}.nii.gz "
-                              f"(VS_Seg data_conversion.py), or the BIDS export (sub-N/anat/, "
-                              f"{MASKS.format('T1w')}/).")
     t1c = sequence == "t1c"
-    info = DatasetInfo(
-        channel_names=(["T1ce"] + (["T2"] if with_t2 else [])) if t1c else ["T2"], **LABELS.dataset_json(),
+    return Plan(
+        specs, dataset_id=DEFAULT_ID if t1c else DEFAULT_T2_ID, name=DEFAULT_NAME if t1c else DEFAULT_T2_NAME,
+        empty=f"no {KIND} cases under {root}: expected folders vs_gk_N/ holding vs_gk_{{t1_refT1,seg_refT1}}.nii.gz "
+              f"or vs_gk_{{t2_refT2,seg_refT2}}.nii.gz (VS_Seg data_conversion.py), or the BIDS export (sub-N/anat/, "
+              f"{MASKS.format('T1w')}/).",
+        channels=(["T1ce"] + (["T2"] if with_t2 else [])) if t1c else ["T2"],
         description=("Vestibular-Schwannoma-SEG (TCIA): contrast-enhanced T1 with the tumour mask in ceT1 space"
                      + (", plus T2 registered to ceT1 with the release's transforms" if with_t2 else "")
                      if t1c else "Vestibular-Schwannoma-SEG (TCIA): high-resolution T2 with the tumour mask "
                                  "in T2 space") + ".",
-        reference="https://doi.org/10.7937/TCIA.9YTJ-5Q73 ; Shapey et al., Sci Data 2021",
-        licence="CC-BY 4.0 (TCIA)",
-        extra={"conversion": {"kind": "vsseg", "source": root, "sequence": sequence, "with_t2": bool(with_t2),
-                              "label_mapping_from_release": LABELS.mapping_json()}})
-    return convert_segmentation(KIND, specs, folder, info, link=link, dry_run=dry_run, overwrite=overwrite,
-                                num_processes=num_processes, progress=progress, print_summary=print_summary)
+        conversion={"sequence": sequence, "with_t2": bool(with_t2)})
+
+
+RELEASE = Release(
+    kind="vsseg", title=KIND, output=SEGMENTATION, plan=plan, default_id=DEFAULT_ID, default_name=DEFAULT_NAME,
+    default_id_help=f"{DEFAULT_ID}; {DEFAULT_T2_ID} with --sequence t2",
+    help="Vestibular-Schwannoma-SEG as NIfTI (VS_Seg scripts: vs_gk_N/vs_gk_{t1,seg}_refT1.nii.gz, "
+         "or their BIDS export); ceT1 or T2 with its own mask",
+    settings=(
+        Setting("sequence", "t1c", ("--sequence",), f"t1c: ceT1 with its mask (default, id {DEFAULT_ID}); t2: T2 "
+                f"with its own mask, a T2-only dataset (id {DEFAULT_T2_ID})", cli={"choices": SEQUENCES}),
+        Setting("with_t2", False, ("--with-t2",), "add the T2 registered to ceT1 by the release's transforms "
+                "(vs_gk_t2_refT1 or BIDS derivatives/T2w_registered_to_T1w) as channel 1",
+                cli={"action": "store_true"})),
+    labels=LABELS, reference="https://doi.org/10.7937/TCIA.9YTJ-5Q73 ; Shapey et al., Sci Data 2021",
+    licence="CC-BY 4.0 (TCIA)")
+convert = RELEASE.convert
