@@ -7,10 +7,10 @@ then ``nnUNetv2_train ID 3d_fullres all -tr nnUNetTrainerMMPretrain -p mmPretrai
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors, require_env, writable_folder
+from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors
+from nnunet_mmpretrain.cli.tiny_plans import ready_to_plan
 
 TINY_DEFAULTS = {"patch": (32, 32, 32), "features": (8, 16, 32), "batch": 2}
 
@@ -53,9 +53,6 @@ def main(argv=None) -> int:
     p.add_argument("-gpu_memory_target", type=float, default=None, help="VRAM target of the planner in GB")
     p.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
     a = p.parse_args(argv)
-    require_env("nnUNet_raw", "nnUNet_preprocessed")
-    if a.np < 1:
-        die("-np must be at least 1.")
     given = [f"--{k}" for k in TINY_DEFAULTS if getattr(a, k) is not None]
     if given and not a.add_config:
         die(f"{'/'.join(given)} only shape the configuration of --add-config NAME: add e.g. "
@@ -63,20 +60,14 @@ def main(argv=None) -> int:
     for k, v in TINY_DEFAULTS.items():
         if getattr(a, k) is None:
             setattr(a, k, v)
-    from nnunet_mmpretrain.planning.tiny import check_tiny
-    try:
-        if a.add_config:
-            check_tiny(a.patch, a.features, a.batch)  # refused before any work is spent
-    except ValueError as e:
-        die(str(e))
-    writable_folder(os.environ["nnUNet_preprocessed"])
+    out = ready_to_plan(a.np, (a.patch, a.features, a.batch) if a.add_config else None)
     from nnunet_mmpretrain.corpus.manifest import ManifestError
     from nnunet_mmpretrain.corpus.preprocess import plan_and_preprocess_corpus
     from nnunet_mmpretrain.corpus.validate import CorpusValidationError
     from nnunet_mmpretrain.modalities import UnknownModalityError
     from nnunet_mmpretrain.planning.pretrain_planner import load_like
     try:
-        with disk_errors(os.environ["nnUNet_preprocessed"]):
+        with disk_errors(out):
             like = load_like(a.like, a.like_config) if a.like else None
             r = plan_and_preprocess_corpus(a.d, a.pl, like, a.resample, a.skip_bad, a.np, a.plan_only,
                                            a.gpu_memory_target)

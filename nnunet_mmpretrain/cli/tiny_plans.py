@@ -12,7 +12,27 @@ import argparse
 import os
 import sys
 
+from typing import Optional, Sequence
+
 from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors, require_env, writable_folder
+
+
+def ready_to_plan(num_processes: int, tiny: Optional[Sequence] = None) -> str:
+    """What planning needs before any work is spent, each refused with one line (exit 2):
+    ``nnUNet_raw`` / ``nnUNet_preprocessed`` set, ``-np`` at least 1, the CPU-sized configuration
+    ``tiny`` = (patch, features, batch) buildable, a writable preprocessed folder (returned)."""
+    require_env("nnUNet_raw", "nnUNet_preprocessed")
+    if num_processes < 1:
+        die(f"-np must be at least 1, got {num_processes}.")
+    if tiny is not None:
+        from nnunet_mmpretrain.planning.tiny import check_tiny
+        try:
+            check_tiny(*tiny)
+        except ValueError as e:
+            die(str(e))
+    out = os.environ["nnUNet_preprocessed"]
+    writable_folder(out)
+    return out
 
 
 def main(argv=None) -> int:
@@ -28,18 +48,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-verify", action="store_true", help="skip nnU-Net's dataset integrity check")
     a = p.parse_args(argv)
     check_n_proc_da()  # before nnU-Net is imported (it reads the variable on import)
-    require_env("nnUNet_raw", "nnUNet_preprocessed")
-    if a.np < 1:
-        die(f"-np must be at least 1, got {a.np}.")
+    out = ready_to_plan(a.np, (a.patch, a.features, a.batch))
     from nnunet_mmpretrain.planning.nnunet_plan import plan_and_preprocess
-    from nnunet_mmpretrain.planning.tiny import check_tiny
     try:
-        check_tiny(a.patch, a.features, a.batch)  # refused before any work is spent
-    except ValueError as e:
-        die(str(e))
-    writable_folder(os.environ["nnUNet_preprocessed"])
-    try:
-        with disk_errors(os.environ["nnUNet_preprocessed"]):
+        with disk_errors(out):
             plans_file = plan_and_preprocess(a.d, planner=a.pl, num_processes=a.np, verify=not a.no_verify,
                                              tiny=dict(name=a.c, patch_size=a.patch, features=a.features,
                                                        batch_size=a.batch))
