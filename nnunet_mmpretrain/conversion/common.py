@@ -3,8 +3,12 @@
 Every converter does the same three things: it *discovers* the cases of a public release (pure
 path work, no image is read), describes each case as a :class:`CaseSpec` (which source file goes
 to which output file, how), and hands the list to :func:`convert_segmentation` (nnU-Net raw
-dataset) or :func:`convert_corpus` (pretraining corpus with a ``manifest.json``). The work after
-discovery lives in small modules, re-exported here:
+dataset) or :func:`convert_corpus` (pretraining corpus with a ``manifest.json``). A release module
+only declares the first two -- a plan function and a :class:`Release` entry -- and
+:func:`run_release` does the rest the same way for all (:mod:`~nnunet_mmpretrain.conversion.release`,
+run options in :class:`ConvertOptions`, the entries listed in
+:mod:`~nnunet_mmpretrain.conversion.registry`). The work after discovery lives in small modules,
+re-exported here:
 
 * :mod:`~nnunet_mmpretrain.conversion.summary` -- :class:`ConversionSummary`, the errors.
 * :mod:`~nnunet_mmpretrain.conversion.paths` -- naming and safety: case ids are checked with

@@ -142,6 +142,11 @@ def write_registration_table(summary: ConversionSummary, folder: str, options: C
             summary.notes.append(f"registration metrics per case: {table}")
 
 
+def _channel_list(text: str) -> List[str]:
+    """``--channels dwi,adc`` -> ['dwi', 'adc']."""
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
 RELEASE = Release(
     kind="isles2022", title=KIND, output=SEGMENTATION, plan=plan, default_id=528, default_name="ISLES2022",
     help="ISLES 2022 (BIDS): DWI, ADC and the FLAIR rigidly registered onto the DWI (Mattes MI; "
@@ -149,7 +154,7 @@ RELEASE = Release(
     settings=(
         Setting("channels", DEFAULT_CHANNELS, ("--channels",),
                 "comma-separated channels, DWI first (default dwi,adc,flair)",
-                cli={"default": ",".join(DEFAULT_CHANNELS)}, parse=lambda text: [c.strip() for c in text.split(",") if c.strip()]),
+                cli={"default": ",".join(DEFAULT_CHANNELS)}, parse=_channel_list),
         Setting("register", True, ("--no-register",), "resample the FLAIR into DWI space by scanner coordinates "
                 "only (default: rigid registration onto the DWI, Mattes MI)", cli={"action": "store_false"}),
         Setting("min_coverage", None, ("--min-coverage",), "sanity check: minimum share of the DWI foreground "

@@ -119,8 +119,8 @@ class Release:
 
     @property
     def all_settings(self) -> Tuple[Setting, ...]:
-        """The release's settings, plus :data:`CORPUS_SETTINGS` for a corpus."""
-        return self.settings + (CORPUS_SETTINGS if self.output == CORPUS else ())
+        """The release's settings, after :data:`CORPUS_SETTINGS` for a corpus."""
+        return (CORPUS_SETTINGS if self.output == CORPUS else ()) + self.settings
 
     def convert(self, release_root: str, out_dir: Optional[str] = None, dataset_id: Optional[int] = None,
                 name: Optional[str] = None, *, options: Optional[ConvertOptions] = None,
