@@ -9,7 +9,7 @@ from nnunet_mmpretrain.conversion.imageio import image_grid
 from nnunet_mmpretrain.conversion.options import ConvertOptions
 from nnunet_mmpretrain.conversion.spec import CaseSpec, corpus_image_dst
 from nnunet_mmpretrain.conversion.staging import Staging, link_tree, refuse_release_inside, restore_interrupted
-from nnunet_mmpretrain.conversion.summary import CaseSkip, ConversionError, ConversionSummary, report_summary
+from nnunet_mmpretrain.conversion.summary import CaseSkip, ConversionError, ConversionSummary
 from nnunet_mmpretrain.corpus.manifest import (CorpusCase, CorpusManifest, ManifestError, MANIFEST_NAME,
                                                load_manifest, save_manifest)
 
@@ -22,7 +22,8 @@ def convert_corpus(kind: str, specs: Sequence[CaseSpec], folder: str, sources: D
     kept, so converting BraTS, IXI and UCSF-PDGM with the same ``-d``/``--name`` builds one
     multi-source corpus. ``atlas_registered``: True/False, or 'auto' (True when every scan of
     the corpus lies on one voxel grid); ``options``: how the run goes
-    (:class:`~nnunet_mmpretrain.conversion.options.ConvertOptions`)."""
+    (:class:`~nnunet_mmpretrain.conversion.options.ConvertOptions`); the caller reports the
+    returned summary."""
     dry_run, overwrite = options.dry_run, options.overwrite
     summary = ConversionSummary(kind=kind, output=folder, dry_run=dry_run)
     if not specs:
@@ -67,8 +68,6 @@ def convert_corpus(kind: str, specs: Sequence[CaseSpec], folder: str, sources: D
             _write_manifest(stage, folder, finished, kept, old, sources, atlas_registered, summary)
     except BaseException as e:
         raise stage.fail(e) from None
-    if options.print_summary:
-        report_summary(summary)
     return summary
 
 

@@ -13,7 +13,7 @@ from nnunet_mmpretrain.conversion.options import ConvertOptions
 from nnunet_mmpretrain.conversion.paths import FILE_ENDING
 from nnunet_mmpretrain.conversion.spec import CaseSpec
 from nnunet_mmpretrain.conversion.staging import Staging, refuse_release_inside
-from nnunet_mmpretrain.conversion.summary import ConversionError, ConversionSummary, report_summary
+from nnunet_mmpretrain.conversion.summary import ConversionError, ConversionSummary
 from nnunet_mmpretrain.io_utils import atomic_write_json, atomic_write_text
 
 
@@ -70,7 +70,8 @@ def convert_segmentation(kind: str, specs: Sequence[CaseSpec], folder: str, info
                          classes: Optional[Tuple[Sequence[str], Callable[[CaseSpec], Sequence[Any]]]] = None
                          ) -> ConversionSummary:
     """Write an nnU-Net raw dataset (imagesTr, labelsTr, dataset.json) from ``specs`` as
-    ``options`` say (:class:`~nnunet_mmpretrain.conversion.release.ConvertOptions`).
+    ``options`` say (:class:`~nnunet_mmpretrain.conversion.options.ConvertOptions`); the caller
+    reports the returned summary (:func:`~nnunet_mmpretrain.conversion.release.run_release`).
 
     ``classes``: optional (csv header, row function) for a ``classes.csv`` listing the finished
     cases (classification datasets)."""
@@ -97,8 +98,6 @@ def convert_segmentation(kind: str, specs: Sequence[CaseSpec], folder: str, info
                 stage.discard()
     except BaseException as e:
         raise stage.fail(e) from None
-    if options.print_summary:
-        report_summary(summary)
     return summary
 
 

@@ -17,7 +17,6 @@ every release. ``nnunet_mmpretrain.cli.convert`` builds its sub-commands from th
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -160,13 +159,12 @@ def run_release(release: Release, release_root: str, out_dir: Optional[str], dat
     if not plan.specs:
         raise ConversionError(plan.empty)
     log.debug("%s: %d case(s) found under %s -> %s", title, len(plan.specs), root, folder)
-    quiet = dataclasses.replace(options, print_summary=False)
     if release.output == CORPUS:
         summary = convert_corpus(title, plan.specs, folder, plan.sources, atlas_registered=atlas_registered,
-                                 options=quiet)
+                                 options=options)
     else:
         summary = convert_segmentation(title, plan.specs, folder, dataset_info(release, plan, root),
-                                       options=quiet, classes=plan.classes)
+                                       options=options, classes=plan.classes)
     summary.skipped_files.update(plan.skipped_files)
     if plan.finish is not None:
         plan.finish(summary, folder, options)
