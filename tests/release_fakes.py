@@ -7,8 +7,10 @@ known position (:data:`KNOWN_VOXELS`), so a test can check the label mapping vox
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import types
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -357,10 +359,40 @@ def fake_csv_release(root: str) -> Dict[str, str]:
     return {"images": img, "csv": csv_path}
 
 
+class _SerialPool:
+    """A worker pool that runs its jobs in this process (what nnU-Net's check needs of a Pool)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def starmap(self, fn, iterable):
+        return [fn(*args) for args in iterable]
+
+
+@contextlib.contextmanager
+def serial_nnunet_verify():
+    """Run nnU-Net's verify_dataset_integrity without its spawned worker pool (a spawned worker
+    re-imports torch and nnU-Net, ~8 s per call on 2 cores); the checks themselves are nnU-Net's."""
+    import nnunetv2.experiment_planning.verify_dataset_integrity as vdi
+    orig = vdi.multiprocessing
+    vdi.multiprocessing = types.SimpleNamespace(get_context=lambda method=None: types.SimpleNamespace(Pool=_SerialPool))
+    try:
+        yield
+    finally:
+        vdi.multiprocessing = orig
+
+
 def verify_fast(folder: str) -> None:
-    """nnU-Net's verify_dataset_integrity with a forked worker (for the tests)."""
+    """nnU-Net's verify_dataset_integrity on ``folder``, its jobs run in this process."""
     from nnunet_mmpretrain.conversion.common import verify_nnunet_dataset
-    verify_nnunet_dataset(folder, num_processes=1, fork=True)
+    with serial_nnunet_verify():
+        verify_nnunet_dataset(folder, num_processes=1)
 
 
 def tree(folder: str) -> List[str]:

@@ -293,10 +293,8 @@ def test_cli(tmp_path, capsys, monkeypatch):
     F.fake_brats2021(rel, n=2)
     assert cli.main(["brats2021", rel, "-o", raw, "-q", "--dry-run"]) == 0
     assert "would convert 2" in capsys.readouterr().out and not os.path.exists(raw)
-    real_verify = common.verify_nnunet_dataset
-    monkeypatch.setattr(common, "verify_nnunet_dataset",
-                        lambda folder, num_processes=1: real_verify(folder, num_processes, fork=True))
-    assert cli.main(["brats2021", rel, "-o", raw, "-q", "--copy", "-d", "600", "--name", "B21", "--verify"]) == 0
+    with F.serial_nnunet_verify():
+        assert cli.main(["brats2021", rel, "-o", raw, "-q", "--copy", "-d", "600", "--name", "B21", "--verify"]) == 0
     out = capsys.readouterr().out
     assert "converted 2 case(s)" in out and "verify_dataset_integrity Done" in out
     # $nnUNet_raw is the default output
@@ -381,3 +379,14 @@ def test_sigterm_during_overwrite_keeps_the_dataset(tmp_path):
     assert p.returncode == 130 and "unchanged" in err and "Traceback" not in err
     assert {f: os.path.getsize(os.path.join(raw, f)) for f in F.tree(raw)} == before
     assert os.listdir(raw) == [DS]
+
+
+def test_every_registered_release_is_a_subcommand_and_options_are_checked(tmp_path):
+    """The CLI is generated from the registry (nothing registered is unreachable), and the
+    options object refuses keywords it does not know instead of silently ignoring them."""
+    from nnunet_mmpretrain.cli.convert import build_parser
+    from nnunet_mmpretrain.conversion.registry import releases
+    sub = next(a for a in build_parser()._actions if a.dest == "kind")
+    assert set(releases()) <= set(sub.choices)
+    with pytest.raises(TypeError, match="dry_run"):
+        brats2021.convert(str(tmp_path), str(tmp_path / "raw"), dry_runn=True)

@@ -112,21 +112,7 @@ def _note_stale_cases(folder: str, expected: set, summary: ConversionSummary) ->
                              f"{stale[0]}): numTraining will not match; re-run with --overwrite.")
 
 
-def verify_nnunet_dataset(folder: str, num_processes: int = 1, fork: bool = False) -> None:
-    """nnU-Net's own ``verify_dataset_integrity`` on a converted dataset (raises on problems).
-
-    ``fork=True`` runs nnU-Net's worker pool with the 'fork' start method instead of 'spawn'
-    (the spawned workers re-import nnU-Net and torch, ~8 s per call on 2 cores); used by the tests.
-    """
+def verify_nnunet_dataset(folder: str, num_processes: int = 1) -> None:
+    """nnU-Net's own ``verify_dataset_integrity`` on a converted dataset (raises on problems)."""
     import nnunetv2.experiment_planning.verify_dataset_integrity as vdi
-    if not fork:
-        vdi.verify_dataset_integrity(folder, num_processes=num_processes)
-        return
-    import multiprocessing
-    import types
-    orig = vdi.multiprocessing
-    vdi.multiprocessing = types.SimpleNamespace(get_context=lambda method=None: multiprocessing.get_context("fork"))
-    try:
-        vdi.verify_dataset_integrity(folder, num_processes=num_processes)
-    finally:
-        vdi.multiprocessing = orig
+    vdi.verify_dataset_integrity(folder, num_processes=num_processes)
