@@ -230,3 +230,19 @@ def sha256_file(path: str) -> str:
             h.update(chunk)
     return h.hexdigest()
 
+
+def read_csv_text(path: str):
+    """(text, csv.DictReader) of a small table: UTF-8 with or without BOM, the delimiter (, ; or
+    tab) sniffed from its start. The text is '' for an empty or blank file (the reader is then
+    None), so callers can say what the file should hold."""
+    import csv
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        text = f.read()
+    if not text.strip():
+        return "", None
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    return text, csv.DictReader(text.splitlines(), dialect=dialect)
+

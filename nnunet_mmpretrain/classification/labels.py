@@ -20,11 +20,12 @@ problem is a :class:`ClassLabelError` whose message is one line naming the file 
 """
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence
+
+from nnunet_mmpretrain.io_utils import read_csv_text
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +96,9 @@ def find_class_file(dataset_name: str, dataset_json: Mapping) -> str:
 
 
 def _read_rows(path: str) -> List[Dict[str, str]]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        text = f.read()
-    if not text.strip():
+    text, reader = read_csv_text(path)
+    if reader is None:
         raise ClassLabelError(f"{path} is empty: write a header 'case,label' and one row per case.")
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.DictReader(text.splitlines(), dialect=dialect)
     cols = [c.strip().lower() for c in (reader.fieldnames or [])]
     case_col = next((c for c in CASE_COLUMNS if c in cols), None)
     label_col = next((c for c in LABEL_COLUMNS if c in cols), None)

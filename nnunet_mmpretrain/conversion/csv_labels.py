@@ -22,7 +22,6 @@ glob wildcards allowed, e.g. ``{id}.nii.gz``, ``{id}/anat/*_T1w.nii.gz``, ``**/{
 """
 from __future__ import annotations
 
-import csv
 import glob
 import os
 import re
@@ -33,6 +32,7 @@ from nnunet_mmpretrain.conversion.common import (
     CLASSIFICATION, CaseSpec, ConversionError, ConversionSummary, ConvertOptions, ImageSpec, LabelSpec, Plan,
     Release, Setting, display, seg_image_dst, seg_label_dst, visible)
 from nnunet_mmpretrain.corpus.manifest import ManifestError, check_case_id
+from nnunet_mmpretrain.io_utils import read_csv_text
 
 KIND = "CSV labels"
 DEFAULT_ID = 540
@@ -42,15 +42,9 @@ DEFAULT_PATTERNS = ("{id}.nii.gz",)
 def read_table(path: str) -> Tuple[List[str], List[Dict[str, str]]]:
     if not os.path.isfile(path):
         raise ConversionError(f"label table {path} does not exist.")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        text = f.read()
-    if not text.strip():
+    text, reader = read_csv_text(path)
+    if reader is None:
         raise ConversionError(f"label table {path} is empty.")
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.DictReader(text.splitlines(), dialect=dialect)
     cols = [c.strip() for c in (reader.fieldnames or [])]
     rows = [{(k or "").strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in r.items()}
             for r in reader]
