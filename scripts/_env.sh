@@ -15,7 +15,7 @@ STAMP="$VENV/.mmpretrain-installed"
 WANT="$(cat "$REPO/setup.cfg" "$REPO/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ] || ! "$VENV/bin/python" -c "import nnunet_mmpretrain" 2>/dev/null; then
   echo "[setup] installing nnunet-mmpretrain and its pinned dependencies (first run: a few minutes, ~6 GB)"
-  # torch and torchvision first, as the matching pair pinned in setup.cfg (see REFERENCE.md)
+  # torch and torchvision first, as the matching pair pinned in setup.cfg
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "is ignored: it is neither" || true
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO[test]" 2>&1 | grep -v "is ignored: it is neither" || true
   "$VENV/bin/python" -c "import torch, torchvision, nnunetv2, nnunet_mmpretrain; import torchvision.ops; print('[setup] torch', torch.__version__, 'torchvision', torchvision.__version__)"
