@@ -25,7 +25,11 @@ def plot_progress(log: Dict[str, List[float]], path: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(1, 4, figsize=(20, 4.2))
     ep = np.arange(len(log["train_loss"]))
-    for k, c in (("loss", "k"), ("l_md", "tab:blue"), ("l_cmr", "tab:orange"), ("l_mcl", "tab:green")):
+    for k, c in (("loss", "k"), ("l_md", "tab:blue"), ("l_cmr", "tab:orange"), ("l_mcl", "tab:green"),
+                 ("l_joint", "tab:brown")):
+        tr = np.asarray(log.get(f"train_{k}", [np.nan]), dtype=float)
+        if not (np.isfinite(tr) & (tr > 0)).any():
+            continue                                           # a term this objective does not have
         ax[0].plot(ep, log[f"train_{k}"], color=c, label=f"train {k}")
         if len(log[f"val_{k}"]) == len(ep):
             ax[0].plot(ep, log[f"val_{k}"], color=c, ls="--", label=f"val {k}")
@@ -36,6 +40,8 @@ def plot_progress(log: Dict[str, List[float]], path: str) -> None:
                           ("baseline_fill", "tab:purple", "fill left in place")):
             if len(log[f"val_{v}_{k}"]) == len(ep):
                 a.plot(ep, log[f"val_{v}_{k}"], color=c, label=lab)
+        if v == "md" and np.isfinite(log.get("val_joint_masked_mse", [np.nan])).any():
+            a.plot(ep, log["val_joint_masked_mse"], color="tab:brown", ls="--", label="joint view (same target)")
         a.set_title(f"{name}: MSE on masked voxels (fixed val patches)", fontsize=9)
     ax[3].plot(ep, log["lr"], color="k")
     ax[3].set_title("learning rate (network)")
