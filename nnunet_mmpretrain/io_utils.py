@@ -12,22 +12,33 @@ import zlib
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
+import numpy as np
+
 #: errors of the output disk that end a whole command (not one case): full, read-only, no permission
 FATAL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS,
                                      errno.EACCES) if e is not None)
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without changing it where Linux allows (``os.umask`` must set one
+    to read it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def file_mode() -> int:
     """The mode ``open()`` gives a new file under the current umask (0o644 under the usual 022)."""
     return 0o666 & ~_umask()
 
-import numpy as np
+
+def dir_mode() -> int:
+    """The mode ``mkdir`` gives a new folder under the current umask (0o755 under the usual 022)."""
+    return 0o777 & ~_umask()
 
 
 @contextmanager
@@ -202,7 +213,6 @@ def nifti_damage(path: str) -> Optional[str]:
 
 def _nifti_bytes(head: bytes) -> Optional[int]:
     """Bytes a single-file NIfTI needs (vox_offset + voxels), from its header; None if unknown."""
-    import numpy as np
     if len(head) < 348:
         return None
     for order in ("<", ">"):

@@ -39,11 +39,8 @@ def _write_nnssl(b: dict, out: str) -> str:
     if os.path.isdir(out):
         die(f"{out} is a folder: --format nnssl writes one file, e.g. -o {os.path.join(out, 'nnssl_checkpoint.pth')}")
     ck = bundle_to_nnssl(b)
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp:          # the file gets the umask's mode there
         torch.save(ck, tmp)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(out, 0o666 & ~mask)
     return out
 
 

@@ -173,23 +173,14 @@ def _card(ck: dict, checkpoint_path: str) -> dict:
         return {}
 
 
-def _umask() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            return int(next(l.split()[1] for l in f if l.startswith("Umask:")), 8)
-    except (OSError, StopIteration, ValueError):
-        m = os.umask(0o022)
-        os.umask(m)
-        return m
-
-
 def _normal_modes(folder: str) -> None:
     """Modes as a plain ``open`` / ``mkdir`` would give them (temporary files are 0600, dirs 0700)."""
-    mask = _umask()
+    from nnunet_mmpretrain.io_utils import dir_mode, file_mode
+    d_mode, f_mode = dir_mode(), file_mode()
     for root, dirs, files in os.walk(folder):
-        os.chmod(root, 0o777 & ~mask)
+        os.chmod(root, d_mode)
         for f in files:
-            os.chmod(os.path.join(root, f), 0o666 & ~mask)
+            os.chmod(os.path.join(root, f), f_mode)
 
 
 def _write_files(bundle: dict, folder: str) -> str:
