@@ -36,9 +36,8 @@ PRETRAINER = "nnUNetTrainerMMPretrain_demo"
 SUITE, PRESET = "demo", "cpu-demo"
 
 
-def _run(cmd, env, show_env=None):
-    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (show_env or {}).items())
-    print("\n$ " + (prefix + " " if prefix else "") + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+def _run(cmd, env):
+    print("\n$ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
     t = time.time()
     subprocess.run([str(c) for c in cmd], env=env, check=True)
     print(f"  ({time.time() - t:.0f} s)", flush=True)

@@ -136,13 +136,15 @@ def _joint_term(recon_joint: torch.Tensor, batch: PretrainBatch, target: torch.T
     """Loss of the joint view: recon_joint (B, V, X, Y, Z) read at m (and at n where the case has
     a partner) against target / partner on their masked voxels; logs ``l_joint`` and the target's
     ``joint_masked_mse`` / baselines."""
-    rec_m = recon_joint.gather(1, batch.m_idx.view(-1, 1, 1, 1, 1).expand(-1, 1, *target.shape[2:]))
+    def channel(recon: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:   # (N, V, ...) -> (N, 1, ...) at idx
+        return recon.gather(1, idx.view(-1, 1, 1, 1, 1).expand(-1, 1, *recon.shape[2:]))
+
+    rec_m = channel(recon_joint, batch.m_idx)
     l_m = reconstruction_loss(rec_m, target, mask_m, region)
     two = batch.n_idx >= 0
     l_n = torch.zeros((), device=target.device)
     if bool(two.any()):
-        rec_n = recon_joint[two].gather(1, batch.n_idx[two].view(-1, 1, 1, 1, 1).expand(-1, 1, *target.shape[2:]))
-        l_n = reconstruction_loss(rec_n, batch.partner[two], mask_n[two], region)
+        l_n = reconstruction_loss(channel(recon_joint[two], batch.n_idx[two]), batch.partner[two], mask_n[two], region)
     term = l_m + l_n
     logs["l_joint"] = float(term.detach())
     rep = masked_error_report(rec_m.detach(), target, mask_m, joint[0])

@@ -76,15 +76,12 @@ def epoch_report(log: Dict[str, List[float]], epoch: int, num_epochs: int, alarm
     rel = relative_error(log)
     lines = [f"train loss {g('train_loss'):.4f} (md {g('train_l_md'):.4f}, cmr {g('train_l_cmr'):.4f}, "
              f"mcl {g('train_l_mcl'):.4f}) | val loss {g('val_loss'):.4f}"]
-    for v, name in (("md", "template view"), ("cmr", "cross-modal view")):
-        lines.append(f"{name}: masked-voxel MSE {g(f'val_{v}_masked_mse'):.4f} vs patch mean "
-                     f"{g(f'val_{v}_baseline_patch_mean'):.4f} ({rel[f'{v}_patch_mean']:.2f} x), fill left in place "
-                     f"{g(f'val_{v}_baseline_fill'):.4f} ({rel[f'{v}_fill']:.2f} x)")
-    if np.isfinite(log.get("val_joint_masked_mse", [float("nan")])[-1]):
-        j = lambda k: g(f"val_joint_{k}")
-        lines.append(f"joint view (target m): masked-voxel MSE {j('masked_mse'):.4f} vs patch mean "
-                     f"{j('baseline_patch_mean'):.4f} ({j('masked_mse') / max(j('baseline_patch_mean'), 1e-12):.2f} x), "
-                     f"fill left in place {j('baseline_fill'):.4f}")
+    for v, name in (("md", "template view"), ("cmr", "cross-modal view"), ("joint", "joint view (target m)")):
+        if v == "joint" and not np.isfinite(log.get("val_joint_masked_mse", [float("nan")])[-1]):
+            continue                                           # the joint view is off
+        m, pm, fl = (g(f"val_{v}_{k}") for k in ("masked_mse", "baseline_patch_mean", "baseline_fill"))
+        lines.append(f"{name}: masked-voxel MSE {m:.4f} vs patch mean {pm:.4f} ({m / max(pm, 1e-12):.2f} x), "
+                     f"fill left in place {fl:.4f} ({m / max(fl, 1e-12):.2f} x)")
     if epoch + 1 >= alarm_fraction * num_epochs:
         bad = [v for v in ("md", "cmr") if rel[f"{v}_patch_mean"] >= 1.0]
         if bad:
