@@ -68,6 +68,7 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
     template_init: str = "corpus_mean"            # or "zeros" (BrainMVP)
     template_space: str = "data"                  # or "minmax" (BrainMVP's [0, 1] squeeze)
     dad_p: float = 0.0                            # domain adaptive denormalization of the views
+    template_fill: bool = True                    # False: masked blocks filled with zeros (plain MAE)
     alarm_fraction: float = 0.25                  # warn if the task is not learned after this share
     allow_single_modality_corpus: bool = False    # or env nnUNet_mmpretrain_allow_single=1
 
@@ -204,7 +205,8 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
                           t("starts") if self.atlas_registered else None, list(batch["subject"]))
         return brainmvp_forward(self.network, b, objective=self.objective, epoch=self.current_epoch,
                                 num_epochs=self.num_epochs, mask=MaskSpec(self.mask_ratio, self.block_size),
-                                templates=self._net().templates, masks=masks, evaluate=evaluate,
+                                templates=self._net().templates if self.template_fill else None, masks=masks,
+                                evaluate=evaluate,
                                 dad_p=0.0 if evaluate else self.dad_p)
 
     def train_step(self, batch: dict) -> dict:
@@ -269,7 +271,8 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
         from nnunet_mmpretrain.training.pretrain_corpus import epoch_report
         self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
         lines, score = epoch_report(self.mm_log, self.current_epoch, self.num_epochs, self.alarm_fraction,
-                                    self.objective.mcl_active(self.current_epoch, self.num_epochs))
+                                    self.objective.mcl_active(self.current_epoch, self.num_epochs),
+                                    tuple(v for v in ("md", "cmr") if getattr(self.objective, f"w_{v}") > 0))
         for line in lines:
             self.print_to_log_file(line)
         ep = self.logger.get_value("epoch_end_timestamps", -1) - self.logger.get_value("epoch_start_timestamps", -1)

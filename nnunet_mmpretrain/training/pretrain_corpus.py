@@ -68,9 +68,10 @@ def fixed_validation_batches(loader, n: int, patch, ratio: float, block_size: in
 
 
 def epoch_report(log: Dict[str, List[float]], epoch: int, num_epochs: int, alarm_fraction: float,
-                 mcl_active: bool) -> Tuple[List[str], float]:
-    """Log lines of one epoch (losses; per view the masked error against both baselines; alarms)
-    and the score behind checkpoint_best (mean over the views of masked error / patch mean)."""
+                 mcl_active: bool, trained: Tuple[str, ...] = ("md", "cmr")) -> Tuple[List[str], float]:
+    """Log lines of one epoch (losses; per view the masked error against both baselines; alarms
+    for the ``trained`` views, those with a loss weight) and the score behind checkpoint_best
+    (mean over the trained views of masked error / patch mean)."""
     from nnunet_mmpretrain.training.pretrain import relative_error
     g = lambda k: log[k][-1]
     rel = relative_error(log)
@@ -83,14 +84,14 @@ def epoch_report(log: Dict[str, List[float]], epoch: int, num_epochs: int, alarm
         lines.append(f"{name}: masked-voxel MSE {m:.4f} vs patch mean {pm:.4f} ({m / max(pm, 1e-12):.2f} x), "
                      f"fill left in place {fl:.4f} ({m / max(fl, 1e-12):.2f} x)")
     if epoch + 1 >= alarm_fraction * num_epochs:
-        bad = [v for v in ("md", "cmr") if rel[f"{v}_patch_mean"] >= 1.0]
+        bad = [v for v in trained if rel[f"{v}_patch_mean"] >= 1.0]
         if bad:
             lines.append(f"WARNING: after {epoch + 1} of {num_epochs} epochs the masked-voxel error of the "
                          f"{' and '.join(bad)} view(s) is not below predicting the patch mean: the proxy task is "
                          f"not being learned (try a lower mask ratio, a higher learning rate, a longer schedule).")
     if mcl_active and np.isfinite(g("train_emb_std")) and g("train_emb_std") < 1e-3:
         lines.append(f"WARNING: the contrastive embeddings collapsed (std over the batch {g('train_emb_std'):.2e}).")
-    score = 0.5 * (rel["md_patch_mean"] + rel["cmr_patch_mean"])
+    score = float(np.mean([rel[f"{v}_patch_mean"] for v in trained or ("md", "cmr")]))
     return lines, float(score) if np.isfinite(score) else float("inf")
 
 

@@ -69,3 +69,35 @@ class nnUNetTrainerMMPretrain_5epochs(nnUNetTrainerMMPretrain):
     """Tests: 5 epochs x 3 iterations; MCL from epoch 2, template warm-up epoch 0."""
     schedule = Schedule(epochs=5, iterations=3, val_iterations=1, save_every=2)
     warmup_epochs = 1
+
+
+# ---- the ablation ladder of the phantom suite: the demo's schedule, mask, optimiser and readout,
+# ---- only the proxy tasks change (equal budgets: 20 epochs x 30 iterations of the same batches)
+class nnUNetTrainerMMPretrain_demoMAE(nnUNetTrainerMMPretrain_demo):
+    """Plain single-view masked autoencoder: masked blocks zeroed, the modality rebuilt from
+    itself (no partner, no templates, no contrastive term); the baseline OpenMind found strongest."""
+    objective = ObjectiveConfig(w_md=1.0, w_cmr=0.0, w_mcl=0.0, recon_region="masked", template_warmup_fraction=0.0)
+    template_fill = False
+
+
+class nnUNetTrainerMMPretrain_demoCMR(nnUNetTrainerMMPretrain_demo):
+    """Ablation step 1: cross-modal reconstruction alone (masked blocks filled from another
+    modality of the case; no templates)."""
+    objective = ObjectiveConfig(w_md=0.0, w_cmr=1.0, w_mcl=0.0, recon_region="masked", template_warmup_fraction=0.0)
+    template_fill = False
+
+
+class nnUNetTrainerMMPretrain_demoCMRMD(nnUNetTrainerMMPretrain_demo):
+    """Ablation step 2: + modality template distillation (template-filled view, template
+    warm-up of the cross-modal view)."""
+    objective = ObjectiveConfig(w_md=1.0, w_cmr=1.0, w_mcl=0.0, recon_region="masked")
+
+
+class nnUNetTrainerMMPretrain_demoCMRMDMCL(nnUNetTrainerMMPretrain_demo):
+    """Ablation step 3: + modality-aware contrastive learning (temperature 0.2, from 2/3 of training)."""
+    objective = ObjectiveConfig(w_md=1.0, w_cmr=1.0, w_mcl=1.0, recon_region="masked", temperature=0.2)
+
+
+class nnUNetTrainerMMPretrain_demoCMRMDMCLDAD(nnUNetTrainerMMPretrain_demoCMRMDMCL):
+    """Ablation step 4: + domain adaptive denormalization of the views (p 0.5)."""
+    dad_p = 0.5
