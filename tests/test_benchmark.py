@@ -16,6 +16,7 @@ from conftest import run_cli
 
 from nnunet_mmpretrain.benchmark import splits as sp
 from nnunet_mmpretrain.benchmark import stats
+from nnunet_mmpretrain.io_utils import sha256_file
 
 SEG = "Dataset990_PhantomBraTS"
 
@@ -170,6 +171,8 @@ def test_runner_refuses_a_cell_whose_validation_case_is_in_the_corpus(phantom_ra
     ({"methods": {"pretrained": {"finetune": "pretrained", "pretraining": "cpu-smoke"}}},
      "leak.json: methods: needs a 'scratch' method"),
     ({"seeds": [0], "folds": [0]}, "leak.json: seeds: a single run per method gives no spread"),
+    ({"methods": {"scratch": {"finetune": "scratch", "labelled_cases": [4]}}},
+     "leak.json: methods.scratch.labelled_cases: 4 cases is not a label budget of the suite (100 %)"),
 ])
 def test_bad_suites_exit_2_with_one_line_naming_file_and_key(tmp_path, change, expect):
     r = run_cli(["nnUNetv2_mmpretrain_benchmark", _suite(tmp_path, **change), "--dry-run"], check=False)
@@ -186,6 +189,27 @@ def test_missing_dataset_exits_2_with_the_fix(tmp_path):
     r = run_cli(["nnUNetv2_mmpretrain_benchmark", "no-such-suite"], check=False)
     assert r.returncode == 2 and "no-such-suite: no such suite file; use a JSON path or one of" in r.stderr
     assert "phantom-smoke" in r.stderr
+
+
+def test_late_gain_reads_nnunet_logs_of_both_numpy_formats_and_resumed_runs():
+    from nnunet_mmpretrain.benchmark.convergence import late_gain, mean_pseudo_dice
+
+    def log(epochs, fmt):
+        return "\n".join(f"2026-12-02 21:11:{e:02d}.1: Epoch {e} \n2026-12-02 21:11:{e:02d}.2: train_loss -0.1\n"
+                         f"2026-12-02 21:11:{e:02d}.3: Pseudo dice [{fmt(d)}] " for e, d in epochs)
+
+    rising = [(e, [min(1.0, 0.05 * e), float("nan")]) for e in range(12)]
+    new = log(rising, lambda d: ", ".join(f"np.float32({x})" for x in d))        # numpy >= 2 repr
+    old = log(rising, lambda d: ", ".join(str(x) for x in d))                       # numpy 1 repr
+    assert mean_pseudo_dice([new]) == mean_pseudo_dice([old]) == [0.05 * e for e in range(12)]
+    # last 3 epochs (0.45, 0.5, 0.55) minus the 3 before (0.3, 0.35, 0.4): still rising by 0.15
+    assert late_gain(mean_pseudo_dice([new])) == pytest.approx(0.15)
+    flat = log([(e, [0.7]) for e in range(12)], lambda d: ", ".join(map(str, d)))
+    assert late_gain(mean_pseudo_dice([flat])) == pytest.approx(0.0)
+    # a resumed run logs epochs again in a second file: its lines win
+    resumed = log([(e, [0.7]) for e in range(9, 12)], lambda d: ", ".join(map(str, d)))
+    assert mean_pseudo_dice([new, resumed])[9:] == [0.7, 0.7, 0.7]
+    assert np.isnan(late_gain([0.1, 0.2, 0.3]))                                     # too short to judge
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -229,6 +253,10 @@ def test_smoke_suite_end_to_end_leaderboard(smoke):
     md = open(os.path.join(lb, "leaderboard.md")).read()
     assert "| labels | method | region | runs | mean ± std | Δ vs scratch | p (Wilcoxon) | 95 % CI of Δ |" in md
     assert "internal cross-validation" in md and "## Other paired comparisons" in md
+    # one-epoch cells cannot be judged for convergence: the file has its header and no row
+    assert open(os.path.join(lb, "convergence.csv")).read() == "dataset,labels,method,epochs,runs,late_gain_mean," \
+                                                               "late_gain_std,rising_runs\n"
+    assert "Did the fine-tuning converge?" not in md
     png = os.path.join(lb, "label_efficiency.png")
     assert os.path.getsize(png) > 10_000
     import matplotlib.image as mpimg
@@ -238,7 +266,7 @@ def test_smoke_suite_end_to_end_leaderboard(smoke):
     # split files written and hashed beside the leaderboard
     for line in open(os.path.join(lb, "splits.sha256")).read().split("\n")[:-1]:
         digest, rel = line.split("  ")
-        assert sp.file_sha256(os.path.join(out, rel)) == digest and digest in md
+        assert sha256_file(os.path.join(out, rel)) == digest and digest in md
         split = json.load(open(os.path.join(out, rel)))
         assert len(split["train"]) == 4 and len(split["val"]) == 2 and not set(split["train"]) & set(split["val"])
 
@@ -334,3 +362,27 @@ def test_demo_suite_is_what_the_demo_runs():
     assert s.phantoms["seg_id"] == demo.SEG_ID and s.corpus["add_config"]["name"] == demo.CONFIG
     assert {m.kind for m in s.methods.values()} == {"scratch", "pretrained"}
     assert len(s.folds) * len(s.seeds) >= 2
+
+
+def test_phantom_suite_runs_ablations_and_long_runs_at_its_smallest_budget_only():
+    """Methods may name their own budgets and schedule: the ablations and the long runs of the
+    phantom suite run at 4 labelled cases, every other method at 4 and 8; paired cells share splits."""
+    from nnunet_mmpretrain.benchmark.runner import build_cells
+    from nnunet_mmpretrain.benchmark.suite import load_suite
+    s = load_suite("phantom")
+    cells = build_cells(s)
+    at = lambda m: sorted({c.budget.tag for c in cells if c.method.name == m})
+    ladder = ["frozen_mae", "frozen_cmr", "frozen_cmr_md", "frozen_cmr_md_mcl", "frozen_cmr_md_mcl_dad"]
+    for m in ladder + ["pretrained_mae"]:
+        assert at(m) == ["n4"], m
+        assert s.presets[s.methods[m].pretraining].trainer.startswith("nnUNetTrainerMMPretrain_demo")
+    for m in ("scratch", "pretrained", "pretrained_frozen", "random_frozen"):
+        assert at(m) == ["n4", "n8"], m
+    assert len({s.methods[m].pretraining for m in ladder}) == len(ladder)    # one pretraining per rung
+    assert len(cells) == len(s.folds) * (5 * 2 + 8)           # 5 methods at both budgets, 8 at n4 only
+    n4 = {c.split_name for c in cells if c.budget.tag == "n4"}
+    assert len(n4) == len(s.folds)
+    # the long runs override the epochs only; everything else is the suite's schedule
+    for m in ("scratch_long", "pretrained_long"):
+        assert at(m) == ["n4"] and s.schedule_for(s.methods[m]) == {**s.schedule, "epochs": 3 * s.schedule["epochs"]}
+    assert s.schedule_for(s.methods["scratch"]) == s.schedule

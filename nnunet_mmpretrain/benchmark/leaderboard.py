@@ -14,6 +14,9 @@ and writes ``OUT/leaderboard/``:
 * ``label_efficiency.png``: mean Dice vs label budget, one line per method, error bars = std over
   runs; and the regions at the largest budget.
 * ``splits.sha256``: ``sha256sum`` lines of the split files.
+* ``convergence.csv`` (and a section of the Markdown): per (labels, method) the *late gain* of
+  the fine-tuning (:mod:`.convergence`, from nnU-Net's training logs): a gain well above 0 says
+  the schedule stopped while that method was still improving.
 
 Task hook: :data:`METRIC_READERS` maps a task to a reader returning, per evaluation, the run's
 score per region and the per-case scores. Classification cells are read from the classifier's
@@ -33,6 +36,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from nnunet_mmpretrain.benchmark.convergence import cell_curve, late_gain
 from nnunet_mmpretrain.benchmark.stats import mean_std, paired
 from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_text
 
@@ -117,6 +121,8 @@ def collect(out: str) -> Tuple[dict, List[dict], List[str]]:
         with open(meta) as f:
             cell = json.load(f)
         cell["scores"] = METRIC_READERS[cell.get("task", "segmentation")](cdir, cell, regions.get(cell["dataset"], {}))
+        if cell.get("task", "segmentation") == "segmentation":
+            cell["late_gain"] = 100 * late_gain(cell_curve(cdir, cell["fold"]))
         cells.append(cell)
     return suite, cells, unfinished
 
@@ -203,6 +209,27 @@ def tables(suite: dict, cells: List[dict]) -> Tuple[List[dict], List[dict]]:
     return rows, comps
 
 
+CONVERGENCE_COLUMNS = ["dataset", "labels", "method", "epochs", "runs", "late_gain_mean", "late_gain_std", "rising_runs"]
+
+
+def convergence(suite: dict, cells: List[dict]) -> List[dict]:
+    """Per (dataset, labels, method): the late gain over runs (Dice points) and how many runs
+    were still rising by more than 2 points (segmentation cells with a training log)."""
+    groups: Dict[tuple, List[float]] = {}
+    order = list(suite["methods"])
+    for c in cells:
+        if not math.isnan(c.get("late_gain", float("nan"))):
+            key = (c["dataset"], c["budget"]["label"], c["method"], c.get("schedule", {}).get("epochs", 0))
+            groups.setdefault(key, []).append(c["late_gain"])
+    rows = []
+    for (ds, labels, m, ep), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2])
+                                                                          if kv[0][2] in order else 99)):
+        mean, std = mean_std(g)
+        rows.append({"dataset": ds, "labels": labels, "method": m, "epochs": ep, "runs": len(g), "late_gain_mean": mean,
+                     "late_gain_std": std, "rising_runs": sum(x > 2.0 for x in g)})
+    return rows
+
+
 def _csv(rows: List[dict], columns: List[str]) -> str:
     def cell(v):
         if isinstance(v, float):
@@ -213,7 +240,7 @@ def _csv(rows: List[dict], columns: List[str]) -> str:
 
 
 def markdown(suite: dict, rows: List[dict], comps: List[dict], unfinished: List[str], hashes: List[str],
-             out: str) -> str:
+             out: str, conv: List[dict] = ()) -> str:
     md = [f"# Benchmark leaderboard: {suite['name']}", "", suite.get("description", ""), "",
           f"Regenerate: `nnUNetv2_mmpretrain_benchmark {suite['name']} --out {out} --leaderboard-only` "
           f"({time.strftime('%Y-%m-%d %H:%M')}).", "",
@@ -253,6 +280,17 @@ def markdown(suite: dict, rows: List[dict], comps: List[dict], unfinished: List[
         for r in pub:
             md.append(f"| {r['dataset']} | {r.get('fraction', 1.0) * 100:g} % | {r.get('label', r.get('method', ''))} "
                       f"| {r['value']} | {r.get('metric', '')} | {r['source']} |")
+        md.append("")
+    if conv:
+        md += ["## Did the fine-tuning converge?", "", "Late gain = mean pseudo Dice (nnU-Net's per-epoch validation "
+               "batches) over the last quarter of the epochs minus over the quarter before, in Dice points. Near 0: "
+               "converged; well above 0: the schedule stopped while the method was still improving, so the table "
+               "above compares methods at an unfinished budget.", "",
+               "| dataset | labels | method | epochs | runs | late gain (mean ± std) | runs rising > 2 points |",
+               "|---|---|---|---|---|---|---|"]
+        md += [f"| {r['dataset']} | {r['labels']} | {r['method']} | {r['epochs']} | {r['runs']} | "
+               f"{_fmt(r['late_gain_mean'], 1)} ± {_fmt(r['late_gain_std'], 1)} | {r['rising_runs']} / {r['runs']} |"
+               for r in conv]
         md.append("")
     if unfinished:
         md += [f"Unfinished cells (not counted): {', '.join(unfinished)}", ""]
@@ -311,7 +349,7 @@ def plot(rows: List[dict], path: str) -> None:
 
 def write_leaderboard(out: str) -> str:
     """Write ``OUT/leaderboard/*`` from the output folder alone; returns the Markdown path."""
-    from nnunet_mmpretrain.benchmark.splits import file_sha256
+    from nnunet_mmpretrain.io_utils import sha256_file as file_sha256
     out = os.path.abspath(out)
     suite, cells, unfinished = collect(out)
     rows, comps = tables(suite, cells)
@@ -323,7 +361,9 @@ def write_leaderboard(out: str) -> str:
     atomic_write_text(_csv(rows, COLUMNS), os.path.join(lb, "leaderboard.csv"))
     atomic_write_text(_csv(comps, COMPARISON_COLUMNS), os.path.join(lb, "comparisons.csv"))
     md_path = os.path.join(lb, "leaderboard.md")
-    atomic_write_text(markdown(suite, rows, comps, unfinished, hashes, out), md_path)
+    conv = convergence(suite, cells)
+    atomic_write_text(_csv(conv, CONVERGENCE_COLUMNS), os.path.join(lb, "convergence.csv"))
+    atomic_write_text(markdown(suite, rows, comps, unfinished, hashes, out, conv), md_path)
     if rows:
         plot(rows, os.path.join(lb, "label_efficiency.png"))
     log.info("leaderboard from %d finished cell(s), %d unfinished", len(cells), len(unfinished))

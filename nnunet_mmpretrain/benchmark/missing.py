@@ -83,7 +83,7 @@ def run_missing(runner, cell, ds_name: str, split: dict, env: Dict[str, str], lo
                 cmd = ["nnUNetv2_mmpretrain_predict", *common, "--bundle", tbundle, "-np", "1"]
             else:
                 cmd = ["nnUNetv2_predict", *common, "-npp", "1", "-nps", "1"]
-                if not s.schedule.get("mirroring", False):
+                if not s.schedule_for(cell.method).get("mirroring", False):
                     cmd.append("--disable_tta")
             label = f"{tag} {cell.name} without channel {c} ({dj['channel_names'][str(c)]}), {fill} fill"
             prep.run_step(label, cmd, env, logf, runner.dry_run)

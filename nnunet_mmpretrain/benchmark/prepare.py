@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from nnunet_mmpretrain.benchmark.suite import Suite
+from nnunet_mmpretrain.benchmark.model import Suite
 
 log = logging.getLogger("nnunet_mmpretrain.benchmark")
 

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 
 from nnunet_mmpretrain.benchmark import prepare as prep
 from nnunet_mmpretrain.benchmark.prepare import BenchmarkError, Folders, StepFailed
-from nnunet_mmpretrain.benchmark.suite import DatasetSpec, LabelBudget, Method, Suite
+from nnunet_mmpretrain.benchmark.model import DatasetSpec, LabelBudget, Method, Suite
 from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json
 
 log = logging.getLogger("nnunet_mmpretrain.benchmark")
@@ -55,6 +55,8 @@ def build_cells(suite: Suite) -> List[Cell]:
             for fold in suite.folds:
                 for seed in suite.seeds:
                     for m in suite.methods.values():
+                        if m.budgets is not None and b.tag not in m.budgets:
+                            continue                  # the method runs at its own budgets only
                         name = f"D{ds.id:03d}_{b.tag}_fold{fold}_seed{seed}_{m.name}"
                         cells.append(Cell(name, ds, b, fold, seed, m, m.trainer_for(ds.task)))
     return cells
@@ -190,14 +192,15 @@ class Runner:
 
     # ----------------------------------------------------------------------------- running
     def cell_settings(self, cell: Cell, split_file: str, bundle: Optional[str]) -> dict:
-        from nnunet_mmpretrain.benchmark.splits import file_sha256
+        from nnunet_mmpretrain.io_utils import sha256_file as file_sha256
         s = self.suite
         pre = s.presets[cell.method.pretraining] if cell.method.pretraining else None
         return {"name": cell.name, "suite": s.name, "dataset": cell.dataset.id, "dataset_name": self.dataset_name(cell.dataset),
                 "task": cell.dataset.task, "budget": {"kind": cell.budget.kind, "value": cell.budget.value,
                                                       "tag": cell.budget.tag, "label": cell.budget.label},
                 "fold": cell.fold, "seed": cell.seed, "method": cell.method.name, "kind": cell.method.kind,
-                "trainer": cell.trainer, "plans": s.plans, "configuration": s.configuration, "schedule": s.schedule,
+                "trainer": cell.trainer, "plans": s.plans, "configuration": s.configuration,
+                "schedule": s.schedule_for(cell.method),
                 "split_file": os.path.relpath(split_file, self.f.out), "split_sha256": file_sha256(split_file),
                 "pretraining": None if pre is None else {"preset": pre.name, "trainer": pre.trainer},
                 "bundle": bundle, "stem": cell.method.stem, "device": self.device}
@@ -224,7 +227,7 @@ class Runner:
             atomic_write_json(settings, meta)
         results = os.path.join(folder, "nnUNet_results")
         extra = {"nnUNet_results": results, ENV_SPLIT: split_file, ENV_SEED: str(cell.seed),
-                 ENV_SCHEDULE: json.dumps(s.schedule, separators=(",", ":"))}
+                 ENV_SCHEDULE: json.dumps(s.schedule_for(cell.method), separators=(",", ":"))}
         if bundle:
             extra["nnUNet_mmpretrain_bundle"] = bundle
         if cell.method.stem:
@@ -269,7 +272,7 @@ class Runner:
         cmd = ["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", pred, "-d", cell.dataset.id, "-c",
                s.configuration, "-f", cell.fold, "-tr", cell.trainer, "-p", s.plans, "-device", self.device,
                "-npp", "1", "-nps", "1"]
-        if not s.schedule.get("mirroring", False):
+        if not s.schedule_for(cell.method).get("mirroring", False):
             cmd.append("--disable_tta")
         prep.run_step(f"{tag} {cell.name} test prediction", cmd, env, logf, self.dry_run)
         model = os.path.dirname(fold_dir(self.f, cell, ds_name, s))

@@ -23,7 +23,6 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from nnunet_mmpretrain.io_utils import sha256_file as file_sha256  # noqa: F401  (the split files' hash)
 
 DEFAULT_PATIENT_REGEX = r"^(BraTS[-_][A-Za-z]+[-_]\d+)[-_]\d{3}$"
 

@@ -19,7 +19,8 @@ A suite (``plans/NAME.json``)::
       "methods": {"scratch": {"finetune": "scratch"},
                   "pretrained_frozen": {"finetune": "pretrained_frozen", "pretraining": "cpu-smoke",
                                         "stem": "modality", "compare_to": ["random_frozen"]},
-                  "random_frozen": {"finetune": "random_frozen"}},
+                  "random_frozen": {"finetune": "random_frozen", "labelled_cases": [4]},  # only these budgets
+                  "scratch_long": {"finetune": "scratch", "schedule": {"epochs": 60}}},  # overrides the schedule
       "references": [{"dataset": 525, "fraction": 1.0, "method": "pretrained", "region": "mean",
                       "value": 76.80, "metric": "Dice %", "source": "BrainMVP (CVPR 2025)"}],
       "device": "cpu", "env": {"nnUNet_n_proc_DA": "0"},           # for the nnUNetv2_train runs only
@@ -38,120 +39,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional
+
+from nnunet_mmpretrain.benchmark.model import (KINDS, SCHEDULE_KEYS, STEMS, TASKS, DatasetSpec,
+                                               LabelBudget, Method, Preset, Suite, SuiteError)
 
 SUITE_FORMAT = "nnunet_mmpretrain.suite/1"
 PRESET_FORMAT = "nnunet_mmpretrain.preset/1"
 PLANS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "plans")
-
-#: fine-tuning kind -> (segmentation trainer, needs a pretraining preset)
-KINDS = {
-    "scratch": ("nnUNetTrainerMMBench", False),
-    "pretrained": ("nnUNetTrainerMMBench_pretrained", True),
-    "pretrained_frozen": ("nnUNetTrainerMMBench_pretrainedFrozen", True),
-    "random_frozen": ("nnUNetTrainerMMBench_randomFrozen", False),
-    "pretrained_template_aug": ("nnUNetTrainerMMBench_pretrainedTemplateAug", True),
-}
-#: classification tasks: kind -> trainer (benchmark/trainers.py, over training/classifier.py)
-CLASSIFIER = "nnUNetTrainerMMBenchClassifier"
-CLASSIFIER_SUFFIX = {"scratch": "", "pretrained": "_pretrained", "pretrained_frozen": "_pretrainedFrozen",
-                     "random_frozen": "_randomFrozen", "pretrained_template_aug": "_pretrained"}
-STEMS = ("modality", "repeat", "reinit")
-TASKS = ("segmentation", "classification")
-SCHEDULE_KEYS = ("epochs", "iterations", "val_iterations", "mirroring", "save_every", "initial_lr")
-
-
-class SuiteError(ValueError):
-    """A suite or preset problem: one line naming the file, the key and the fix."""
-
-
-@dataclass(frozen=True)
-class LabelBudget:
-    """Labelled training cases per cell: a fraction of the fold's training patients or a count."""
-    kind: str        # "fraction" | "cases"
-    value: float
-
-    @property
-    def tag(self) -> str:
-        return f"frac{round(self.value * 100):d}" if self.kind == "fraction" else f"n{int(self.value)}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.value * 100:g} %" if self.kind == "fraction" else f"{int(self.value)} cases"
-
-
-@dataclass
-class Preset:
-    name: str
-    trainer: str
-    plans: str
-    configuration: str
-    train_args: List[str] = field(default_factory=list)
-    description: str = ""
-    source: str = ""
-
-
-@dataclass
-class Method:
-    name: str
-    kind: str
-    trainer: Optional[str]                 # explicit trainer override (else from the kind)
-    pretraining: Optional[str]
-    stem: Optional[str]
-    compare_to: List[str]
-
-    def trainer_for(self, task: str) -> str:
-        if self.trainer:
-            return self.trainer
-        if task == "classification":
-            return CLASSIFIER + CLASSIFIER_SUFFIX[self.kind]
-        return KINDS[self.kind][0]
-
-
-@dataclass
-class DatasetSpec:
-    id: int
-    name: str
-    task: str = "segmentation"
-    test: bool = False
-    regions: Dict[str, str] = field(default_factory=dict)
-    patient_regex: Optional[str] = None
-    convert: str = ""
-
-
-@dataclass
-class Suite:
-    name: str
-    path: str
-    description: str
-    datasets: List[DatasetSpec]
-    folds: List[int]
-    num_folds: int
-    seeds: List[int]
-    budgets: List[LabelBudget]
-    schedule: dict
-    methods: Dict[str, Method]
-    presets: Dict[str, Preset]
-    corpus: dict
-    plans: str
-    configuration: str
-    phantoms: Optional[dict] = None
-    references: List[dict] = field(default_factory=list)
-    device: str = "cpu"
-    env: Dict[str, str] = field(default_factory=dict)
-    split_seed: int = 12345
-    missing_modality: Optional[dict] = None
-    raw: dict = field(default_factory=dict)
-
-    def presets_for(self, method: Method) -> List[str]:
-        """Presets a cell of ``method`` needs: its own, and the template donor of missing-modality runs."""
-        out = [method.pretraining] if method.pretraining else []
-        mm = self.missing_modality
-        if mm and method.name in mm["methods"] and mm.get("bundle_preset") and "template" in mm.get("fills", ["template"]):
-            out.append(mm["bundle_preset"])
-        return out
-
 
 def resolve_suite_path(name_or_path: str) -> str:
     """``phantom-smoke`` -> ``<repo>/plans/phantom-smoke.json``; a path is returned as given."""
@@ -194,6 +89,26 @@ class _Checker:
         if len(set(v)) != len(v):
             self.fail(key, f"duplicate entries in {json.dumps(v)}")
         return list(v)
+
+
+def _method_budgets(m: dict, budgets: List[LabelBudget], c: "_Checker", key: str) -> Optional[List[str]]:
+    """A method's own ``labelled_cases`` / ``label_fractions``: the subset of the suite's budgets it
+    runs at (e.g. ablations at the smallest budget only); None (every budget) when it names none."""
+    own = [(k, LabelBudget(kind, float(v))) for k, kind in (("labelled_cases", "cases"), ("label_fractions", "fraction"))
+           for v in c.typed(m.get(k, []), f"{key}.{k}", list, "a list")]
+    for k, b in (kb for kb in own if kb[1].tag not in {x.tag for x in budgets}):
+        c.fail(f"{key}.{k}", f"{b.label} is not a label budget of the suite ({', '.join(x.label for x in budgets)})")
+    if not own and ("labelled_cases" in m or "label_fractions" in m):
+        c.fail(key, "an empty labelled_cases / label_fractions list leaves the method no cell; remove the key")
+    return [b.tag for _, b in own] or None
+
+
+def _schedule(sched, c: "_Checker", key: str, required=()) -> dict:
+    c.keys(sched, key, set(SCHEDULE_KEYS), required=required)
+    for k in set(sched) & {"epochs", "iterations", "val_iterations", "save_every"}:
+        if c.typed(sched[k], f"{key}.{k}", int, "a positive integer") < 1:
+            c.fail(f"{key}.{k}", "must be at least 1")
+    return dict(sched)
 
 
 def load_preset(path: str, name: str) -> Preset:
@@ -267,11 +182,7 @@ def parse_suite(d: dict, path: str) -> Suite:
     if len({b.tag for b in budgets}) != len(budgets):
         c.fail("label_fractions", "duplicate label budgets")
 
-    sched = d["schedule"]
-    c.keys(sched, "schedule", set(SCHEDULE_KEYS), required=("epochs", "iterations", "val_iterations"))
-    for k in ("epochs", "iterations", "val_iterations"):
-        if c.typed(sched[k], f"schedule.{k}", int, "a positive integer") < 1:
-            c.fail(f"schedule.{k}", "must be at least 1")
+    sched = _schedule(d["schedule"], c, "schedule", required=("epochs", "iterations", "val_iterations"))
 
     corpus = d["corpus"]
     c.keys(corpus, "corpus", {"dataset", "planner", "add_config", "args"}, required=("dataset",))
@@ -338,7 +249,8 @@ def parse_suite(d: dict, path: str) -> Suite:
         k = f"methods.{mname}"
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]*$", mname):
             c.fail(k, "method names use letters, digits, '_' and '-' only")
-        c.keys(m, k, {"finetune", "trainer", "pretraining", "stem", "compare_to", "description"}, required=("finetune",))
+        c.keys(m, k, {"finetune", "trainer", "pretraining", "stem", "compare_to", "description", "labelled_cases",
+                      "label_fractions", "schedule"}, required=("finetune",))
         kind = m["finetune"]
         if kind not in KINDS:
             c.fail(f"{k}.finetune", f"unknown method {kind!r}; use one of {', '.join(KINDS)}")
@@ -357,7 +269,8 @@ def parse_suite(d: dict, path: str) -> Suite:
         tr = m.get("trainer")
         if tr is not None and not (isinstance(tr, str) and tr.startswith("nnUNetTrainer")):
             c.fail(f"{k}.trainer", f"{tr!r} is not an nnU-Net trainer class name")
-        methods[mname] = Method(mname, kind, tr, pre, stem, list(m.get("compare_to", [])))
+        methods[mname] = Method(mname, kind, tr, pre, stem, list(m.get("compare_to", [])),
+                                _method_budgets(m, budgets, c, k), _schedule(m.get("schedule", {}), c, f"{k}.schedule"))
     if "scratch" not in methods:
         c.fail("methods", "needs a 'scratch' method: every delta is measured against it")
     for m in methods.values():
