@@ -77,21 +77,34 @@ def atomic_write_text(text: str, path: str) -> None:
             f.write(text)
 
 
-def write_nifti(array_zyx: np.ndarray, path: str, spacing_xyz=(1.0, 1.0, 1.0),
-                origin_xyz=(0.0, 0.0, 0.0), direction=None) -> None:
-    """Write a 3D array indexed (z, y, x) as NIfTI through SimpleITK, atomically.
+def normal_modes(folder: str) -> None:
+    """Give ``folder`` and everything in it the modes a plain ``open`` / ``mkdir`` would (files
+    made through ``tempfile`` are 0600, folders 0700)."""
+    d_mode, f_mode = dir_mode(), file_mode()
+    for root, _dirs, files in os.walk(folder):
+        os.chmod(root, d_mode)
+        for f in files:
+            os.chmod(os.path.join(root, f), f_mode)
 
-    ``spacing_xyz`` / ``origin_xyz`` are in SimpleITK's (x, y, z) order, ``direction`` a flat
-    9-tuple (identity when None).
-    """
-    import SimpleITK as sitk
-    img = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx))
-    img.SetSpacing(tuple(float(s) for s in spacing_xyz))
-    img.SetOrigin(tuple(float(o) for o in origin_xyz))
-    if direction is not None:
-        img.SetDirection(tuple(float(d) for d in direction))
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(img, tmp, useCompression=True)
+
+def swap_folder(new: str, folder: str, aside: Optional[str] = None) -> None:
+    """Put the complete folder ``new`` at ``folder`` (renames on one file system). An existing
+    ``folder`` is first renamed to ``aside`` (default: a fresh hidden name beside it), put back
+    when the second rename fails, and removed only once ``new`` is in place, so a reader sees
+    the old folder or the new one, never a half-written one."""
+    if not os.path.lexists(folder):
+        os.rename(new, folder)
+        return
+    if aside is None:
+        aside = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.old-", dir=os.path.dirname(folder))
+        os.rmdir(aside)
+    os.rename(folder, aside)
+    try:
+        os.rename(new, folder)
+    except BaseException:
+        os.rename(aside, folder)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def is_fatal_os_error(e: BaseException) -> bool:

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from nnunet_mmpretrain.cli import convert as cli
-from nnunet_mmpretrain.conversion import (ALREADY_DONE, ConversionError, brats2021, common, execute,
+from nnunet_mmpretrain.conversion import (ALREADY_DONE, ConversionError, brats2021, execute,
                                           folder_corpus, ixi)
 import release_fakes as F
 from nnunet_mmpretrain.conversion.common import CaseSkip, safe_join
@@ -159,15 +159,17 @@ def test_damaged_release_file_skips_its_case_and_verify_names_damaged_output(bra
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_written_files_get_the_umask_mode(brats, umask):
     """mkstemp makes 0600 files; what we write must be readable as any new file would be."""
-    from nnunet_mmpretrain.io_utils import atomic_write_json, write_nifti
     import numpy as np
+    import SimpleITK as sitk
+    from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json
     rel, raw = brats
     old = os.umask(umask)
     try:
         brats2021.convert(rel, raw, progress=False)
         p = os.path.join(raw, "x.json")
         atomic_write_json({"a": 1}, p)
-        write_nifti(np.zeros((2, 2, 2), np.float32), os.path.join(raw, "x.nii.gz"))
+        with atomic_path(os.path.join(raw, "x.nii.gz")) as tmp:
+            sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 2, 2), np.float32)), tmp)
     finally:
         os.umask(old)
     want = 0o666 & ~umask

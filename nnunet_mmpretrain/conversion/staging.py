@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Sequence
 
 from nnunet_mmpretrain.conversion.spec import CaseSpec
 from nnunet_mmpretrain.conversion.summary import ConversionError
-from nnunet_mmpretrain.io_utils import is_fatal_os_error, os_error_line
+from nnunet_mmpretrain.io_utils import is_fatal_os_error, os_error_line, swap_folder
 
 log = logging.getLogger("nnunet_mmpretrain.conversion")
 
@@ -106,13 +106,7 @@ class Staging:
         """Swap the complete new folder in (two renames on one file system)."""
         if not self.staged:
             return
-        os.rename(self.folder, self._old)
-        try:
-            os.rename(self.build, self.folder)
-        except BaseException:
-            os.rename(self._old, self.folder)
-            raise
-        shutil.rmtree(self._old, ignore_errors=True)
+        swap_folder(self.build, self.folder, aside=self._old)   # the fixed name restore_interrupted knows
         self.staged = False
 
     def discard(self) -> None:

@@ -106,14 +106,14 @@ def _bundle_entry(bundle: str, dst_dir: str, target_plans: str) -> dict:
         res = os.path.realpath(str(nnUNet_results))
         if os.path.commonpath([src, res]) == res:
             return {"bundle": os.path.relpath(src, res), "bundle_root": "nnUNet_results", "bundle_written_at": src}
-    from nnunet_mmpretrain.transfer.bundle import _normal_modes, _swap_in
+    from nnunet_mmpretrain.io_utils import normal_modes, swap_folder
     dst = os.path.join(dst_dir, f"mmpretrain_bundle_{target_plans}")
     if os.path.realpath(dst) != src:
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.partial-", dir=dst_dir)
         try:
             shutil.copytree(src, os.path.join(tmp, "b"))
-            _normal_modes(tmp)
-            _swap_in(os.path.join(tmp, "b"), dst)
+            normal_modes(tmp)
+            swap_folder(os.path.join(tmp, "b"), dst)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     pre = os.path.realpath(str(nnUNet_preprocessed))

@@ -173,16 +173,6 @@ def _card(ck: dict, checkpoint_path: str) -> dict:
         return {}
 
 
-def _normal_modes(folder: str) -> None:
-    """Modes as a plain ``open`` / ``mkdir`` would give them (temporary files are 0600, dirs 0700)."""
-    from nnunet_mmpretrain.io_utils import dir_mode, file_mode
-    d_mode, f_mode = dir_mode(), file_mode()
-    for root, dirs, files in os.walk(folder):
-        os.chmod(root, d_mode)
-        for f in files:
-            os.chmod(os.path.join(root, f), f_mode)
-
-
 def _write_files(bundle: dict, folder: str) -> str:
     from nnunet_mmpretrain.geometry import GridGeometry, write_grid_nifti
     geo = bundle.get("template_geometry")
@@ -197,26 +187,10 @@ def _write_files(bundle: dict, folder: str) -> str:
     return out
 
 
-def _swap_in(new: str, folder: str) -> None:
-    """Put the complete folder ``new`` at ``folder``; an existing bundle is moved aside first and
-    removed only once the new one is in place (restored when the move fails)."""
-    if not os.path.lexists(folder):
-        os.rename(new, folder)
-        return
-    aside = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.old-", dir=os.path.dirname(folder))
-    os.rmdir(aside)
-    os.rename(folder, aside)
-    try:
-        os.rename(new, folder)
-    except BaseException:
-        os.rename(aside, folder)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 def save_bundle(bundle: dict, folder: str, license: Optional[str] = None, command: Optional[str] = None) -> str:
     """Write the bundle folder whole (module docstring) with bundle.json and MODEL_CARD.md;
     returns the path of encoder_bundle.pt. ``license`` / ``command`` go into the metadata."""
+    from nnunet_mmpretrain.io_utils import normal_modes, swap_folder
     from nnunet_mmpretrain.transfer.model_card import CARD_FILE, bundle_metadata, render_model_card
     folder = os.path.abspath(folder)
     if license:
@@ -237,8 +211,8 @@ def save_bundle(bundle: dict, folder: str, license: Optional[str] = None, comman
             json.dump(meta, f, indent=2)
         with open(os.path.join(tmp, CARD_FILE), "w") as f:
             f.write(render_model_card(meta))
-        _normal_modes(tmp)
-        _swap_in(tmp, folder)
+        normal_modes(tmp)
+        swap_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
