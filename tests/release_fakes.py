@@ -402,3 +402,14 @@ def tree(folder: str) -> List[str]:
         out += [os.path.relpath(os.path.join(cur, f), folder) for f in files]
     return sorted(out)
 
+
+def read_array(path: str) -> np.ndarray:
+    """The voxels of an image file as SimpleITK gives them, (z, y, x)."""
+    import SimpleITK as sitk
+    return sitk.GetArrayFromImage(sitk.ReadImage(path))
+
+
+def read_dataset_json(folder: str) -> dict:
+    """``folder/dataset.json`` as a dict."""
+    with open(os.path.join(folder, "dataset.json")) as f:
+        return json.load(f)

@@ -2,17 +2,16 @@
 mapped; a brats2023 conversion of a 2024 tree is refused with one line."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from nnunet_mmpretrain import labels
 from nnunet_mmpretrain.cli import convert as cli
 from nnunet_mmpretrain.conversion import ConversionError, brats2023, brats2024
 import release_fakes as F
+from release_fakes import read_array as arr, read_dataset_json as dataset_json
 
 RC_VOXEL = (8, 5, 5)  # (z, y, x) inside the resection cavity of the fake
 
@@ -38,15 +37,6 @@ def fake_brats2024(root: str, subset: str = "GLI", n: int = 3) -> list:
         F.write(os.path.join(d, f"{cid}-seg.nii.gz"), gli2024_label(subset == "GLI" and i != 1), **F.BRATS_GEOMETRY)
         ids.append(cid)
     return ids
-
-
-def arr(p):
-    return sitk.GetArrayFromImage(sitk.ReadImage(p))
-
-
-def dataset_json(folder):
-    with open(os.path.join(folder, "dataset.json")) as f:
-        return json.load(f)
 
 
 def test_brats2024_gli_keeps_the_resection_cavity(tmp_path):

@@ -66,7 +66,7 @@ def test_csv_labels_with_class_map(tmp_path):
 
 
 def test_csv_labels_default_numbering_and_errors(tmp_path):
-    rel, raw = str(tmp_path / "rel"), str(tmp_path / "raw")
+    raw = str(tmp_path / "raw")
     img = tmp_path / "imgs"
     for i, cid in enumerate(["50002", "50003", "50004"]):
         F.write(str(img / f"{cid}.nii.gz"), F.noise_image(i, 100))

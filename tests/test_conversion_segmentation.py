@@ -2,7 +2,6 @@
 output, label mappings voxel by voxel, channel order, geometry."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -12,18 +11,10 @@ import SimpleITK as sitk
 from nnunet_mmpretrain.conversion import (ConversionError, brats2021, brats2023, msd_brain,
                                           mrbrains13, upenn_gbm)
 import release_fakes as F
+from release_fakes import read_array as arr, read_dataset_json as dataset_json
 from nnunet_mmpretrain.labels import BRATS_LABELS
 
 OURS = F.CODES["ours"]
-
-
-def arr(p):
-    return sitk.GetArrayFromImage(sitk.ReadImage(p))
-
-
-def dataset_json(folder):
-    with open(os.path.join(folder, "dataset.json")) as f:
-        return json.load(f)
 
 
 def check_known_voxels(lab):

@@ -5,7 +5,6 @@ import pickle
 import shutil
 
 import numpy as np
-import pytest
 
 from conftest import CORPUS_ID, SEG_ID, run_cli
 from nnunet_mmpretrain.corpus.manifest import load_manifest, save_manifest

@@ -25,11 +25,17 @@ def _trainer(name, dataset=str(SEG_ID), config="3d_tiny", fold=0):
     return get_trainer_from_args(dataset, config, fold, name, "mmPretrainPlans", device=torch.device("cpu"))
 
 
-def test_finetune_predict_evaluate_with_plain_nnunet(transferred, tmp_path):
+@pytest.fixture(scope="module")
+def finetuned(transferred):
+    """The smoke fine-tuning of the transferred plans through ``nnUNetv2_train``: its fold folder."""
     run_cli(["nnUNetv2_train", str(SEG_ID), "3d_tiny", "0", "-tr", "nnUNetTrainerMMFinetune_smoke", "-p",
              "mmPretrainPlans", "-device", "cpu"])
-    fold = os.path.join(transferred["nnUNet_results"], SEG, "nnUNetTrainerMMFinetune_smoke__mmPretrainPlans__3d_tiny",
+    return os.path.join(transferred["nnUNet_results"], SEG, "nnUNetTrainerMMFinetune_smoke__mmPretrainPlans__3d_tiny",
                         "fold_0")
+
+
+def test_finetune_predict_evaluate_with_plain_nnunet(transferred, finetuned, tmp_path):
+    fold = finetuned
     rep = json.load(open(os.path.join(fold, "pretrained_weights_report.json")))
     assert rep["strategy"] == "modality" and len(rep["loaded"]) > 50
     assert "channel 1 (t1c): stem t1c" in rep["stem"]
@@ -45,7 +51,14 @@ def test_finetune_predict_evaluate_with_plain_nnunet(transferred, tmp_path):
                                str(tmp_path / "summary.json"), num_processes=1)
     summ = json.load(open(tmp_path / "summary.json"))
     assert set(summ["mean"]) == {"(1, 2, 3)", "(1, 3)", "(3,)"}
-    assert 0 <= summ["foreground_mean"]["Dice"] <= 1
+    cases = sorted(f[:-12] for f in os.listdir(images) if f.endswith("_0000.nii.gz"))
+    assert sorted(os.path.basename(c["prediction_file"])[:-7] for c in summ["metric_per_case"]) == cases
+    import SimpleITK as sitk
+    for c in cases:                      # predictions overlay their images (geometry) and use the labels
+        img = sitk.ReadImage(os.path.join(images, f"{c}_0000.nii.gz"))
+        seg = sitk.ReadImage(str(pred / f"{c}.nii.gz"))
+        assert seg.GetSize() == img.GetSize() and np.allclose(seg.GetOrigin(), img.GetOrigin())
+        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2, 3}
 
 
 def test_injected_encoder_equals_bundle_and_t1c_gets_t1c_kernel(transferred, monkeypatch):
@@ -150,43 +163,40 @@ def _corr(a, b, mask):
     return float(np.corrcoef(a[mask].ravel(), b[mask].ravel())[0, 1])
 
 
-def test_template_substitution_is_aligned_with_the_case(transferred):
+def test_template_substitution_is_aligned_with_the_case(transferred, monkeypatch):
     """The substitution variant's training dataset appends, per channel, the template placed on the
     case voxel for voxel: inside the brain it correlates with the channel it replaces better than a
     crop of the same template taken at a random position."""
-    os.environ["nnUNet_mmpretrain_bundle"] = transferred["bundle"]
-    try:
-        tr = _trainer("nnUNetTrainerMMFinetune_templateAug_smoke")
-        tr.initialize()
-        tr.output_folder = os.path.join(transferred["nnUNet_results"], "templ_aug_check")
-        os.makedirs(tr.output_folder, exist_ok=True)
-        ds_tr, ds_val = tr.get_tr_and_val_datasets()
-        from nnunet_mmpretrain.transfer.aligned import TemplateChannelsDataset
-        assert isinstance(ds_tr, TemplateChannelsDataset) and not isinstance(ds_val, TemplateChannelsDataset)
-        key = sorted(ds_tr.identifiers)[0]
-        data, seg, _, props = ds_tr.load_case(key)
-        C = tr.num_input_channels
-        assert data.shape[0] == 2 * C
-        rng = np.random.default_rng(0)
-        for c in range(C):                       # flair, t1, t1c, t2: every modality has a template
-            real, tmpl = data[c], data[C + c]
-            brain = real != 0
-            aligned = _corr(real, tmpl, brain)
-            shift = [int(rng.integers(4, 9)) * int(rng.choice([-1, 1])) for _ in range(3)]
-            shifted = np.roll(tmpl, shift, axis=(0, 1, 2))
-            # the phantoms' subjects differ (deformations, tumours), so a population template reaches
-            # r ~ 0.25-0.4 even when placed right; misplaced by 4-8 voxels it drops to ~0
-            assert aligned > 0.15 and aligned > _corr(real, shifted, brain) + 0.1, (c, aligned)
-        assert np.all(data[C:][:, ~(data[:C] != 0).any(0)] == 0)     # 0 outside the case, as the real channels
-        from nnunet_mmpretrain.transfer.aligned import draw_substitutions, substitute
-        chosen = draw_substitutions(400, [0, 1, 2, 3], 4, 3, np.random.default_rng(1))
-        hit = np.mean([len(k) > 0 for k in chosen])
-        assert 0.68 < hit < 0.82 and max(len(k) for k in chosen) == 3       # BrainMVP: k ~ U{0..3}
-        batch = torch.from_numpy(np.stack([data, data]))
-        out = substitute(batch, [[1], []])
-        assert out.shape[1] == C and torch.equal(out[0, 1], batch[0, C + 1]) and torch.equal(out[1], batch[1, :C])
-    finally:
-        os.environ.pop("nnUNet_mmpretrain_bundle", None)
+    monkeypatch.setenv("nnUNet_mmpretrain_bundle", transferred["bundle"])
+    tr = _trainer("nnUNetTrainerMMFinetune_templateAug_smoke")
+    tr.initialize()
+    tr.output_folder = os.path.join(transferred["nnUNet_results"], "templ_aug_check")
+    os.makedirs(tr.output_folder, exist_ok=True)
+    ds_tr, ds_val = tr.get_tr_and_val_datasets()
+    from nnunet_mmpretrain.transfer.aligned import TemplateChannelsDataset
+    assert isinstance(ds_tr, TemplateChannelsDataset) and not isinstance(ds_val, TemplateChannelsDataset)
+    key = sorted(ds_tr.identifiers)[0]
+    data, seg, _, props = ds_tr.load_case(key)
+    C = tr.num_input_channels
+    assert data.shape[0] == 2 * C
+    rng = np.random.default_rng(0)
+    for c in range(C):                       # flair, t1, t1c, t2: every modality has a template
+        real, tmpl = data[c], data[C + c]
+        brain = real != 0
+        aligned = _corr(real, tmpl, brain)
+        shift = [int(rng.integers(4, 9)) * int(rng.choice([-1, 1])) for _ in range(3)]
+        shifted = np.roll(tmpl, shift, axis=(0, 1, 2))
+        # the phantoms' subjects differ (deformations, tumours), so a population template reaches
+        # r ~ 0.25-0.4 even when placed right; misplaced by 4-8 voxels it drops to ~0
+        assert aligned > 0.15 and aligned > _corr(real, shifted, brain) + 0.1, (c, aligned)
+    assert np.all(data[C:][:, ~(data[:C] != 0).any(0)] == 0)     # 0 outside the case, as the real channels
+    from nnunet_mmpretrain.transfer.aligned import draw_substitutions, substitute
+    chosen = draw_substitutions(400, [0, 1, 2, 3], 4, 3, np.random.default_rng(1))
+    hit = np.mean([len(k) > 0 for k in chosen])
+    assert 0.68 < hit < 0.82 and max(len(k) for k in chosen) == 3       # BrainMVP: k ~ U{0..3}
+    batch = torch.from_numpy(np.stack([data, data]))
+    out = substitute(batch, [[1], []])
+    assert out.shape[1] == C and torch.equal(out[0, 1], batch[0, C + 1]) and torch.equal(out[1], batch[1, :C])
 
 
 @pytest.mark.parametrize("trainer", ["nnUNetTrainerMMFinetune_templateAugConsistency_smoke",
@@ -202,10 +212,7 @@ def test_consistency_and_dad_variants_train_through_nnunet(transferred, tmp_path
     assert np.isfinite(summary["foreground_mean"]["Dice"])
 
 
-def test_predict_fills_a_missing_channel_with_the_template(transferred, tmp_path):
-    fold0 = os.path.join(transferred["nnUNet_results"], SEG, "nnUNetTrainerMMFinetune_smoke__mmPretrainPlans__3d_tiny")
-    if not os.path.isdir(fold0):
-        pytest.skip("needs the fine-tuned model of test_finetune_predict_evaluate_with_plain_nnunet")
+def test_predict_fills_a_missing_channel_with_the_template(transferred, finetuned, tmp_path):
     src = os.path.join(transferred["nnUNet_raw"], SEG, "imagesTs")
     inp = tmp_path / "in"
     inp.mkdir()

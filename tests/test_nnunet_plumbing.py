@@ -2,7 +2,6 @@
 import json
 import os
 
-import pytest
 
 from conftest import SEG_ID, run_cli
 from nnunet_mmpretrain.cli.ext_trainer_path import ext_trainer_folder, ext_trainer_value

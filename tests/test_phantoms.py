@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import CLS_ID, CORPUS_ID, SEG_ID, run_cli
+from conftest import run_cli
 from nnunet_mmpretrain.corpus.manifest import load_manifest
 from nnunet_mmpretrain.synthetic.phantom import atlas_grid, make_case
 

@@ -1,7 +1,6 @@
 """The pretraining stage through nnU-Net: training, resume, DDP on CPU, export, bad input."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +13,9 @@ import torch
 from conftest import CORPUS_ID, PRETRAINER as TRAINER, TINY, pretrain_fold as _fold_dir, run_cli
 
 
-def _trainer(planned_corpus, trainer=TRAINER, config="3d_tiny"):
+def _trainer(planned_corpus, trainer=TRAINER, config="3d_tiny", plans="mmPretrainPlans"):
     from nnunetv2.run.run_training import get_trainer_from_args
-    return get_trainer_from_args(str(CORPUS_ID), config, "all", trainer, "mmPretrainPlans", device=torch.device("cpu"))
+    return get_trainer_from_args(str(CORPUS_ID), config, "all", trainer, plans, device=torch.device("cpu"))
 
 
 def test_pretraining_runs_through_nnunet_train(pretrained):
@@ -51,7 +50,7 @@ def test_stems_are_per_modality(pretrained):
     assert w_mra.shape == w_t1c.shape
 
 
-def test_resume_after_kill_continues_with_templates_intact(planned_corpus, tmp_path):
+def test_resume_after_kill_continues_with_templates_intact(planned_corpus, tmp_path, monkeypatch):
     """Kill a run after its first checkpoint, resume with --c: it continues from that epoch and the
     templates are loaded exactly (BrainMVP's release loses them on resume)."""
     env = dict(os.environ, nnUNet_results=str(tmp_path), nnUNet_n_proc_DA="0",
@@ -70,8 +69,8 @@ def test_resume_after_kill_continues_with_templates_intact(planned_corpus, tmp_p
     saved = torch.load(latest, weights_only=True)
     epoch = saved["current_epoch"]
     assert 0 < epoch < 5
-    os.environ["nnUNet_results"], old = str(tmp_path), os.environ["nnUNet_results"]
-    try:
+    with monkeypatch.context() as mp:
+        mp.setenv("nnUNet_results", str(tmp_path))
         tr = _trainer(planned_corpus)
         tr.load_checkpoint(latest)
         assert torch.equal(tr._net().templates.templates.detach(), saved["network_weights"]["templates.templates"])
@@ -79,8 +78,6 @@ def test_resume_after_kill_continues_with_templates_intact(planned_corpus, tmp_p
         restored, stored = tr.optimizer.state_dict()["state"], saved["optimizer_state"]["state"]
         assert restored.keys() == stored.keys()
         assert all(torch.equal(restored[i]["exp_avg"], stored[i]["exp_avg"]) for i in stored)
-    finally:
-        os.environ["nnUNet_results"] = old
     subprocess.run(cmd + ["--c"], env=env, check=True, capture_output=True)
     final = torch.load(os.path.join(fold, "checkpoint_final.pth"), weights_only=True)
     assert final["current_epoch"] == 5
@@ -92,9 +89,14 @@ def test_resume_after_kill_continues_with_templates_intact(planned_corpus, tmp_p
 def test_resume_with_other_plans_is_refused(pretrained, planned_corpus):
     from nnunet_mmpretrain.planning.tiny import add_tiny_configuration
     from nnunet_mmpretrain.training.pretrain import PretrainingError
-    add_tiny_configuration(planned_corpus["plans_file"], "3d_tiny_wide", patch_size=(32, 32, 32),
-                           features=(16, 32, 64), batch_size=2)
-    tr = _trainer(planned_corpus, config="3d_tiny_wide")
+    # a copy of the session's plans under another name, so no other test sees the new configuration
+    wide = os.path.join(os.path.dirname(planned_corpus["plans_file"]), "mmPretrainPlansWideCheck.json")
+    with open(planned_corpus["plans_file"]) as f:
+        plans = json.load(f)
+    with open(wide, "w") as f:
+        json.dump({**plans, "plans_name": "mmPretrainPlansWideCheck"}, f)
+    add_tiny_configuration(wide, "3d_tiny_wide", patch_size=(32, 32, 32), features=(16, 32, 64), batch_size=2)
+    tr = _trainer(planned_corpus, config="3d_tiny_wide", plans="mmPretrainPlansWideCheck")
     with pytest.raises(PretrainingError) as e:
         tr.load_checkpoint(os.path.join(pretrained["fold"], "checkpoint_final.pth"))
     assert "other plans" in str(e.value) and "3d_tiny" in str(e.value)

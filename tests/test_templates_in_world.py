@@ -1,6 +1,5 @@
 """Templates live in the data's space and in the world: the exported NIfTI overlays the corpus
 images, and a missing channel filled from it resembles the real one."""
-import glob
 import json
 import os
 
@@ -9,7 +8,6 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import SEG_ID
 
 CORPUS = "Dataset992_PhantomCorpus"
 
