@@ -303,11 +303,12 @@ def test_stop_mode_raises_listing_all_bad_cases(tmp_path):
     assert sum("zero_t1.nii.gz" in ln for ln in lines) == 1 and sum("gone_t1" in ln for ln in lines) == 1
 
 
-def test_skip_mode_leaves_bad_cases_out(tmp_path, capsys):
+def test_skip_mode_leaves_bad_cases_out(tmp_path, caplog):
     man = _mixed(tmp_path)
-    report = validate_corpus(man, on_error="skip", progress=False)
+    with caplog.at_level("WARNING", logger="nnunet_mmpretrain.corpus.validate"):
+        report = validate_corpus(man, on_error="skip", progress=False)
     assert report.ok == ["good0", "good1"] and sorted(report.bad) == ["gone", "zero"]
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "WARNING: leaving 2 bad case(s) out" in err and "zero_t1.nii.gz" in err
     kept = filtered_manifest(man, report)
     assert [c.case_id for c in kept.cases] == ["good0", "good1"] and kept.root == man.root

@@ -7,6 +7,7 @@ written to ``template_substitutions.json``. Complete cases are predicted as nnU-
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
     p.add_argument("-np", type=int, default=1)
     a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     check_n_proc_da()  # before nnU-Net is imported (it reads the variable on import)
     if not os.path.isdir(a.i):
         die(f"-i {a.i} is not a folder of images (CASE_XXXX.nii.gz): check the path.")

@@ -12,7 +12,6 @@ over modalities), plus a block ``mmpretrain`` with the statistics per modality.
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np

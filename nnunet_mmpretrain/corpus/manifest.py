@@ -25,7 +25,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from nnunet_mmpretrain import modalities as mod
 from nnunet_mmpretrain.io_utils import atomic_write_json

@@ -33,8 +33,8 @@ with them (they cannot serve cross-modal objectives).
 """
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from dataclasses import dataclass, field, replace
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -44,6 +44,8 @@ from tqdm import tqdm
 from nnunet_mmpretrain import modalities as mod
 from nnunet_mmpretrain.corpus.manifest import CorpusManifest
 from nnunet_mmpretrain.geometry import Grid
+
+log = logging.getLogger(__name__)
 
 
 #: relative tolerance on voxel spacing
@@ -385,8 +387,7 @@ def validate_corpus(manifest: CorpusManifest, resample_to_first: bool = False, o
     if on_error == "stop" or not report.ok:
         report.raise_if_bad()
     elif report.bad:
-        print(f"WARNING: leaving {len(report.bad)} bad case(s) out (on_error='skip'):\n"
-              + report.summary(), file=sys.stderr)
+        log.warning("WARNING: leaving %d bad case(s) out (on_error='skip'):\n%s", len(report.bad), report.summary())
     return report
 
 

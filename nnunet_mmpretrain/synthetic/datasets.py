@@ -9,11 +9,10 @@ Layout under ``raw_dir`` (nnU-Net's ``nnUNet_raw``)::
 """
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 

@@ -8,11 +8,14 @@ accept (template-substitution augmentation). Every substitution is printed and w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
+
+log = logging.getLogger(__name__)
 
 
 def scan_cases(folder: str, file_ending: str, num_channels: int) -> Dict[str, Dict[int, str]]:
@@ -64,8 +67,8 @@ def complete_cases(input_folder: str, work_folder: str, dataset_json: dict, bund
                 sitk.WriteImage(img, tmp, useCompression=True)
         subs[case] = {"channels": list(res.substituted), "modalities": [mods[c] for c in res.substituted],
                       "notes": list(res.notes)}
-        print(f"{case}: channel(s) {res.substituted} ({', '.join(str(mods[c]) for c in res.substituted)}) "
-              f"filled with the pretrained template" + (f"; {'; '.join(res.notes)}" if res.notes else ""))
+        log.info("%s: channel(s) %s (%s) filled with the pretrained template%s", case, res.substituted,
+                 ", ".join(str(mods[c]) for c in res.substituted), f"; {'; '.join(res.notes)}" if res.notes else "")
     return subs
 
 
