@@ -386,3 +386,21 @@ def test_phantom_suite_runs_ablations_and_long_runs_at_its_smallest_budget_only(
     for m in ("scratch_long", "pretrained_long"):
         assert at(m) == ["n4"] and s.schedule_for(s.methods[m]) == {**s.schedule, "epochs": 3 * s.schedule["epochs"]}
     assert s.schedule_for(s.methods["scratch"]) == s.schedule
+
+
+def test_every_shipped_suite_loads_and_names_trainers_nnunet_finds():
+    """Each suite under plans/ validates, and every fine-tuning and pretraining trainer it names
+    is found by nnU-Net's trainer lookup through our nnUNet_extTrainer shim."""
+    from nnunet_mmpretrain.benchmark import prepare
+    from nnunet_mmpretrain.benchmark.runner import build_cells
+    from nnunet_mmpretrain.benchmark.suite import PLANS_DIR, load_suite
+    names = sorted(f[:-5] for f in os.listdir(PLANS_DIR) if f.endswith(".json"))
+    assert {"phantom-smoke", "phantom", "brainmvp", "demo"} <= set(names)
+    trainers = set()
+    for n in names:
+        s = load_suite(n)
+        cells = build_cells(s)
+        trainers |= {c.trainer for c in cells if c.dataset.task == "segmentation"}
+        trainers |= {s.presets[p].trainer for c in cells for p in s.presets_for(c.method)}
+    missing = [t for t in sorted(trainers) if not prepare.trainer_exists(t)]
+    assert not missing, missing

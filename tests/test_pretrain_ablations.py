@@ -47,17 +47,29 @@ def test_the_ladder_shares_the_demo_budget_and_changes_only_the_proxy_tasks():
         assert cls.objective.w_joint == 0 and cls.objective.recon_region == "masked"
 
 
-def test_plain_mae_rebuilds_the_modality_from_itself():
-    loss, logs, tgrad = _run(pv.nnUNetTrainerMMPretrain_demoMAE)
-    loss2, _, _ = _run(pv.nnUNetTrainerMMPretrain_demoMAE, partner_scale=5.0)
+def test_the_gpu_ladder_shares_brainmvps_budget():
+    base = pv.nnUNetTrainerMMPretrain
+    for cls in (pv.nnUNetTrainerMMPretrain_MAE, pv.nnUNetTrainerMMPretrain_CMR, pv.nnUNetTrainerMMPretrain_CMRMD,
+                pv.nnUNetTrainerMMPretrain_dad):
+        for attr in ("schedule", "mask_ratio", "block_size", "lr", "warmup_epochs", "decoder", "template_init"):
+            assert getattr(cls, attr) == getattr(base, attr), (cls.__name__, attr)
+        assert cls.objective.recon_region == base.objective.recon_region == "patch"
+    assert pv.nnUNetTrainerMMPretrain_CMRMD.objective.w_md == base.objective.w_md == 10.0
+
+
+@pytest.mark.parametrize("cls", [pv.nnUNetTrainerMMPretrain_demoMAE, pv.nnUNetTrainerMMPretrain_MAE])
+def test_plain_mae_rebuilds_the_modality_from_itself(cls):
+    loss, logs, tgrad = _run(cls)
+    loss2, _, _ = _run(cls, partner_scale=5.0)
     assert loss == pytest.approx(loss2, rel=1e-6)          # the partner never enters the loss
     assert tgrad == 0 and logs["l_mcl"] == 0               # no templates, no contrastive term
     assert loss == pytest.approx(logs["l_md"], rel=1e-6)
 
 
-def test_cmr_alone_depends_on_the_partner_and_uses_no_template():
-    loss, logs, tgrad = _run(pv.nnUNetTrainerMMPretrain_demoCMR)
-    loss2, _, _ = _run(pv.nnUNetTrainerMMPretrain_demoCMR, partner_scale=5.0)
+@pytest.mark.parametrize("cls", [pv.nnUNetTrainerMMPretrain_demoCMR, pv.nnUNetTrainerMMPretrain_CMR])
+def test_cmr_alone_depends_on_the_partner_and_uses_no_template(cls):
+    loss, logs, tgrad = _run(cls)
+    loss2, _, _ = _run(cls, partner_scale=5.0)
     assert loss != pytest.approx(loss2, rel=1e-3)
     assert tgrad == 0 and loss == pytest.approx(logs["l_cmr"], rel=1e-6)
 

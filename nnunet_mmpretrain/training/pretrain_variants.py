@@ -101,3 +101,24 @@ class nnUNetTrainerMMPretrain_demoCMRMDMCL(nnUNetTrainerMMPretrain_demo):
 class nnUNetTrainerMMPretrain_demoCMRMDMCLDAD(nnUNetTrainerMMPretrain_demoCMRMDMCL):
     """Ablation step 4: + domain adaptive denormalization of the views (p 0.5)."""
     dad_p = 0.5
+
+
+# ---- the same ladder at BrainMVP's scale (its schedule, mask, optimiser, weights 10/1/1 and decoder);
+# ---- + MCL is nnUNetTrainerMMPretrain itself and + DAD is nnUNetTrainerMMPretrain_dad
+class nnUNetTrainerMMPretrain_MAE(nnUNetTrainerMMPretrain):
+    """Plain single-view masked autoencoder on BrainMVP's budget and network (zero fill, no partner,
+    no templates, no contrastive term)."""
+    objective = ObjectiveConfig(w_md=1.0, w_cmr=0.0, w_mcl=0.0, template_warmup_fraction=0.0)
+    template_fill = False
+
+
+class nnUNetTrainerMMPretrain_CMR(nnUNetTrainerMMPretrain):
+    """Ablation: cross-modal reconstruction alone on BrainMVP's budget (no templates)."""
+    objective = ObjectiveConfig(w_md=0.0, w_cmr=1.0, w_mcl=0.0, template_warmup_fraction=0.0)
+    template_fill = False
+
+
+class nnUNetTrainerMMPretrain_CMRMD(nnUNetTrainerMMPretrain):
+    """Ablation: cross-modal reconstruction + template distillation (BrainMVP without its
+    contrastive term)."""
+    objective = ObjectiveConfig(w_mcl=0.0)
