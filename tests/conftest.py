@@ -163,3 +163,18 @@ def run_main(main, args, capsys):
     out = capsys.readouterr()
     return rc, out.out, out.err
 
+
+def assert_validated_split(fold_dir, preprocessed_dataset):
+    """nnU-Net's validation of ``fold_dir`` scored exactly the fold's validation cases of
+    ``splits_final.json`` (what a finished ``nnUNetv2_train`` promises), with a Dice per case."""
+    fold = int(os.path.basename(str(fold_dir)).split("_")[1])
+    with open(os.path.join(preprocessed_dataset, "splits_final.json")) as f:
+        want = sorted(json.load(f)[fold]["val"])
+    with open(os.path.join(fold_dir, "validation", "summary.json")) as f:
+        per_case = json.load(f)["metric_per_case"]
+    got = sorted(os.path.basename(c["prediction_file"])[: -len(".nii.gz")] for c in per_case)
+    assert got == want, (got, want)
+    for c in per_case:
+        for region, m in c["metrics"].items():
+            assert 0.0 <= m["Dice"] <= 1.0 or (m["n_ref"] == 0 and m["n_pred"] == 0), (c["prediction_file"], region)
+

@@ -65,7 +65,7 @@ def test_phantom_corpus_validates_clean(tmp_path):
     assert "4 cases checked, 4 ok, 0 bad" in report.summary()
     report.raise_if_bad()  # no-op
     assert [c.case_id for c in filtered_manifest(manifest, report).cases] == report.ok
-    json.dumps(report.to_dict())
+    assert json.loads(json.dumps(report.to_dict()))["modalities_per_case"] == report.modalities_per_case  # round trip
 
 
 def test_single_modality_case_is_counted_not_bad(tmp_path):

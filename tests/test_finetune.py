@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CORPUS_ID, SEG_ID, run_cli
+from conftest import CORPUS_ID, SEG_ID, assert_validated_split, run_cli
 
 SEG = "Dataset990_PhantomBraTS"
 
@@ -208,8 +208,7 @@ def test_consistency_and_dad_variants_train_through_nnunet(transferred, tmp_path
     fold = tmp_path / SEG / f"{trainer}__mmPretrainPlans__3d_tiny" / "fold_0"
     log = open(next(fold.glob("training_log*.txt"))).read()
     assert ("consistency weight 0.1" in log) if "Consistency" in trainer else ("DAD augmentation after" in log)
-    summary = json.load(open(fold / "validation" / "summary.json"))
-    assert np.isfinite(summary["foreground_mean"]["Dice"])
+    assert_validated_split(fold, transferred["folder"])
 
 
 def test_predict_fills_a_missing_channel_with_the_template(transferred, finetuned, tmp_path):

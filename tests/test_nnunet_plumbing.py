@@ -1,9 +1,8 @@
 """Our trainers run through plain nnU-Net commands (extTrainer lookup), on tiny plans."""
-import json
 import os
 
 
-from conftest import SEG_ID, run_cli
+from conftest import SEG_ID, assert_validated_split, run_cli
 from nnunet_mmpretrain.cli.ext_trainer_path import ext_trainer_folder, ext_trainer_value
 
 
@@ -43,8 +42,7 @@ def test_train_and_predict_with_plain_nnunet_commands(planned_seg, tmp_path):
     out = os.path.join(planned_seg["nnUNet_results"], "Dataset990_PhantomBraTS",
                        "nnUNetTrainerMMSmoke__nnUNetPlans__3d_tiny", "fold_0")
     assert os.path.isfile(os.path.join(out, "checkpoint_final.pth"))
-    summary = json.load(open(os.path.join(out, "validation", "summary.json")))
-    assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+    assert_validated_split(out, planned_seg["folder"])
     pred = tmp_path / "pred"
     images = os.path.join(planned_seg["nnUNet_raw"], "Dataset990_PhantomBraTS", "imagesTs")
     run_cli(["nnUNetv2_predict", "-i", images, "-o", str(pred), "-d", str(SEG_ID), "-c", "3d_tiny", "-f", "0",
