@@ -36,6 +36,13 @@ STATE_FORMAT = "nnunet_mmpretrain.templates/1"
 InitLike = Union[str, Mapping[str, "np.ndarray | torch.Tensor"], np.ndarray, torch.Tensor]
 
 
+def minmax(a, eps: float = 1e-6):
+    """``(a - min) / (max - min + eps)`` of a tensor (differentiable) or a numpy array: the
+    released BrainMVP code's [0, 1] squeeze of a template."""
+    lo, hi = a.min(), a.max()
+    return (a - lo) / (hi - lo + eps)
+
+
 class ModalityTemplates(nn.Module):
     """Per-modality learnable template volumes.
 
@@ -121,11 +128,6 @@ class ModalityTemplates(nn.Module):
                              f"{list(self.modalities)}")
         return rows.tolist()
 
-    def _minmax(self, row: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        t = self.templates[row]
-        lo, hi = t.min(), t.max()
-        return lo, hi - lo + self.eps
-
     def volume(self, modality: Union[str, int]) -> torch.Tensor:
         """Whole template of one modality (name or vocabulary slot) as the network sees it: the
         raw values (``value_space='data'``) or the min-max normalised ones (``'minmax'``: in
@@ -138,8 +140,7 @@ class ModalityTemplates(nn.Module):
         row = self._rows(torch.tensor([slot]))[0]
         if self.value_space == "data":
             return self.templates[row]
-        lo, scale = self._minmax(row)
-        return (self.templates[row] - lo) / scale
+        return minmax(self.templates[row], self.eps)
 
     def _position_free_starts(self, batch: int, patch: Sequence[int],
                               generator: Optional[torch.Generator]) -> List[List[int]]:

@@ -23,6 +23,7 @@ from nnunet_mmpretrain.corpus.manifest import CorpusCase, CorpusManifest, save_m
 from nnunet_mmpretrain.labels import BRATS_LABELS, BRATS_REGIONS_CLASS_ORDER  # the house convention (BraTS 2023)
 from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json, atomic_write_text
 from nnunet_mmpretrain.synthetic.phantom import make_case
+from nnunet_mmpretrain.conversion.paths import dataset_folder_name
 
 SEG_MODALITIES = ("t1", "t1c", "t2", "flair")
 
@@ -31,10 +32,6 @@ CORPUS_SOURCES: Dict[str, Tuple[Tuple[str, ...], bool, Dict[str, float]]] = {
     "phantom_brats": (("t1", "t1c", "t2", "flair"), True, {}),
     "phantom_ixi": (("t1", "t2", "pd"), False, {"t1": 0.7, "t2": 1.3, "pd": 1.0}),
 }
-
-
-def dataset_folder_name(dataset_id: int, name: str) -> str:
-    return f"Dataset{int(dataset_id):03d}_{name}"
 
 
 def _save(array_xyz: np.ndarray, affine: np.ndarray, path: str) -> None:

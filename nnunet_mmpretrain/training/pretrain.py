@@ -141,8 +141,8 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
                                f"objective {asdict(self.objective)}")
 
     def _net(self):
-        net = self.network.module if isinstance(self.network, DDP) else self.network
-        return getattr(net, "_orig_mod", net)
+        from nnunet_mmpretrain.transfer.inject import unwrap
+        return unwrap(self.network)
 
     def configure_optimizers(self):
         net = self._net() if self.network is not None else None

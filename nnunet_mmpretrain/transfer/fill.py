@@ -13,7 +13,8 @@ import numpy as np
 from scipy import ndimage
 
 from nnunet_mmpretrain.modalities import canonical, is_known
-from nnunet_mmpretrain.transfer.substitution import _minmax, brain_mask
+from nnunet_mmpretrain.pretrain.templates import minmax
+from nnunet_mmpretrain.transfer.substitution import brain_mask
 
 
 class FillResult(tuple):
@@ -160,7 +161,7 @@ def fill_missing_channel(case_images: Mapping[int, "object"], channel_modalities
     for c in missing:
         mod, path = plan[c]
         tmpl = sitk.ReadImage(path, sitk.sitkFloat32)
-        t_arr = _minmax(sitk.GetArrayFromImage(tmpl).astype(np.float64))
+        t_arr = minmax(sitk.GetArrayFromImage(tmpl).astype(np.float64))
         t_mask = brain_mask(t_arr, mask_tolerance)
         t_img = sitk.GetImageFromArray(t_arr.astype(np.float32))
         t_img.CopyInformation(tmpl)

@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from batchgeneratorsv2.transforms.base.basic_transform import ImageOnlyTransform
 from nnunet_mmpretrain.modalities import canonical, is_known
+from nnunet_mmpretrain.pretrain.templates import minmax
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -42,12 +43,6 @@ def _as_numpy(a: ArrayLike) -> np.ndarray:
     if torch.is_tensor(a):
         a = a.detach().cpu().numpy()
     return np.asarray(a, dtype=np.float64)
-
-
-def _minmax(a: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Min-max normalisation as in pretraining (``ModalityTemplates``): (a - min) / (max - min + eps)."""
-    lo, hi = float(a.min()), float(a.max())
-    return (a - lo) / (hi - lo + eps)
 
 
 def _shell_median(a: np.ndarray) -> float:
@@ -134,7 +129,7 @@ class TemplateBank:
         self._masks: Dict[str, np.ndarray] = {}
         for name, raw in templates.items():
             m = canonical(name)
-            vol = _minmax(_as_numpy(raw))
+            vol = minmax(_as_numpy(raw))
             if len(self.template_spacing) != vol.ndim:
                 raise ValueError(f"template '{m}' is {vol.ndim}-D but template_spacing has "
                                  f"{len(self.template_spacing)} entries")
