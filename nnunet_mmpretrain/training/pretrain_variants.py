@@ -66,7 +66,8 @@ class nnUNetTrainerMMPretrain_demo(nnUNetTrainerMMPretrain_cpu):
 
 
 class nnUNetTrainerMMPretrain_5epochs(nnUNetTrainerMMPretrain):
-    """Tests: 5 epochs x 3 iterations; MCL from epoch 2, template warm-up epoch 0."""
+    """A plumbing check (the cpu-smoke preset, the tests): 5 epochs x 3 iterations; MCL from epoch 2,
+    template warm-up epoch 0. Says nothing about what pretraining is worth."""
     schedule = Schedule(epochs=5, iterations=3, val_iterations=1, save_every=2)
     warmup_epochs = 1
 
