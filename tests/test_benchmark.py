@@ -253,6 +253,12 @@ def test_smoke_suite_end_to_end_leaderboard(smoke):
     md = open(os.path.join(lb, "leaderboard.md")).read()
     assert "| labels | method | region | runs | mean ± std | Δ vs scratch | p (Wilcoxon) | 95 % CI of Δ |" in md
     assert "internal cross-validation" in md and "## Other paired comparisons" in md
+    # the per-run table: its runs average to the leaderboard's mean
+    assert "| labels | method | fold 0 seed 0 | fold 0 seed 1 |" in md
+    for r in (r for r in rows if r["region"] == "mean"):
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| 100 % | {r['method']} | ") and ln.count("|") == 5)
+        runs = [float(x) for x in line.strip("| ").split(" | ")[2:]]
+        assert len(runs) == 2 and abs(np.mean(runs) - float(r["mean"])) < 0.06, (line, r["mean"])
     # one-epoch cells cannot be judged for convergence: the file has its header and no row
     assert open(os.path.join(lb, "convergence.csv")).read() == "dataset,labels,method,epochs,runs,late_gain_mean," \
                                                                "late_gain_std,rising_runs\n"
@@ -364,9 +370,9 @@ def test_demo_suite_is_what_the_demo_runs():
     assert len(s.folds) * len(s.seeds) >= 2
 
 
-def test_phantom_suite_runs_ablations_and_long_runs_at_its_smallest_budget_only():
-    """Methods may name their own budgets and schedule: the ablations and the long runs of the
-    phantom suite run at 4 labelled cases, every other method at 4 and 8; paired cells share splits."""
+def test_phantom_suite_runs_ablations_at_its_smallest_budget_and_long_schedules_where_they_answer():
+    """Methods may name their own budgets and schedule: the ablations and the frozen long pair of
+    the phantom suite run at 4 labelled cases, every other method at 4 and 8; paired cells share splits."""
     from nnunet_mmpretrain.benchmark.runner import build_cells
     from nnunet_mmpretrain.benchmark.suite import load_suite
     s = load_suite("phantom")
@@ -376,15 +382,17 @@ def test_phantom_suite_runs_ablations_and_long_runs_at_its_smallest_budget_only(
     for m in ladder + ["pretrained_mae"]:
         assert at(m) == ["n4"], m
         assert s.presets[s.methods[m].pretraining].trainer.startswith("nnUNetTrainerMMPretrain_demo")
-    for m in ("scratch", "pretrained", "pretrained_frozen", "random_frozen"):
+    for m in ("scratch", "pretrained", "pretrained_frozen", "random_frozen", "scratch_long", "pretrained_long"):
         assert at(m) == ["n4", "n8"], m
     assert len({s.methods[m].pretraining for m in ladder}) == len(ladder)    # one pretraining per rung
-    assert len(cells) == len(s.folds) * (5 * 2 + 8)           # 5 methods at both budgets, 8 at n4 only
+    assert len(cells) == len(s.folds) * (7 * 2 + 8)           # 7 methods at both budgets, 8 at n4 only
     n4 = {c.split_name for c in cells if c.budget.tag == "n4"}
     assert len(n4) == len(s.folds)
     # the long runs override the epochs only; everything else is the suite's schedule
-    for m in ("scratch_long", "pretrained_long"):
-        assert at(m) == ["n4"] and s.schedule_for(s.methods[m]) == {**s.schedule, "epochs": 3 * s.schedule["epochs"]}
+    for m in ("scratch_long", "pretrained_long", "pretrained_frozen_long", "random_frozen_long"):
+        assert s.schedule_for(s.methods[m]) == {**s.schedule, "epochs": 3 * s.schedule["epochs"]}, m
+    assert at("pretrained_frozen_long") == at("random_frozen_long") == ["n4"]
+    assert list(s.methods["pretrained_frozen_long"].compare_to) == ["random_frozen_long"]
     assert s.schedule_for(s.methods["scratch"]) == s.schedule
 
 

@@ -184,7 +184,8 @@ def tables(suite: dict, cells: List[dict]) -> Tuple[List[dict], List[dict]]:
                          "delta_vs_scratch": pr.delta if pr else nan, "p_wilcoxon": pr.p if pr else nan,
                          "ci95_low": pr.ci_low if pr else nan, "ci95_high": pr.ci_high if pr else nan,
                          "n_cases": pr.n_cases if pr else len(set().union(*[v.get(reg, {}) for v in g["cases"].values()])),
-                         "paper": ref["value"] if ref else nan, "paper_source": ref.get("source", "") if ref else ""})
+                         "paper": ref["value"] if ref else nan, "paper_source": ref.get("source", "") if ref else "",
+                         "per_run": {f"fold {k[0]} seed {k[1]}": r.get(reg, nan) for k, r in sorted(g["runs"].items())}})
             for b in ["scratch"] + list(suite["methods"].get(m, {}).get("compare_to", [])):
                 other = groups.get((ds, ev, tag, b))
                 if other is None or b == m:
@@ -239,6 +240,20 @@ def _csv(rows: List[dict], columns: List[str]) -> str:
     return "\n".join([",".join(columns)] + [",".join(cell(r[k]) for k in columns) for r in rows]) + "\n"
 
 
+def _per_run_table(rows: List[dict]) -> List[str]:
+    """The 'mean' region of each run (fold x seed), one line per (labels, method): the spread the
+    mean ± std summarises, run by run."""
+    rs = [r for r in rows if r["region"] == "mean"]
+    runs = sorted({k for r in rs for k in r["per_run"]}, key=lambda k: [int(x) for x in k.split()[1::2]])
+    if len(runs) < 2:
+        return []
+    out = ["Per run (mean over regions):", "", "| labels | method | " + " | ".join(runs) + " |",
+           "|---|---|" + "---|" * len(runs)]
+    out += [f"| {r['labels']} | {r['method']} | " + " | ".join(_fmt(r["per_run"].get(k, float("nan")), 1) for k in runs)
+            + " |" for r in rs]
+    return out + [""]
+
+
 def markdown(suite: dict, rows: List[dict], comps: List[dict], unfinished: List[str], hashes: List[str],
              out: str, conv: List[dict] = ()) -> str:
     md = [f"# Benchmark leaderboard: {suite['name']}", "", suite.get("description", ""), "",
@@ -262,6 +277,7 @@ def markdown(suite: dict, rows: List[dict], comps: List[dict], unfinished: List[
             md.append(f"| {r['labels']} | {r['method']} | {r['region']} | {r['runs']} | {r['mean_pm_std']} | "
                       f"{_fmt(r['delta_vs_scratch'])} | {_p(r['p_wilcoxon'])} | {ci} | {r['n_cases']} | {paper} |")
         md.append("")
+        md += _per_run_table(rs)
     extra = [c for c in comps if c["baseline"] != "scratch"]
     if extra:
         md += ["## Other paired comparisons", "", "| dataset | evaluation | labels | method | baseline | region | Δ | "

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -161,13 +160,3 @@ def make_corpus(raw_dir: str, dataset_id: int = 992, cases_per_source: int = 6,
                  for s in sources})
     save_manifest(manifest, folder)
     return folder
-
-
-@dataclass
-class PhantomSuite:
-    """What ``make_all`` wrote."""
-    raw_dir: str
-    segmentation: Optional[str] = None
-    classification: Optional[str] = None
-    corpus: Optional[str] = None
-    ids: Dict[str, int] = field(default_factory=dict)

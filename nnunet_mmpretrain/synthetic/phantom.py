@@ -27,9 +27,6 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-#: tissue classes of the signal model
-TISSUES = ("csf", "gm", "wm", "edema", "necrosis", "shell", "enhancing")
-
 #: relative signal of each tissue per modality (arbitrary units, WM T1 ~ 0.85)
 SIGNAL: Dict[str, Dict[str, float]] = {
     #          csf   gm    wm    edema necro shell enh
