@@ -185,7 +185,7 @@ def tables(suite: dict, cells: List[dict]) -> Tuple[List[dict], List[dict]]:
                          "ci95_low": pr.ci_low if pr else nan, "ci95_high": pr.ci_high if pr else nan,
                          "n_cases": pr.n_cases if pr else len(set().union(*[v.get(reg, {}) for v in g["cases"].values()])),
                          "paper": ref["value"] if ref else nan, "paper_source": ref.get("source", "") if ref else "",
-                         "per_run": {f"fold {k[0]} seed {k[1]}": r.get(reg, nan) for k, r in sorted(g["runs"].items())}})
+                         "per_run": {k: r.get(reg, nan) for k, r in g["runs"].items()}})
             for b in ["scratch"] + list(suite["methods"].get(m, {}).get("compare_to", [])):
                 other = groups.get((ds, ev, tag, b))
                 if other is None or b == m:
@@ -244,10 +244,11 @@ def _per_run_table(rows: List[dict]) -> List[str]:
     """The 'mean' region of each run (fold x seed), one line per (labels, method): the spread the
     mean ± std summarises, run by run."""
     rs = [r for r in rows if r["region"] == "mean"]
-    runs = sorted({k for r in rs for k in r["per_run"]}, key=lambda k: [int(x) for x in k.split()[1::2]])
+    runs = sorted({k for r in rs for k in r["per_run"]})          # (fold, seed)
     if len(runs) < 2:
         return []
-    out = ["Per run (mean over regions):", "", "| labels | method | " + " | ".join(runs) + " |",
+    out = ["Per run (mean over regions):", "", "| labels | method | "
+           + " | ".join(f"fold {f} seed {sd}" for f, sd in runs) + " |",
            "|---|---|" + "---|" * len(runs)]
     out += [f"| {r['labels']} | {r['method']} | " + " | ".join(_fmt(r["per_run"].get(k, float("nan")), 1) for k in runs)
             + " |" for r in rs]
