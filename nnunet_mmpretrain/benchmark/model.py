@@ -50,6 +50,9 @@ class Preset:
     train_args: List[str] = field(default_factory=list)
     description: str = ""
     source: str = ""
+    #: a *supervised* encoder (the positive control): ``{"dataset": ID, "schedule": {...}, "seed": S}``
+    #: trains ``trainer`` with labels on that (disjoint) dataset; its encoder becomes the bundle
+    supervised: Optional[dict] = None
 
 
 @dataclass
@@ -80,6 +83,9 @@ class DatasetSpec:
     regions: Dict[str, str] = field(default_factory=dict)
     patient_regex: Optional[str] = None
     convert: str = ""
+    #: cases whose id matches are never trained on: they join every fold's validation and are
+    #: reported apart ("unseen" sites); the others are the in-domain cases
+    unseen_regex: Optional[str] = None
 
 
 @dataclass

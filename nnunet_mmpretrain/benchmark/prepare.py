@@ -125,17 +125,31 @@ def _plans_has(plans_file: str, config: str) -> bool:
 
 
 def make_data(suite: Suite, f: Folders, env: Dict[str, str], dry_run: bool) -> None:
-    """Step 1: the phantom datasets (only for suites with a ``phantoms`` block)."""
+    """Step 1: the phantom datasets (only for suites with a ``phantoms`` block). A dataset counts
+    as made only when its last file (dataset.json / manifest.json, written after every image) is
+    there; a half-made one (a killed run) is made again."""
     ph = suite.phantoms
     if ph is None:
         return
-    seg, cor = dataset_folder(f.raw, ph["seg_id"]), dataset_folder(f.raw, ph["corpus_id"])
-    if seg and cor and os.path.isfile(os.path.join(f.raw, seg, "dataset.json")) and \
-            os.path.isfile(os.path.join(f.raw, cor, "manifest.json")):
+    sites = ph.get("kind", "brats") == "sites"
+    done = [(ph["seg_id"], "dataset.json"), (ph["corpus_id"], "manifest.json")]
+    if sites:
+        done.append((ph["pool_id"], "dataset.json"))
+    if all(dataset_folder(f.raw, i) and os.path.isfile(os.path.join(f.raw, dataset_folder(f.raw, i), last))
+           for i, last in done):
         return
-    cmd = ["nnUNetv2_mmpretrain_make_phantoms", "--raw-dir", f.raw, "--what", "seg,corpus", "--seg-id", ph["seg_id"],
-           "--corpus-id", ph["corpus_id"], "--overwrite"]
-    for k in ("num_train", "num_test", "corpus_cases", "spacing", "seed"):
+    if sites:
+        spec = lambda d: ",".join(f"{k}={v}" for k, v in sorted(d.items()))  # noqa: E731
+        cmd = ["nnUNetv2_mmpretrain_make_phantoms", "--raw-dir", f.raw, "--what", "sites,sites-pool,sites-corpus",
+               "--seg-id", ph["seg_id"], "--pool-id", ph["pool_id"], "--corpus-id", ph["corpus_id"], "--overwrite",
+               "--site-cases", spec(ph.get("site_cases", {})), "--pool-cases", spec(ph.get("pool_cases", {})),
+               "--site-corpus", spec(ph.get("corpus_cases", {}))]
+        keys = ("spacing", "seed")
+    else:
+        cmd = ["nnUNetv2_mmpretrain_make_phantoms", "--raw-dir", f.raw, "--what", "seg,corpus", "--seg-id",
+               ph["seg_id"], "--corpus-id", ph["corpus_id"], "--overwrite"]
+        keys = ("num_train", "num_test", "corpus_cases", "spacing", "seed")
+    for k in keys:
         if k in ph:
             cmd += ["--" + k.replace("_", "-"), ph[k]]
     run_step("data", cmd, env, os.path.join(f.out, "logs", "prepare.log"), dry_run)
@@ -163,40 +177,72 @@ def plan_corpus(suite: Suite, f: Folders, env: Dict[str, str], dry_run: bool) ->
 
 
 def pretrain(suite: Suite, f: Folders, env: Dict[str, str], preset_name: str, device: str, dry_run: bool) -> str:
-    """Step 3: pretraining + bundle export for one preset; returns the bundle folder."""
+    """Step 3: pretraining + bundle export for one preset; returns the bundle folder. A
+    ``supervised`` preset (the positive control) trains its trainer with labels on its pool
+    dataset (given the suite's plans first) and exports that encoder instead."""
     p = suite.presets[preset_name]
     bundle = f.bundle(preset_name)
     if os.path.isfile(os.path.join(bundle, "encoder_bundle.pt")):
         return bundle
     results = os.path.join(f.pretraining(preset_name), "nnUNet_results")
-    corpus = dataset_folder(f.raw, suite.corpus["dataset"]) or f"Dataset{suite.corpus['dataset']:03d}_NAME"
-    fold = os.path.join(results, corpus, f"{p.trainer}__{p.plans}__{p.configuration}", "fold_all")
     e = dict(train_env(suite, env), nnUNet_results=results)
+    if p.supervised:
+        data_id = p.supervised["dataset"]
+        transfer(suite, f, env, data_id, dry_run)
+        e.update(supervised_env(p.supervised))
+        show_env = {"nnUNet_results": results, **supervised_env(p.supervised)}
+    else:
+        data_id = suite.corpus["dataset"]
+        show_env = {"nnUNet_results": results}
+    name = dataset_folder(f.raw, data_id) or f"Dataset{data_id:03d}_NAME"
+    fold = os.path.join(results, name, f"{p.trainer}__{p.plans}__{p.configuration}", "fold_all")
     logf = os.path.join(f.pretraining(preset_name), "pretraining.log")
     final = os.path.join(fold, "checkpoint_final.pth")
     if not os.path.isfile(final):
-        cmd = ["nnUNetv2_train", suite.corpus["dataset"], p.configuration, "all", "-tr", p.trainer, "-p", p.plans,
+        cmd = ["nnUNetv2_train", data_id, p.configuration, "all", "-tr", p.trainer, "-p", p.plans,
                "-device", device, *p.train_args]
         if os.path.isfile(os.path.join(fold, "checkpoint_latest.pth")):
             cmd.append("--c")
-        run_step(f"pretraining {preset_name}", cmd, e, logf, dry_run, {"nnUNet_results": results})
+        run_step(f"pretraining {preset_name}", cmd, e, logf, dry_run, show_env)
     run_step(f"export {preset_name}", ["nnUNetv2_mmpretrain_export", final, "-o", bundle], e, logf, dry_run)
     return bundle
 
 
+def supervised_env(sup: dict) -> Dict[str, str]:
+    """Schedule and seed of a supervised (positive-control) encoder's training, as a benchmark cell
+    passes them to the benchmark trainers."""
+    return {"nnUNet_mmpretrain_bench_schedule": json.dumps(sup["schedule"], separators=(",", ":")),
+            "nnUNet_mmpretrain_bench_seed": str(sup.get("seed", 0))}
+
+
 def transfer(suite: Suite, f: Folders, env: Dict[str, str], dataset_id: int, dry_run: bool) -> None:
-    """Step 4: the dataset gets the pretraining topology (same plans for every method)."""
+    """Step 4: the dataset gets the pretraining topology (same plans for every method). Done only
+    when every raw training case has its preprocessed file (a killed preprocessing is redone)."""
     name = dataset_folder(f.preprocessed, dataset_id)
     if name:
         pf = os.path.join(f.preprocessed, name, suite.plans + ".json")
         if _plans_has(pf, suite.configuration):
             with open(pf) as fh:
                 ident = json.load(fh)["configurations"][suite.configuration].get("data_identifier", "")
-            if ident and os.path.isdir(os.path.join(f.preprocessed, name, ident)):
+            if ident and _preprocessed_complete(os.path.join(f.preprocessed, name, ident), f.raw, dataset_id):
                 return
     cmd = ["nnUNetv2_mmpretrain_transfer_plans", "-s", suite.corpus["dataset"], "-t", dataset_id, "-sp", suite.plans,
            "-c", suite.configuration, "--preprocess"]
     run_step(f"plans for dataset {dataset_id}", cmd, env, os.path.join(f.out, "logs", "prepare.log"), dry_run)
+
+
+def _preprocessed_complete(folder: str, raw: str, dataset_id: int) -> bool:
+    """Every labelled case of the raw dataset has nnU-Net's per-case ``.pkl`` (written after its
+    arrays) in ``folder``."""
+    if not os.path.isdir(folder):
+        return False
+    rname = dataset_folder(raw, dataset_id)
+    labels = os.path.join(raw, rname, "labelsTr") if rname else ""
+    if not os.path.isdir(labels):
+        return True          # nothing to compare with (a user's dataset elsewhere): trust the folder
+    cases = {x.split(".")[0] for x in os.listdir(labels) if not x.startswith(".")}
+    done = {x[:-4] for x in os.listdir(folder) if x.endswith(".pkl")}
+    return cases <= done
 
 
 def trainer_exists(name: str) -> bool:

@@ -20,6 +20,7 @@ import fnmatch
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -143,11 +144,18 @@ class Runner:
     def split_for(self, cell: Cell) -> dict:
         from nnunet_mmpretrain.benchmark.splits import cell_split, check_patient_disjoint
         ds, s = cell.dataset, self.suite
+        ids = self.case_ids(ds)
+        unseen = [c for c in ids if ds.unseen_regex and re.match(ds.unseen_regex, c)]
         try:
-            sp = cell_split(self.case_ids(ds), s.num_folds, cell.fold, cell.budget.kind, cell.budget.value, ds.id,
-                            cell.seed, ds.patient_regex, s.split_seed)
+            sp = cell_split([c for c in ids if c not in unseen], s.num_folds, cell.fold, cell.budget.kind,
+                            cell.budget.value, ds.id, cell.seed, ds.patient_regex, s.split_seed)
         except ValueError as e:
             raise BenchmarkError(f"{s.path}: datasets[{s.datasets.index(ds)}]: {e}")
+        if ds.unseen_regex:          # evaluation-only cases (unseen sites) join every fold's validation
+            if not unseen:
+                raise BenchmarkError(f"{s.path}: datasets[{s.datasets.index(ds)}].unseen: no case id matches "
+                                     f"{ds.unseen_regex!r}; fix the pattern or remove the key")
+            sp = dict(sp, val=sorted(sp["val"] + unseen), unseen=sorted(unseen))
         check_patient_disjoint(sp, ds.patient_regex)
         return sp
 

@@ -43,6 +43,7 @@ from typing import Dict, List, Optional
 
 from nnunet_mmpretrain.benchmark.model import (KINDS, SCHEDULE_KEYS, STEMS, TASKS, DatasetSpec,
                                                LabelBudget, Method, Preset, Suite, SuiteError)
+from nnunet_mmpretrain.synthetic.sites import SITES
 
 SUITE_FORMAT = "nnunet_mmpretrain.suite/1"
 PRESET_FORMAT = "nnunet_mmpretrain.preset/1"
@@ -122,7 +123,7 @@ def load_preset(path: str, name: str) -> Preset:
 
 
 def _parse_preset(d, c: _Checker, key: str, name: str, source: str) -> Preset:
-    c.keys(d, key, {"format", "name", "description", "trainer", "plans", "configuration", "train_args"},
+    c.keys(d, key, {"format", "name", "description", "trainer", "plans", "configuration", "train_args", "supervised"},
            required=("trainer",))
     if d.get("format", PRESET_FORMAT) != PRESET_FORMAT:
         c.fail(f"{key}.format".lstrip("."), f"expected {PRESET_FORMAT!r}")
@@ -132,13 +133,59 @@ def _parse_preset(d, c: _Checker, key: str, name: str, source: str) -> Preset:
     args = d.get("train_args", [])
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         c.fail(f"{key}.train_args".lstrip("."), "expected a list of strings (extra nnUNetv2_train arguments)")
+    sup = d.get("supervised")
+    if sup is not None:
+        k = f"{key}.supervised".lstrip(".")
+        c.keys(sup, k, {"dataset", "schedule", "seed"}, required=("dataset", "schedule"))
+        c.typed(sup["dataset"], f"{k}.dataset", int, "the id of the labelled pool dataset")
+        sup = {"dataset": sup["dataset"], "seed": c.typed(sup.get("seed", 0), f"{k}.seed", int, "an integer seed"),
+               "schedule": _schedule(sup["schedule"], c, f"{k}.schedule", required=("epochs", "iterations"))}
     return Preset(name=name, trainer=tr, plans=d.get("plans", ""), configuration=d.get("configuration", ""),
-                  train_args=list(args), description=d.get("description", ""), source=source)
+                  train_args=list(args), description=d.get("description", ""), source=source, supervised=sup)
+
+
+PHANTOM_KINDS = {
+    "brats": ({"kind", "seg_id", "corpus_id", "num_train", "num_test", "corpus_cases", "spacing", "seed"},
+              {"num_train": 1, "num_test": 0, "corpus_cases": 1}),
+    "sites": ({"kind", "seg_id", "corpus_id", "pool_id", "site_cases", "pool_cases", "corpus_cases", "spacing", "seed"},
+              {}),
+}
+
+
+def check_phantoms(ph, c: "_Checker", corpus_id: int) -> None:
+    """The ``phantoms`` block: kind ``brats`` (default; the demo's phantoms) or ``sites`` (the
+    multi-site phantoms: labelled cases, a labelled pool and a corpus, counts per site)."""
+    c.keys(ph, "phantoms", set().union(*(k for k, _ in PHANTOM_KINDS.values())), required=("seg_id", "corpus_id"))
+    kind = ph.get("kind", "brats")
+    if kind not in PHANTOM_KINDS:
+        c.fail("phantoms.kind", f"unknown kind {kind!r}; use one of {', '.join(PHANTOM_KINDS)}")
+    known, minimum = PHANTOM_KINDS[kind]
+    c.keys(ph, "phantoms", known, required=("seg_id", "corpus_id") + (("pool_id",) if kind == "sites" else ()))
+    ids = [k for k in ("seg_id", "corpus_id", "pool_id") if k in ph]
+    for k in ids:
+        if not 1 <= c.typed(ph[k], f"phantoms.{k}", int, "a dataset id") <= 999:
+            c.fail(f"phantoms.{k}", f"dataset ids are 1..999 in nnU-Net, got {ph[k]}")
+    if len({ph[k] for k in ids}) != len(ids):
+        c.fail("phantoms", f"the dataset ids {', '.join(f'{k}={ph[k]}' for k in ids)} must differ")
+    for k, lo in minimum.items():
+        if k in ph and c.typed(ph[k], f"phantoms.{k}", int, f"an integer >= {lo}") < lo:
+            c.fail(f"phantoms.{k}", f"must be at least {lo}, got {ph[k]}")
+    if kind == "sites":
+        for k in ("site_cases", "pool_cases", "corpus_cases"):
+            for site, n in c.typed(ph.get(k, {}), f"phantoms.{k}", dict, "an object site -> count").items():
+                if site not in SITES:
+                    c.fail(f"phantoms.{k}.{site}", f"unknown site; known: {', '.join(sorted(SITES))}")
+                if c.typed(n, f"phantoms.{k}.{site}", int, "a count >= 0") < 0:
+                    c.fail(f"phantoms.{k}.{site}", f"must be at least 0, got {n}")
+    if "spacing" in ph and not (isinstance(ph["spacing"], (int, float)) and 0.5 <= ph["spacing"] <= 8):
+        c.fail("phantoms.spacing", f"expected a voxel size of 0.5-8 mm, got {json.dumps(ph['spacing'])}")
+    if ph["corpus_id"] != corpus_id:
+        c.fail("phantoms.corpus_id", f"{ph['corpus_id']} differs from corpus.dataset {corpus_id}")
 
 
 TOP_KEYS = {"format", "name", "description", "phantoms", "corpus", "plans", "configuration", "datasets", "num_folds",
             "folds", "seeds", "label_fractions", "labelled_cases", "schedule", "presets", "methods", "references",
-            "device", "env", "split_seed", "missing_modality", "notes"}
+            "device", "env", "split_seed", "missing_modality", "notes", "controls"}
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -197,18 +244,22 @@ def parse_suite(d: dict, path: str) -> Suite:
 
     phantoms = d.get("phantoms")
     if phantoms is not None:
-        c.keys(phantoms, "phantoms", {"seg_id", "corpus_id", "num_train", "num_test", "corpus_cases", "spacing",
-                                      "seed"}, required=("seg_id", "corpus_id"))
-        if phantoms["corpus_id"] != corpus["dataset"]:
-            c.fail("phantoms.corpus_id", f"{phantoms['corpus_id']} differs from corpus.dataset {corpus['dataset']}")
+        check_phantoms(phantoms, c, corpus["dataset"])
 
     datasets = []
     for i, ds in enumerate(c.typed(d["datasets"], "datasets", list, "a list")):
         k = f"datasets[{i}]"
-        c.keys(ds, k, {"id", "name", "task", "test", "regions", "patient_regex", "convert", "notes"}, required=("id",))
+        c.keys(ds, k, {"id", "name", "task", "test", "regions", "patient_regex", "convert", "notes", "unseen"},
+               required=("id",))
         task = ds.get("task", "segmentation")
         if task not in TASKS:
             c.fail(f"{k}.task", f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+        unseen = ds.get("unseen")
+        if unseen is not None:
+            try:
+                re.compile(c.typed(unseen, f"{k}.unseen", str, "a regular expression of case ids"))
+            except re.error as e:
+                c.fail(f"{k}.unseen", f"not a regular expression ({e})")
         rx = ds.get("patient_regex")
         if rx is not None:
             try:
@@ -218,7 +269,7 @@ def parse_suite(d: dict, path: str) -> Suite:
                 c.fail(f"{k}.patient_regex", f"not a regular expression ({e})")
         datasets.append(DatasetSpec(id=c.typed(ds["id"], f"{k}.id", int, "a dataset id"), name=ds.get("name", ""),
                                     task=task, test=bool(ds.get("test", False)), regions=dict(ds.get("regions", {})),
-                                    patient_regex=rx, convert=ds.get("convert", "")))
+                                    patient_regex=rx, convert=ds.get("convert", ""), unseen_regex=unseen))
     if not datasets:
         c.fail("datasets", "no datasets")
     if len({x.id for x in datasets}) != len(datasets):
@@ -278,6 +329,15 @@ def parse_suite(d: dict, path: str) -> Suite:
             if b not in methods or b == m.name:
                 c.fail(f"methods.{m.name}.compare_to", f"{b!r} is not another method of this suite")
 
+    controls = d.get("controls")
+    if controls is not None:
+        c.keys(controls, "controls", {"positive", "random", "min_gap"}, required=("positive", "random"))
+        for k in ("positive", "random"):
+            if controls[k] not in methods:
+                c.fail(f"controls.{k}", f"{controls[k]!r} is not a method of this suite")
+        gap = controls.get("min_gap", 5.0)
+        if not isinstance(gap, (int, float)) or isinstance(gap, bool) or gap < 0:
+            c.fail("controls.min_gap", f"expected a number of Dice points >= 0, got {json.dumps(gap)}")
     refs = c.typed(d.get("references", []), "references", list, "a list")
     for i, r in enumerate(refs):
         c.keys(r, f"references[{i}]", {"dataset", "fraction", "method", "region", "value", "metric", "source", "label"},

@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-dir", default=os.environ.get("nnUNet_raw"),
                    help="nnU-Net raw folder to write into (default: $nnUNet_raw)")
     p.add_argument("--what", default="seg,corpus,cls",
-                   help="comma-separated subset of seg,corpus,cls (default: all three)")
+                   help="comma-separated subset of seg,corpus,cls (default: these three) and of the multi-site "
+                        "phantoms sites (labelled, --seg-id), sites-pool (labelled, --pool-id), sites-corpus "
+                        "(--corpus-id)")
     p.add_argument("--seg-id", type=int, default=990, help="dataset id of the segmentation dataset")
     p.add_argument("--cls-id", type=int, default=991, help="dataset id of the classification dataset")
     p.add_argument("--corpus-id", type=int, default=992, help="dataset id of the pretraining corpus")
@@ -31,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-test", type=int, default=2, help="labelled test cases (imagesTs/labelsTs)")
     p.add_argument("--corpus-cases", type=int, default=6, help="corpus cases per source")
     p.add_argument("--cls-cases", type=int, default=12, help="classification cases (half high grade)")
+    p.add_argument("--pool-id", type=int, default=994, help="dataset id of the multi-site labelled pool")
+    p.add_argument("--site-cases", default="A=10,B=10,C=5,D=5",
+                   help="multi-site labelled cases per site, e.g. A=10,B=10,C=5,D=5 (sites A-D have all 4 modalities)")
+    p.add_argument("--pool-cases", default="A=20,B=20", help="multi-site pool cases per site (disjoint subjects)")
+    p.add_argument("--site-corpus", default="A=34,B=34,C=34,D=34,E=34,F=30",
+                   help="multi-site corpus subjects per site (E: T1/T2/PD healthy, F: FLAIR only)")
     p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (default 2; 1 for full resolution)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-np", "--num-processes", type=int, default=2)
@@ -44,9 +52,11 @@ def validate_args(a) -> None:
     if os.path.exists(a.raw_dir) and not os.path.isdir(a.raw_dir):
         die(f"--raw-dir {a.raw_dir} is an existing file: name a folder (nnU-Net's raw folder).")
     what = {w.strip() for w in a.what.split(",") if w.strip()}
-    bad = what - {"seg", "corpus", "cls"}
+    bad = what - {"seg", "corpus", "cls", "sites", "sites-pool", "sites-corpus"}
     if bad or not what:
-        die(f"--what takes a comma-separated subset of seg,corpus,cls, got {a.what!r}.")
+        die(f"--what takes a comma-separated subset of seg,corpus,cls,sites,sites-pool,sites-corpus, got {a.what!r}.")
+    for name in ("site_cases", "pool_cases", "site_corpus"):
+        setattr(a, name, _site_spec(getattr(a, name), "--" + name.replace("_", "-")))
     a.what = what
     if not a.spacing > 0:
         die(f"--spacing must be a positive number of mm, got {a.spacing}.")
@@ -62,12 +72,27 @@ def validate_args(a) -> None:
         die("--cls-cases must be at least 2 (one high-grade and one low-grade case).")
     if a.num_processes < 1:
         die(f"-np must be at least 1, got {a.num_processes}.")
-    ids = [getattr(a, f"{w}_id") for w in ("seg", "cls", "corpus") if w in what]
+    id_of = {"seg": a.seg_id, "cls": a.cls_id, "corpus": a.corpus_id, "sites": a.seg_id, "sites-pool": a.pool_id,
+             "sites-corpus": a.corpus_id}
+    ids = [id_of[w] for w in sorted(what)]
     if len(set(ids)) != len(ids):
         die(f"dataset ids must differ, got {ids}.")
     for i in ids:
         if not 1 <= i <= 999:
             die(f"dataset ids are 1..999 in nnU-Net, got {i}.")
+
+
+def _site_spec(text: str, flag: str) -> dict:
+    """``A=10,B=10`` -> {"A": 10, "B": 10}; one clear line for anything else."""
+    from nnunet_mmpretrain.synthetic.sites import SITES
+    out = {}
+    for part in (x.strip() for x in text.split(",") if x.strip()):
+        site, _, n = part.partition("=")
+        if site not in SITES or not n.strip().isdigit():
+            die(f"{flag} {text!r}: write SITE=COUNT pairs such as A=10,B=10 with sites {', '.join(sorted(SITES))} "
+                f"and counts >= 0.")
+        out[site] = int(n)
+    return out
 
 
 def main(argv=None) -> int:
@@ -86,10 +111,19 @@ def main(argv=None) -> int:
             if "corpus" in a.what:
                 made.append(ds.make_corpus(a.raw_dir, a.corpus_id, a.corpus_cases, a.spacing, a.seed,
                                            a.num_processes, a.overwrite))
+            if "sites" in a.what:
+                made.append(ds.make_site_dataset(a.raw_dir, a.seg_id, a.site_cases, a.spacing, a.seed,
+                                                 a.num_processes, a.overwrite))
+            if "sites-pool" in a.what:
+                made.append(ds.make_site_dataset(a.raw_dir, a.pool_id, a.pool_cases, a.spacing, a.seed,
+                                                 a.num_processes, a.overwrite, name="PhantomSitesPool", kind=40))
+            if "sites-corpus" in a.what:
+                made.append(ds.make_site_corpus(a.raw_dir, a.corpus_id, a.site_corpus, a.spacing, a.seed,
+                                                a.num_processes, a.overwrite))
             if "cls" in a.what:
                 made.append(ds.make_classification_dataset(a.raw_dir, a.cls_id, a.cls_cases, a.spacing,
                                                            a.seed, a.num_processes, a.overwrite))
-    except FileExistsError as e:
+    except (FileExistsError, ValueError) as e:
         die(str(e))
     for m in made:
         print(f"wrote {m}")

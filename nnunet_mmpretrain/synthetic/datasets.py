@@ -21,7 +21,9 @@ from nnunet_mmpretrain import modalities as mod
 from nnunet_mmpretrain.corpus.manifest import CorpusCase, CorpusManifest, save_manifest
 from nnunet_mmpretrain.labels import BRATS_LABELS, BRATS_REGIONS_CLASS_ORDER  # the house convention (BraTS 2023)
 from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json, atomic_write_text
+from nnunet_mmpretrain.synthetic.multisite import make_site_case
 from nnunet_mmpretrain.synthetic.phantom import make_case
+from nnunet_mmpretrain.synthetic.sites import SITES
 from nnunet_mmpretrain.conversion.paths import dataset_folder_name
 
 SEG_MODALITIES = ("t1", "t1c", "t2", "flair")
@@ -160,3 +162,75 @@ def make_corpus(raw_dir: str, dataset_id: int = 992, cases_per_source: int = 6,
                  for s in sources})
     save_manifest(manifest, folder)
     return folder
+
+
+# ---- multi-site phantoms (synthetic/multisite.py) ----
+def _job_site(args):
+    folder, img_dir, lab_dir, case_id, cseed, spacing, site = args
+    c = make_site_case(cseed, SITES[site], spacing, SEG_MODALITIES)
+    for ch, m in enumerate(SEG_MODALITIES):
+        _save(c["images"][m], c["affine"], os.path.join(folder, img_dir, f"{case_id}_{ch:04d}.nii.gz"))
+    _save(c["label"], c["affine"], os.path.join(folder, lab_dir, f"{case_id}.nii.gz"))
+    return case_id, site
+
+
+def _job_site_corpus(args):
+    folder, case_id, cseed, spacing, site = args
+    c = make_site_case(cseed, SITES[site], spacing)
+    files = {}
+    for m, img in c["images"].items():
+        rel = os.path.join("images", f"{case_id}_{m}.nii.gz")
+        _save(img, c["affine"], os.path.join(folder, rel))
+        files[m] = rel
+    return case_id, site, files
+
+
+def make_site_dataset(raw_dir: str, dataset_id: int, per_site: Dict[str, int], spacing: float = 3.0,
+                      seed: int = 0, num_processes: int = 2, overwrite: bool = False,
+                      name: str = "PhantomSites", kind: int = 20) -> str:
+    """Labelled 4-channel multi-site dataset: ``per_site[site]`` cases ``<site>_<i>`` of each site
+    (sites of :data:`~.sites.SITES` with all four modalities). ``kind`` separates the seeds of
+    datasets that must not share subjects (e.g. the evaluation set and a supervised pool)."""
+    folder = os.path.join(raw_dir, dataset_folder_name(dataset_id, name))
+    _check_sites(per_site, need=SEG_MODALITIES)
+    _prepare(folder, overwrite)
+    jobs = [(folder, "imagesTr", "labelsTr", f"{site}_{i:04d}", _case_seed(seed, kind + k, i), spacing, site)
+            for k, site in enumerate(sorted(SITES)) for i in range(per_site.get(site, 0))]
+    _run(_job_site, jobs, num_processes, f"phantoms {os.path.basename(folder)}")
+    counts = ", ".join(f"site {s}: {n}" for s, n in sorted(per_site.items()) if n)
+    _dataset_json(folder, name, len(jobs), BRATS_LABELS,
+                  f"multi-site lesion phantoms, {spacing} mm, seed {seed} ({counts}); case ids start with the site; "
+                  f"labels BraTS-2023 convention (1 core, 2 edema, 3 enhancing)",
+                  {"sites": {s: SITES[s].description for s in sorted(per_site) if per_site[s]}})
+    return folder
+
+
+def make_site_corpus(raw_dir: str, dataset_id: int, per_site: Dict[str, int], spacing: float = 3.0,
+                     seed: int = 0, num_processes: int = 2, overwrite: bool = False,
+                     name: str = "PhantomSitesCorpus") -> str:
+    """Unlabelled corpus with ``per_site[site]`` subjects of each site, each with its site's own
+    modality set (source ``site_<name>``)."""
+    folder = os.path.join(raw_dir, dataset_folder_name(dataset_id, name))
+    _check_sites(per_site)
+    _prepare(folder, overwrite)
+    jobs = [(folder, f"{site}_{i:04d}", _case_seed(seed, 60 + k, i), spacing, site)
+            for k, site in enumerate(sorted(SITES)) for i in range(per_site.get(site, 0))]
+    res = _run(_job_site_corpus, jobs, num_processes, f"phantoms {os.path.basename(folder)}")
+    cases = [CorpusCase(case_id=cid, images=files, subject=cid, session="ses-1", source=f"site_{site}")
+             for cid, site, files in res]
+    manifest = CorpusManifest(
+        name=name, cases=cases, atlas_registered=True,
+        sources={f"site_{s}": {"modalities": list(SITES[s].modalities), "description": SITES[s].description}
+                 for s in sorted(per_site) if per_site[s]})
+    save_manifest(manifest, folder)
+    return folder
+
+
+def _check_sites(per_site: Dict[str, int], need: Sequence[str] = ()) -> None:
+    for s, n in per_site.items():
+        if s not in SITES:
+            raise ValueError(f"unknown site {s!r}; known: {', '.join(sorted(SITES))}")
+        if n < 0:
+            raise ValueError(f"site {s}: a negative number of cases ({n})")
+        if n and not set(need) <= set(SITES[s].modalities):
+            raise ValueError(f"site {s} acquires {SITES[s].modalities}, a labelled dataset needs {tuple(need)}")

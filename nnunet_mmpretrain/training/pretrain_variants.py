@@ -65,6 +65,21 @@ class nnUNetTrainerMMPretrain_demo(nnUNetTrainerMMPretrain_cpu):
     schedule = Schedule(epochs=20, iterations=30, val_iterations=4, save_every=5)
 
 
+# ---- a pretraining budget worth the name on the CPU configuration (the multisite suite):
+# ---- 100 epochs x 30 iterations = 3,000 steps, equal for the three recipes compared
+LONG_CPU_SCHEDULE = Schedule(epochs=100, iterations=30, val_iterations=4, save_every=10)
+
+
+class nnUNetTrainerMMPretrain_cpuLong(nnUNetTrainerMMPretrain_cpu):
+    """The CPU recipe, 3,000 steps (100 epochs x 30 iterations)."""
+    schedule = LONG_CPU_SCHEDULE
+
+
+class nnUNetTrainerMMPretrain_cpuBrainMVPLong(nnUNetTrainerMMPretrain_cpuBrainMVP):
+    """BrainMVP's defaults on the CPU configuration, 3,000 steps."""
+    schedule = LONG_CPU_SCHEDULE
+
+
 class nnUNetTrainerMMPretrain_5epochs(nnUNetTrainerMMPretrain):
     """A plumbing check (the cpu-smoke preset, the tests): 5 epochs x 3 iterations; MCL from epoch 2,
     template warm-up epoch 0. Says nothing about what pretraining is worth."""
@@ -79,6 +94,11 @@ class nnUNetTrainerMMPretrain_demoMAE(nnUNetTrainerMMPretrain_demo):
     itself (no partner, no templates, no contrastive term); the baseline OpenMind found strongest."""
     objective = ObjectiveConfig(w_md=1.0, w_cmr=0.0, w_mcl=0.0, recon_region="masked", template_warmup_fraction=0.0)
     template_fill = False
+
+
+class nnUNetTrainerMMPretrain_cpuMAELong(nnUNetTrainerMMPretrain_demoMAE):
+    """Plain masked autoencoder with the CPU recipe's mask, optimiser and readout, 3,000 steps."""
+    schedule = LONG_CPU_SCHEDULE
 
 
 class nnUNetTrainerMMPretrain_demoCMR(nnUNetTrainerMMPretrain_demo):

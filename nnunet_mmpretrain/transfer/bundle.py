@@ -44,6 +44,8 @@ from typing import Dict, Optional
 
 import torch
 
+from nnunet_mmpretrain.transfer.supervised import SupervisedBundleError, is_nnunet_checkpoint, supervised_bundle
+
 BUNDLE_FORMAT = "nnunet_mmpretrain.bundle/1"
 BUNDLE_FILE = "encoder_bundle.pt"
 log = logging.getLogger(__name__)
@@ -96,6 +98,11 @@ def bundle_from_any(path: str) -> dict:
     ck = _load_weights_only(path, "checkpoint")
     if ck.get("format") == BUNDLE_FORMAT:
         return ck
+    if is_nnunet_checkpoint(ck):         # a plain nnU-Net model: its encoder trained with labels
+        try:
+            return supervised_bundle(ck, path, _versions(), BUNDLE_FORMAT)
+        except SupervisedBundleError as e:
+            raise BundleError(str(e)) from None
     if "nnssl_adaptation_plan" in ck:
         from nnunet_mmpretrain.transfer.nnssl import NnsslError, nnssl_to_bundle
         try:
