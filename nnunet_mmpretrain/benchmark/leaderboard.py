@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from typing import Dict, List, Tuple
 
@@ -43,12 +44,13 @@ from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_text
 log = logging.getLogger("nnunet_mmpretrain.benchmark")
 
 COLUMNS = ["dataset", "dataset_name", "task", "evaluation", "labels", "budget", "method", "region", "runs", "mean",
-           "std", "mean_pm_std", "delta_vs_scratch", "p_wilcoxon", "ci95_low", "ci95_high", "n_cases", "paper",
-           "paper_source"]
+           "std", "mean_pm_std", "delta_vs_scratch", "p_wilcoxon", "ci95_low", "ci95_high", "n_cases", "share_of_control",
+           "paper", "paper_source"]
 COMPARISON_COLUMNS = ["dataset", "evaluation", "labels", "method", "baseline", "region", "delta", "p_wilcoxon",
                       "ci95_low", "ci95_high", "n_cases", "n_runs", "wins", "losses"]
 EVAL_NAMES = {"cv": "internal cross-validation (nnU-Net validation of each fold)",
-              "test": "official test cases (imagesTs)"}
+              "test": "official test cases (imagesTs)",
+              "cv-unseen": "cases of sites never trained on (unseen sites), scored by every fold's model"}
 
 Scores = Tuple[Dict[str, float], Dict[str, Dict[str, float]]]   # region -> run score; region -> case -> score
 
@@ -83,10 +85,26 @@ def read_nnunet_summary(path: str, regions: Dict[str, str]) -> Scores:
     return run, cases
 
 
-def read_segmentation(cell_dir: str, cell: dict, regions: Dict[str, str]) -> Dict[str, Scores]:
+def split_unseen(scores: Scores, unseen_regex: str) -> Dict[str, Scores]:
+    """One validation into ``cv`` (in-domain cases) and ``cv-unseen`` (case ids matching
+    ``unseen_regex``); each run score = the mean over its cases (NaN cases left out)."""
+    _, cases = scores
+    out = {}
+    for ev, keep in (("cv", lambda c: not re.match(unseen_regex, c)), ("cv-unseen", lambda c: bool(re.match(unseen_regex, c)))):
+        sub = {reg: {c: v for c, v in per.items() if keep(c)} for reg, per in cases.items()}
+        run = {}
+        for reg, per in sub.items():
+            finite = [v for v in per.values() if not math.isnan(v)]
+            run[reg] = float(np.mean(finite)) if finite else float("nan")
+        out[ev] = (run, sub)
+    return out
+
+
+def read_segmentation(cell_dir: str, cell: dict, regions: Dict[str, str], unseen: str = None) -> Dict[str, Scores]:
     fold = os.path.join(cell_dir, "nnUNet_results", cell["dataset_name"],
                         f"{cell['trainer']}__{cell['plans']}__{cell['configuration']}", f"fold_{cell['fold']}")
-    out = {"cv": read_nnunet_summary(os.path.join(fold, "validation", "summary.json"), regions)}
+    cv = read_nnunet_summary(os.path.join(fold, "validation", "summary.json"), regions)
+    out = split_unseen(cv, unseen) if unseen else {"cv": cv}
     test = os.path.join(cell_dir, "test", "summary.json")
     if os.path.isfile(test):
         out["test"] = read_nnunet_summary(test, regions)
@@ -95,7 +113,7 @@ def read_segmentation(cell_dir: str, cell: dict, regions: Dict[str, str]) -> Dic
     return out
 
 
-def read_classification(cell_dir: str, cell: dict, regions: Dict[str, str]) -> Dict[str, Scores]:
+def read_classification(cell_dir: str, cell: dict, regions: Dict[str, str], unseen: str = None) -> Dict[str, Scores]:
     fold = os.path.join(cell_dir, "nnUNet_results", cell["dataset_name"],
                         f"{cell['trainer']}__{cell['plans']}__{cell['configuration']}", f"fold_{cell['fold']}")
     import csv
@@ -112,6 +130,7 @@ def collect(out: str) -> Tuple[dict, List[dict], List[str]]:
     with open(os.path.join(out, "suite.json")) as f:
         suite = json.load(f)
     regions = {d["id"]: d.get("regions", {}) for d in suite["datasets"]}
+    unseen = {d["id"]: d.get("unseen") for d in suite["datasets"]}
     cells, unfinished = [], []
     for meta in sorted(glob.glob(os.path.join(out, "cells", "*", "cell.json"))):
         cdir = os.path.dirname(meta)
@@ -120,7 +139,8 @@ def collect(out: str) -> Tuple[dict, List[dict], List[str]]:
             continue
         with open(meta) as f:
             cell = json.load(f)
-        cell["scores"] = METRIC_READERS[cell.get("task", "segmentation")](cdir, cell, regions.get(cell["dataset"], {}))
+        cell["scores"] = METRIC_READERS[cell.get("task", "segmentation")](cdir, cell, regions.get(cell["dataset"], {}),
+                                                                         unseen.get(cell["dataset"]))
         if cell.get("task", "segmentation") == "segmentation":
             cell["late_gain"] = 100 * late_gain(cell_curve(cdir, cell["fold"]))
         cells.append(cell)
@@ -151,8 +171,9 @@ def _references(suite: dict) -> Dict[tuple, dict]:
     return out
 
 
-def tables(suite: dict, cells: List[dict]) -> Tuple[List[dict], List[dict]]:
-    """(leaderboard rows, comparison rows) as dicts with :data:`COLUMNS` / :data:`COMPARISON_COLUMNS`."""
+def _groups(cells: List[dict]) -> Dict[tuple, Dict[str, dict]]:
+    """(dataset, evaluation, budget tag, method) -> {"cell", "runs": (fold, seed) -> region -> score,
+    "cases": (fold, seed) -> region -> case -> score}."""
     groups: Dict[tuple, Dict[str, dict]] = {}
     for c in cells:
         for ev, (run, cases) in c["scores"].items():
@@ -160,6 +181,47 @@ def tables(suite: dict, cells: List[dict]) -> Tuple[List[dict], List[dict]]:
             g = groups.setdefault(key, {"cell": c, "runs": {}, "cases": {}})
             g["runs"][(c["fold"], c["seed"])] = run
             g["cases"][(c["fold"], c["seed"])] = cases
+    return groups
+
+
+def _mean_of(g: dict, reg: str) -> float:
+    return mean_std([r.get(reg, float("nan")) for r in g["runs"].values()])[0] if g else float("nan")
+
+
+def share_of_control(value: float, random: float, positive: float) -> float:
+    """(value - random) / (positive - random): the share of the positive control's gain over the
+    frozen random encoder that a method captures (1 = all of it, 0 = none, < 0 = worse than random);
+    NaN when the controls do not differ."""
+    gap = positive - random
+    return float("nan") if any(math.isnan(x) for x in (value, gap)) or abs(gap) < 1e-9 else (value - random) / gap
+
+
+def validity(suite: dict, cells: List[dict]) -> List[dict]:
+    """Per (dataset, evaluation, labels): does the frozen positive control beat the frozen random
+    encoder by ``controls.min_gap`` Dice (region 'mean'), paired over >= 10 runs (5 folds x 2
+    seeds)? The testbed ranks nothing where it does not."""
+    ctl = suite.get("controls")
+    if not ctl:
+        return []
+    groups, out = _groups(cells), []
+    for (ds, ev, tag, m), g in sorted(groups.items()):
+        other = groups.get((ds, ev, tag, ctl["random"]))
+        if m != ctl["positive"] or other is None:
+            continue
+        reg = "accuracy" if g["cell"].get("task") == "classification" else "mean"
+        q = paired({k: v.get(reg, {}) for k, v in g["cases"].items()}, {k: v.get(reg, {}) for k, v in other["cases"].items()})
+        gap = float(ctl.get("min_gap", 5.0))
+        out.append({"dataset": ds, "evaluation": ev, "labels": g["cell"]["budget"]["label"], "positive": m,
+                    "random": ctl["random"], "delta": q.delta, "p": q.p, "ci_low": q.ci_low, "ci_high": q.ci_high,
+                    "n_runs": q.n_runs, "min_gap": gap,
+                    "valid": bool(q.n_runs >= 10 and not math.isnan(q.delta) and q.delta >= gap)})
+    return out
+
+
+def tables(suite: dict, cells: List[dict]) -> Tuple[List[dict], List[dict]]:
+    """(leaderboard rows, comparison rows) as dicts with :data:`COLUMNS` / :data:`COMPARISON_COLUMNS`."""
+    groups = _groups(cells)
+    controls = suite.get("controls") or {}
     refs = _references(suite)
     method_order = list(suite["methods"])
     rows, comps = [], []
@@ -177,6 +239,9 @@ def tables(suite: dict, cells: List[dict]) -> Tuple[List[dict], List[dict]]:
                             {k: v.get(reg, {}) for k, v in base["cases"].items()})
             ref = refs.get((ds, tag, m, reg))
             nan = float("nan")
+            share = share_of_control(mean, _mean_of(groups.get((ds, ev, tag, controls.get("random"))), reg),
+                                     _mean_of(groups.get((ds, ev, tag, controls.get("positive"))), reg)) \
+                if controls else nan
             rows.append({"dataset": ds, "dataset_name": c["dataset_name"], "task": c["task"], "evaluation": ev,
                          "labels": c["budget"]["label"], "budget": tag, "method": m, "region": reg,
                          "runs": len(g["runs"]), "mean": mean, "std": std,
@@ -184,6 +249,7 @@ def tables(suite: dict, cells: List[dict]) -> Tuple[List[dict], List[dict]]:
                          "delta_vs_scratch": pr.delta if pr else nan, "p_wilcoxon": pr.p if pr else nan,
                          "ci95_low": pr.ci_low if pr else nan, "ci95_high": pr.ci_high if pr else nan,
                          "n_cases": pr.n_cases if pr else len(set().union(*[v.get(reg, {}) for v in g["cases"].values()])),
+                         "share_of_control": share,
                          "paper": ref["value"] if ref else nan, "paper_source": ref.get("source", "") if ref else "",
                          "per_run": {k: r.get(reg, nan) for k, r in g["runs"].items()}})
             for b in ["scratch"] + list(suite["methods"].get(m, {}).get("compare_to", [])):
@@ -255,8 +321,24 @@ def _per_run_table(rows: List[dict]) -> List[str]:
     return out + [""]
 
 
+def validity_lines(valid: List[dict]) -> List[str]:
+    """The testbed validity section (positive control vs frozen random encoder)."""
+    if not valid:
+        return []
+    md = ["## Can this testbed tell encoders apart? (controls)", "",
+          "The positive control (an encoder trained with labels on a disjoint pool, stages frozen) must beat the "
+          "frozen random encoder by the suite's minimum gap, paired over at least 10 runs (5 folds x 2 seeds), before "
+          "any self-supervised result on the same rows counts.", ""]
+    for v in valid:
+        verdict = "VALID" if v["valid"] else "NOT VALID"
+        md.append(f"- {v['evaluation']}, {v['labels']}: {v['positive']} vs {v['random']}: Δ {_fmt(v['delta'], 1)} Dice "
+                  f"(p {_p(v['p'])}, 95 % CI [{_fmt(v['ci_low'], 1)}, {_fmt(v['ci_high'], 1)}], {v['n_runs']} paired "
+                  f"runs; needs >= {v['min_gap']:g} over >= 10 runs): **{verdict}**")
+    return md + [""]
+
+
 def markdown(suite: dict, rows: List[dict], comps: List[dict], unfinished: List[str], hashes: List[str],
-             out: str, conv: List[dict] = ()) -> str:
+             out: str, conv: List[dict] = (), valid: List[dict] = ()) -> str:
     md = [f"# Benchmark leaderboard: {suite['name']}", "", suite.get("description", ""), "",
           f"Regenerate: `nnUNetv2_mmpretrain_benchmark {suite['name']} --out {out} --leaderboard-only` "
           f"({time.strftime('%Y-%m-%d %H:%M')}).", "",
@@ -264,19 +346,22 @@ def markdown(suite: dict, rows: List[dict], comps: List[dict], unfinished: List[
           "baseline on the same cases: runs are paired by (fold, seed), each case's Δ is averaged over its paired "
           "runs; p = two-sided Wilcoxon signed-rank test over the per-case Δ (scipy); 95 % CI = percentile "
           "bootstrap of the mean Δ over cases. `paper` = the published number on the paper's own data and split "
-          "(side by side, not a paired comparison).", ""]
+          "(side by side, not a paired comparison). `share` = (method − frozen random) / (positive control − "
+          "frozen random), from the means: the part of a supervised encoder's gain a method captures.", ""]
+    md += validity_lines(list(valid))
     sections: Dict[tuple, List[dict]] = {}
     for r in rows:
         sections.setdefault((r["dataset"], r["dataset_name"], r["evaluation"]), []).append(r)
     for (ds, name, ev), rs in sections.items():
         md += [f"## {name}: {ev} = {eval_name(ev)}", "",
                "| labels | method | region | runs | mean ± std | Δ vs scratch | p (Wilcoxon) | 95 % CI of Δ | "
-               "cases | paper |", "|---|---|---|---|---|---|---|---|---|---|"]
+               "cases | share | paper |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rs:
             ci = f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]"
             paper = "" if math.isnan(r["paper"]) else f"{r['paper']:.2f} ({r['paper_source']})"
             md.append(f"| {r['labels']} | {r['method']} | {r['region']} | {r['runs']} | {r['mean_pm_std']} | "
-                      f"{_fmt(r['delta_vs_scratch'])} | {_p(r['p_wilcoxon'])} | {ci} | {r['n_cases']} | {paper} |")
+                      f"{_fmt(r['delta_vs_scratch'])} | {_p(r['p_wilcoxon'])} | {ci} | {r['n_cases']} | "
+                      f"{_fmt(r['share_of_control'])} | {paper} |")
         md.append("")
         md += _per_run_table(rs)
     extra = [c for c in comps if c["baseline"] != "scratch"]
@@ -380,7 +465,11 @@ def write_leaderboard(out: str) -> str:
     md_path = os.path.join(lb, "leaderboard.md")
     conv = convergence(suite, cells)
     atomic_write_text(_csv(conv, CONVERGENCE_COLUMNS), os.path.join(lb, "convergence.csv"))
-    atomic_write_text(markdown(suite, rows, comps, unfinished, hashes, out, conv), md_path)
+    valid = validity(suite, cells)
+    atomic_write_text(markdown(suite, rows, comps, unfinished, hashes, out, conv, valid), md_path)
+    for v in valid:
+        log.info("testbed validity %s %s: positive control %+.1f Dice over the random frozen encoder, %d runs: %s",
+                 v["evaluation"], v["labels"], v["delta"], v["n_runs"], "valid" if v["valid"] else "NOT valid")
     if rows:
         plot(rows, os.path.join(lb, "label_efficiency.png"))
     log.info("leaderboard from %d finished cell(s), %d unfinished", len(cells), len(unfinished))

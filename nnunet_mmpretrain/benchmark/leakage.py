@@ -88,6 +88,26 @@ def corpus_index(corpus_folder: str, cache_file: Optional[str] = None) -> Corpus
     return idx
 
 
+def dataset_index(raw_dataset: str, cache_file: Optional[str] = None) -> CorpusIndex:
+    """Index a labelled nnU-Net raw dataset that trained an encoder (a supervised pool): its case
+    ids and the hashes of every ``imagesTr`` image."""
+    cache = {}
+    if cache_file and os.path.isfile(cache_file):
+        with open(cache_file) as f:
+            cache = json.load(f)
+    idx = CorpusIndex(name=os.path.basename(os.path.normpath(raw_dataset)))
+    folder = os.path.join(raw_dataset, "imagesTr")
+    for f in sorted(os.listdir(folder)):
+        case = f.split(".")[0].rsplit("_", 1)[0]
+        idx.ids[case] = case
+        idx.hashes[_cached_hash(os.path.join(folder, f), cache)] = f"{case}/{f}"
+    if cache_file:
+        from nnunet_mmpretrain.io_utils import atomic_write_json
+        atomic_write_json(cache, cache_file)
+    log.info("labelled pool %s: %d ids, %d image hashes", idx.name, len(idx.ids), len(idx.hashes))
+    return idx
+
+
 def dataset_case_images(raw_dataset: str, case_ids: Iterable[str], images_dir: str = "imagesTr") -> Dict[str, List[str]]:
     """case id -> its channel files (``CASE_XXXX<ending>``) in an nnU-Net raw dataset folder."""
     with open(os.path.join(raw_dataset, "dataset.json")) as f:

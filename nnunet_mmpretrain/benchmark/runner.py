@@ -99,6 +99,7 @@ class Runner:
         self.f = prep.folders_for(suite, out)
         self.env = prep.base_env(suite, self.f)
         self._corpus_index = None
+        self._pool_index: dict = {}       # labelled pools of supervised presets
         self._eval_hashes: dict = {}      # evaluation image hashes, shared by all cells of the run
 
     # ----------------------------------------------------------------------------- checks
@@ -179,8 +180,18 @@ class Runner:
         """Leakage guard for cells that use a pretrained encoder."""
         if not cell.method.pretraining:
             return
-        from nnunet_mmpretrain.benchmark.leakage import corpus_index, dataset_case_images, find_leaks
-        if self._corpus_index is None:
+        from nnunet_mmpretrain.benchmark.leakage import corpus_index, dataset_case_images, dataset_index, find_leaks
+        sup = self.suite.presets[cell.method.pretraining].supervised
+        if sup:                        # the encoder was trained with labels on a pool dataset: guard against it
+            pool = prep.dataset_folder(self.f.raw, sup["dataset"])
+            if not pool:
+                raise BenchmarkError(f"{self.suite.path}: presets: no labelled pool Dataset{sup['dataset']:03d}_* in "
+                                     f"{self.f.raw}; convert or make it first")
+            if pool not in self._pool_index:
+                cache = None if self.dry_run else os.path.join(self.f.out, "leakage", f"{pool}_hashes.json")
+                self._pool_index[pool] = dataset_index(os.path.join(self.f.raw, pool), cache)
+            index = self._pool_index[pool]
+        elif self._corpus_index is None:
             cname = prep.dataset_folder(self.f.raw, self.suite.corpus["dataset"])
             if not cname or not os.path.isfile(os.path.join(self.f.raw, cname, "manifest.json")):
                 raise BenchmarkError(f"{self.suite.path}: corpus.dataset: no corpus Dataset"
@@ -188,14 +199,16 @@ class Runner:
                                      f"convert the corpus first (nnUNetv2_mmpretrain_convert corpus-...)")
             cache = None if self.dry_run else os.path.join(self.f.out, "leakage", "corpus_hashes.json")
             self._corpus_index = corpus_index(os.path.join(self.f.raw, cname), cache)
+        if not sup:
+            index = self._corpus_index
         raw_ds = os.path.join(self.f.raw, self.dataset_name(cell.dataset))
         images = dataset_case_images(raw_ds, split["val"], "imagesTr")
         if cell.dataset.test:
             images.update(dataset_case_images(raw_ds, self.case_ids(cell.dataset, "imagesTs"), "imagesTs"))
-        leaks = find_leaks(images, self._corpus_index, cell.dataset.patient_regex, self._eval_hashes)
+        leaks = find_leaks(images, index, cell.dataset.patient_regex, self._eval_hashes)
         if leaks:
             raise BenchmarkError(f"cell {cell.name}: {len(leaks)} evaluation case(s) are in the pretraining corpus "
-                                 f"{self._corpus_index.name} ({'; '.join(leaks[:3])}{'; ...' if len(leaks) > 3 else ''})"
+                                 f"{index.name} ({'; '.join(leaks[:3])}{'; ...' if len(leaks) > 3 else ''})"
                                  f"; remove them from the corpus manifest and pretrain again, or from the evaluation")
 
     # ----------------------------------------------------------------------------- running

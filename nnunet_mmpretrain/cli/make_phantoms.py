@@ -116,7 +116,8 @@ def main(argv=None) -> int:
                                                  a.num_processes, a.overwrite))
             if "sites-pool" in a.what:
                 made.append(ds.make_site_dataset(a.raw_dir, a.pool_id, a.pool_cases, a.spacing, a.seed,
-                                                 a.num_processes, a.overwrite, name="PhantomSitesPool", kind=40))
+                                                 a.num_processes, a.overwrite, name="PhantomSitesPool", kind=40,
+                                                 prefix="pool_"))
             if "sites-corpus" in a.what:
                 made.append(ds.make_site_corpus(a.raw_dir, a.corpus_id, a.site_corpus, a.spacing, a.seed,
                                                 a.num_processes, a.overwrite))

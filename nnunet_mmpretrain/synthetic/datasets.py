@@ -187,14 +187,15 @@ def _job_site_corpus(args):
 
 def make_site_dataset(raw_dir: str, dataset_id: int, per_site: Dict[str, int], spacing: float = 3.0,
                       seed: int = 0, num_processes: int = 2, overwrite: bool = False,
-                      name: str = "PhantomSites", kind: int = 20) -> str:
-    """Labelled 4-channel multi-site dataset: ``per_site[site]`` cases ``<site>_<i>`` of each site
-    (sites of :data:`~.sites.SITES` with all four modalities). ``kind`` separates the seeds of
-    datasets that must not share subjects (e.g. the evaluation set and a supervised pool)."""
+                      name: str = "PhantomSites", kind: int = 20, prefix: str = "") -> str:
+    """Labelled 4-channel multi-site dataset: ``per_site[site]`` cases ``<prefix><site>_<i>`` of
+    each site (sites of :data:`~.sites.SITES` with all four modalities). ``kind`` separates the
+    seeds of datasets that must not share subjects (e.g. the evaluation set and a supervised pool),
+    ``prefix`` their case ids."""
     folder = os.path.join(raw_dir, dataset_folder_name(dataset_id, name))
     _check_sites(per_site, need=SEG_MODALITIES)
     _prepare(folder, overwrite)
-    jobs = [(folder, "imagesTr", "labelsTr", f"{site}_{i:04d}", _case_seed(seed, kind + k, i), spacing, site)
+    jobs = [(folder, "imagesTr", "labelsTr", f"{prefix}{site}_{i:04d}", _case_seed(seed, kind + k, i), spacing, site)
             for k, site in enumerate(sorted(SITES)) for i in range(per_site.get(site, 0))]
     _run(_job_site, jobs, num_processes, f"phantoms {os.path.basename(folder)}")
     counts = ", ".join(f"site {s}: {n}" for s, n in sorted(per_site.items()) if n)
@@ -209,11 +210,11 @@ def make_site_corpus(raw_dir: str, dataset_id: int, per_site: Dict[str, int], sp
                      seed: int = 0, num_processes: int = 2, overwrite: bool = False,
                      name: str = "PhantomSitesCorpus") -> str:
     """Unlabelled corpus with ``per_site[site]`` subjects of each site, each with its site's own
-    modality set (source ``site_<name>``)."""
+    modality set (source ``site_<name>``, case ids ``corpus_<site>_<i>``)."""
     folder = os.path.join(raw_dir, dataset_folder_name(dataset_id, name))
     _check_sites(per_site)
     _prepare(folder, overwrite)
-    jobs = [(folder, f"{site}_{i:04d}", _case_seed(seed, 60 + k, i), spacing, site)
+    jobs = [(folder, f"corpus_{site}_{i:04d}", _case_seed(seed, 60 + k, i), spacing, site)
             for k, site in enumerate(sorted(SITES)) for i in range(per_site.get(site, 0))]
     res = _run(_job_site_corpus, jobs, num_processes, f"phantoms {os.path.basename(folder)}")
     cases = [CorpusCase(case_id=cid, images=files, subject=cid, session="ses-1", source=f"site_{site}")
