@@ -19,6 +19,8 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence
 
+from nnunet_mmpretrain.benchmark.stats import mean_std
+
 _EPOCH = re.compile(r": Epoch (\d+)\s*$")
 _DICE = re.compile(r": Pseudo dice \[(.*)\]\s*$")
 
@@ -72,3 +74,24 @@ def cell_curve(cell_dir: str, fold: int) -> List[float]:
         with open(p, errors="replace") as f:
             texts.append(f.read())
     return mean_pseudo_dice(texts)
+
+
+CONVERGENCE_COLUMNS = ["dataset", "labels", "method", "epochs", "runs", "late_gain_mean", "late_gain_std", "rising_runs"]
+
+
+def convergence(suite: dict, cells: List[dict]) -> List[dict]:
+    """Per (dataset, labels, method): the late gain over runs (Dice points) and how many runs
+    were still rising by more than 2 points (segmentation cells with a training log)."""
+    groups: Dict[tuple, List[float]] = {}
+    order = list(suite["methods"])
+    for c in cells:
+        if not math.isnan(c.get("late_gain", float("nan"))):
+            key = (c["dataset"], c["budget"]["label"], c["method"], c.get("schedule", {}).get("epochs", 0))
+            groups.setdefault(key, []).append(c["late_gain"])
+    rows = []
+    for (ds, labels, m, ep), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2])
+                                                                          if kv[0][2] in order else 99)):
+        mean, std = mean_std(g)
+        rows.append({"dataset": ds, "labels": labels, "method": m, "epochs": ep, "runs": len(g), "late_gain_mean": mean,
+                     "late_gain_std": std, "rising_runs": sum(x > 2.0 for x in g)})
+    return rows

@@ -37,8 +37,9 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from nnunet_mmpretrain.benchmark.convergence import cell_curve, late_gain
-from nnunet_mmpretrain.benchmark.stats import mean_std, paired
+from nnunet_mmpretrain.benchmark.controls import groups_of, mean_of, share_of_control, validity, validity_lines
+from nnunet_mmpretrain.benchmark.convergence import CONVERGENCE_COLUMNS, cell_curve, convergence, late_gain
+from nnunet_mmpretrain.benchmark.stats import fmt_num as _fmt, fmt_p as _p, mean_std, paired
 from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_text
 
 log = logging.getLogger("nnunet_mmpretrain.benchmark")
@@ -155,14 +156,6 @@ def eval_name(ev: str) -> str:
     return EVAL_NAMES.get(ev, ev)
 
 
-def _fmt(x: float, nd: int = 2) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
-
-
-def _p(x: float) -> str:
-    return "n/a" if math.isnan(x) else (f"{x:.3f}" if x >= 0.001 else f"{x:.1e}")
-
-
 def _references(suite: dict) -> Dict[tuple, dict]:
     out = {}
     for r in suite.get("references", []):
@@ -171,56 +164,9 @@ def _references(suite: dict) -> Dict[tuple, dict]:
     return out
 
 
-def _groups(cells: List[dict]) -> Dict[tuple, Dict[str, dict]]:
-    """(dataset, evaluation, budget tag, method) -> {"cell", "runs": (fold, seed) -> region -> score,
-    "cases": (fold, seed) -> region -> case -> score}."""
-    groups: Dict[tuple, Dict[str, dict]] = {}
-    for c in cells:
-        for ev, (run, cases) in c["scores"].items():
-            key = (c["dataset"], ev, c["budget"]["tag"], c["method"])
-            g = groups.setdefault(key, {"cell": c, "runs": {}, "cases": {}})
-            g["runs"][(c["fold"], c["seed"])] = run
-            g["cases"][(c["fold"], c["seed"])] = cases
-    return groups
-
-
-def _mean_of(g: dict, reg: str) -> float:
-    return mean_std([r.get(reg, float("nan")) for r in g["runs"].values()])[0] if g else float("nan")
-
-
-def share_of_control(value: float, random: float, positive: float) -> float:
-    """(value - random) / (positive - random): the share of the positive control's gain over the
-    frozen random encoder that a method captures (1 = all of it, 0 = none, < 0 = worse than random);
-    NaN when the controls do not differ."""
-    gap = positive - random
-    return float("nan") if any(math.isnan(x) for x in (value, gap)) or abs(gap) < 1e-9 else (value - random) / gap
-
-
-def validity(suite: dict, cells: List[dict]) -> List[dict]:
-    """Per (dataset, evaluation, labels): does the frozen positive control beat the frozen random
-    encoder by ``controls.min_gap`` Dice (region 'mean'), paired over >= 10 runs (5 folds x 2
-    seeds)? The testbed ranks nothing where it does not."""
-    ctl = suite.get("controls")
-    if not ctl:
-        return []
-    groups, out = _groups(cells), []
-    for (ds, ev, tag, m), g in sorted(groups.items()):
-        other = groups.get((ds, ev, tag, ctl["random"]))
-        if m != ctl["positive"] or other is None:
-            continue
-        reg = "accuracy" if g["cell"].get("task") == "classification" else "mean"
-        q = paired({k: v.get(reg, {}) for k, v in g["cases"].items()}, {k: v.get(reg, {}) for k, v in other["cases"].items()})
-        gap = float(ctl.get("min_gap", 5.0))
-        out.append({"dataset": ds, "evaluation": ev, "labels": g["cell"]["budget"]["label"], "positive": m,
-                    "random": ctl["random"], "delta": q.delta, "p": q.p, "ci_low": q.ci_low, "ci_high": q.ci_high,
-                    "n_runs": q.n_runs, "min_gap": gap,
-                    "valid": bool(q.n_runs >= 10 and not math.isnan(q.delta) and q.delta >= gap)})
-    return out
-
-
 def tables(suite: dict, cells: List[dict]) -> Tuple[List[dict], List[dict]]:
     """(leaderboard rows, comparison rows) as dicts with :data:`COLUMNS` / :data:`COMPARISON_COLUMNS`."""
-    groups = _groups(cells)
+    groups = groups_of(cells)
     controls = suite.get("controls") or {}
     refs = _references(suite)
     method_order = list(suite["methods"])
@@ -239,8 +185,8 @@ def tables(suite: dict, cells: List[dict]) -> Tuple[List[dict], List[dict]]:
                             {k: v.get(reg, {}) for k, v in base["cases"].items()})
             ref = refs.get((ds, tag, m, reg))
             nan = float("nan")
-            share = share_of_control(mean, _mean_of(groups.get((ds, ev, tag, controls.get("random"))), reg),
-                                     _mean_of(groups.get((ds, ev, tag, controls.get("positive"))), reg)) \
+            share = share_of_control(mean, mean_of(groups.get((ds, ev, tag, controls.get("random"))), reg),
+                                     mean_of(groups.get((ds, ev, tag, controls.get("positive"))), reg)) \
                 if controls else nan
             rows.append({"dataset": ds, "dataset_name": c["dataset_name"], "task": c["task"], "evaluation": ev,
                          "labels": c["budget"]["label"], "budget": tag, "method": m, "region": reg,
@@ -276,27 +222,6 @@ def tables(suite: dict, cells: List[dict]) -> Tuple[List[dict], List[dict]]:
     return rows, comps
 
 
-CONVERGENCE_COLUMNS = ["dataset", "labels", "method", "epochs", "runs", "late_gain_mean", "late_gain_std", "rising_runs"]
-
-
-def convergence(suite: dict, cells: List[dict]) -> List[dict]:
-    """Per (dataset, labels, method): the late gain over runs (Dice points) and how many runs
-    were still rising by more than 2 points (segmentation cells with a training log)."""
-    groups: Dict[tuple, List[float]] = {}
-    order = list(suite["methods"])
-    for c in cells:
-        if not math.isnan(c.get("late_gain", float("nan"))):
-            key = (c["dataset"], c["budget"]["label"], c["method"], c.get("schedule", {}).get("epochs", 0))
-            groups.setdefault(key, []).append(c["late_gain"])
-    rows = []
-    for (ds, labels, m, ep), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2])
-                                                                          if kv[0][2] in order else 99)):
-        mean, std = mean_std(g)
-        rows.append({"dataset": ds, "labels": labels, "method": m, "epochs": ep, "runs": len(g), "late_gain_mean": mean,
-                     "late_gain_std": std, "rising_runs": sum(x > 2.0 for x in g)})
-    return rows
-
-
 def _csv(rows: List[dict], columns: List[str]) -> str:
     def cell(v):
         if isinstance(v, float):
@@ -319,22 +244,6 @@ def _per_run_table(rows: List[dict]) -> List[str]:
     out += [f"| {r['labels']} | {r['method']} | " + " | ".join(_fmt(r["per_run"].get(k, float("nan")), 1) for k in runs)
             + " |" for r in rs]
     return out + [""]
-
-
-def validity_lines(valid: List[dict]) -> List[str]:
-    """The testbed validity section (positive control vs frozen random encoder)."""
-    if not valid:
-        return []
-    md = ["## Can this testbed tell encoders apart? (controls)", "",
-          "The positive control (an encoder trained with labels on a disjoint pool, stages frozen) must beat the "
-          "frozen random encoder by the suite's minimum gap, paired over at least 10 runs (5 folds x 2 seeds), before "
-          "any self-supervised result on the same rows counts.", ""]
-    for v in valid:
-        verdict = "VALID" if v["valid"] else "NOT VALID"
-        md.append(f"- {v['evaluation']}, {v['labels']}: {v['positive']} vs {v['random']}: Δ {_fmt(v['delta'], 1)} Dice "
-                  f"(p {_p(v['p'])}, 95 % CI [{_fmt(v['ci_low'], 1)}, {_fmt(v['ci_high'], 1)}], {v['n_runs']} paired "
-                  f"runs; needs >= {v['min_gap']:g} over >= 10 runs): **{verdict}**")
-    return md + [""]
 
 
 def markdown(suite: dict, rows: List[dict], comps: List[dict], unfinished: List[str], hashes: List[str],

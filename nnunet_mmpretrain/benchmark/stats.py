@@ -94,3 +94,11 @@ def paired(method: Dict[Hashable, Dict[str, float]], baseline: Dict[Hashable, Di
         return Paired(0, runs, nan, nan, nan, nan, 0, 0)
     lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
     return Paired(int(d.size), runs, float(d.mean()), wilcoxon_p(d), lo, hi, int((d > 0).sum()), int((d < 0).sum()))
+
+
+def fmt_num(x: float, nd: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def fmt_p(x: float) -> str:
+    return "n/a" if math.isnan(x) else (f"{x:.3f}" if x >= 0.001 else f"{x:.1e}")

@@ -38,7 +38,7 @@ LESION_SIGNAL: Dict[str, Dict[str, float]] = {
     "t1":    dict(edema=0.52, necrosis=0.30, shell=0.48, enhancing=0.50),
     "t1c":   dict(edema=0.54, necrosis=0.32, shell=0.50, enhancing=0.86),
     "t2":    dict(edema=0.74, necrosis=0.90, shell=0.66, enhancing=0.62),
-    "flair": dict(edema=0.66, necrosis=0.30, shell=0.58, enhancing=0.56),
+    "flair": dict(edema=0.60, necrosis=0.30, shell=0.55, enhancing=0.54),
     "pd":    dict(edema=0.86, necrosis=0.90, shell=0.82, enhancing=0.82),
 }
 NORMAL = ("csf", "gm", "wm")
