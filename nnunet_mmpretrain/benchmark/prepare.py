@@ -133,7 +133,7 @@ def make_data(suite: Suite, f: Folders, env: Dict[str, str], dry_run: bool) -> N
         return
     sites = ph.get("kind", "brats") == "sites"
     done = [(ph["seg_id"], "dataset.json"), (ph["corpus_id"], "manifest.json")]
-    if sites:
+    if "pool_id" in ph:
         done.append((ph["pool_id"], "dataset.json"))
     if all(dataset_folder(f.raw, i) and os.path.isfile(os.path.join(f.raw, dataset_folder(f.raw, i), last))
            for i, last in done):
@@ -146,9 +146,10 @@ def make_data(suite: Suite, f: Folders, env: Dict[str, str], dry_run: bool) -> N
                "--site-corpus", spec(ph.get("corpus_cases", {}))]
         keys = ("spacing", "seed")
     else:
-        cmd = ["nnUNetv2_mmpretrain_make_phantoms", "--raw-dir", f.raw, "--what", "seg,corpus", "--seg-id",
-               ph["seg_id"], "--corpus-id", ph["corpus_id"], "--overwrite"]
-        keys = ("num_train", "num_test", "corpus_cases", "spacing", "seed")
+        cmd = ["nnUNetv2_mmpretrain_make_phantoms", "--raw-dir", f.raw, "--what",
+               "seg,corpus,pool" if "pool_id" in ph else "seg,corpus", "--seg-id", ph["seg_id"], "--corpus-id",
+               ph["corpus_id"], "--overwrite"]
+        keys = ("num_train", "num_test", "corpus_cases", "spacing", "seed", "pool_id", "pool_train")
     for k in keys:
         if k in ph:
             cmd += ["--" + k.replace("_", "-"), ph[k]]

@@ -145,8 +145,8 @@ def _parse_preset(d, c: _Checker, key: str, name: str, source: str) -> Preset:
 
 
 PHANTOM_KINDS = {
-    "brats": ({"kind", "seg_id", "corpus_id", "num_train", "num_test", "corpus_cases", "spacing", "seed"},
-              {"num_train": 1, "num_test": 0, "corpus_cases": 1}),
+    "brats": ({"kind", "seg_id", "corpus_id", "num_train", "num_test", "corpus_cases", "spacing", "seed", "pool_id",
+               "pool_train"}, {"num_train": 1, "num_test": 0, "corpus_cases": 1, "pool_train": 1}),
     "sites": ({"kind", "seg_id", "corpus_id", "pool_id", "site_cases", "pool_cases", "corpus_cases", "spacing", "seed"},
               {}),
 }

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(message)s", stream=sys.stdout)
     for noisy in ("matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from nnunet_mmpretrain.benchmark.prepare import BenchmarkError
+    from nnunet_mmpretrain.benchmark.prepare import BenchmarkError, StepFailed
     from nnunet_mmpretrain.benchmark.suite import SuiteError, load_suite
     try:
         suite = load_suite(a.suite)
@@ -55,6 +55,9 @@ def main(argv=None) -> int:
         return Runner(suite, out, a.device, a.dry_run).run(a.cell)
     except (BenchmarkError, SuiteError) as e:
         die(str(e))
+    except StepFailed as e:         # a preparation step (data, plans, pretraining, export): its log has the cause
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--what", default="seg,corpus,cls",
                    help="comma-separated subset of seg,corpus,cls (default: these three) and of the multi-site "
                         "phantoms sites (labelled, --seg-id), sites-pool (labelled, --pool-id), sites-corpus "
-                        "(--corpus-id)")
+                        "(--corpus-id); pool: a labelled pool of BraTS-like phantoms with other subjects (--pool-id, "
+                        "--pool-train), e.g. to train a supervised encoder")
     p.add_argument("--seg-id", type=int, default=990, help="dataset id of the segmentation dataset")
     p.add_argument("--cls-id", type=int, default=991, help="dataset id of the classification dataset")
     p.add_argument("--corpus-id", type=int, default=992, help="dataset id of the pretraining corpus")
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-test", type=int, default=2, help="labelled test cases (imagesTs/labelsTs)")
     p.add_argument("--corpus-cases", type=int, default=6, help="corpus cases per source")
     p.add_argument("--cls-cases", type=int, default=12, help="classification cases (half high grade)")
-    p.add_argument("--pool-id", type=int, default=994, help="dataset id of the multi-site labelled pool")
+    p.add_argument("--pool-id", type=int, default=994, help="dataset id of the labelled pool (pool, sites-pool)")
+    p.add_argument("--pool-train", type=int, default=10, help="cases of the BraTS-like labelled pool (pool)")
     p.add_argument("--site-cases", default="A=10,B=10,C=5,D=5",
                    help="multi-site labelled cases per site, e.g. A=10,B=10,C=5,D=5 (sites A-D have all 4 modalities)")
     p.add_argument("--pool-cases", default="A=20,B=20", help="multi-site pool cases per site (disjoint subjects)")
@@ -52,9 +54,13 @@ def validate_args(a) -> None:
     if os.path.exists(a.raw_dir) and not os.path.isdir(a.raw_dir):
         die(f"--raw-dir {a.raw_dir} is an existing file: name a folder (nnU-Net's raw folder).")
     what = {w.strip() for w in a.what.split(",") if w.strip()}
-    bad = what - {"seg", "corpus", "cls", "sites", "sites-pool", "sites-corpus"}
+    bad = what - {"seg", "corpus", "cls", "pool", "sites", "sites-pool", "sites-corpus"}
     if bad or not what:
-        die(f"--what takes a comma-separated subset of seg,corpus,cls,sites,sites-pool,sites-corpus, got {a.what!r}.")
+        die(f"--what takes a comma-separated subset of seg,corpus,cls,pool,sites,sites-pool,sites-corpus, got "
+            f"{a.what!r}.")
+    if {"seg", "sites"} <= what or {"corpus", "sites-corpus"} <= what or {"pool", "sites-pool"} <= what:
+        die(f"--what {a.what}: the BraTS-like and the multi-site datasets would share dataset ids; make them in "
+            f"two calls with other ids.")
     for name in ("site_cases", "pool_cases", "site_corpus"):
         setattr(a, name, _site_spec(getattr(a, name), "--" + name.replace("_", "-")))
     a.what = what
@@ -62,7 +68,7 @@ def validate_args(a) -> None:
         die(f"--spacing must be a positive number of mm, got {a.spacing}.")
     if a.spacing < 0.5 or a.spacing > 8:
         die(f"--spacing {a.spacing} mm is outside the supported 0.5-8 mm range.")
-    for name in ("num_train", "corpus_cases", "cls_cases"):
+    for name in ("num_train", "corpus_cases", "cls_cases", "pool_train"):
         v = getattr(a, name)
         if v < 1:
             die(f"--{name.replace('_', '-')} must be at least 1, got {v}.")
@@ -73,6 +79,7 @@ def validate_args(a) -> None:
     if a.num_processes < 1:
         die(f"-np must be at least 1, got {a.num_processes}.")
     id_of = {"seg": a.seg_id, "cls": a.cls_id, "corpus": a.corpus_id, "sites": a.seg_id, "sites-pool": a.pool_id,
+             "pool": a.pool_id,
              "sites-corpus": a.corpus_id}
     ids = [id_of[w] for w in sorted(what)]
     if len(set(ids)) != len(ids):
@@ -111,6 +118,10 @@ def main(argv=None) -> int:
             if "corpus" in a.what:
                 made.append(ds.make_corpus(a.raw_dir, a.corpus_id, a.corpus_cases, a.spacing, a.seed,
                                            a.num_processes, a.overwrite))
+            if "pool" in a.what:
+                made.append(ds.make_segmentation_dataset(a.raw_dir, a.pool_id, a.pool_train, 0, a.spacing, a.seed,
+                                                         a.num_processes, a.overwrite, name="PhantomPool", kind=5,
+                                                         prefix="pool"))
             if "sites" in a.what:
                 made.append(ds.make_site_dataset(a.raw_dir, a.seg_id, a.site_cases, a.spacing, a.seed,
                                                  a.num_processes, a.overwrite))

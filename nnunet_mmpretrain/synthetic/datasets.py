@@ -105,13 +105,15 @@ def _dataset_json(folder, name, n_train, labels, description, extra=None):
 def make_segmentation_dataset(raw_dir: str, dataset_id: int = 990, num_train: int = 10,
                               num_test: int = 2, spacing: float = 2.0, seed: int = 0,
                               num_processes: int = 2, overwrite: bool = False,
-                              name: str = "PhantomBraTS") -> str:
-    """Labelled 4-channel (T1, T1ce, T2, FLAIR) dataset with BraTS regions. Returns its folder."""
+                              name: str = "PhantomBraTS", kind: int = 1, prefix: str = "phantom") -> str:
+    """Labelled 4-channel (T1, T1ce, T2, FLAIR) dataset with BraTS regions. Returns its folder.
+    ``kind`` separates the seeds (subjects) of datasets that must not share any, e.g. a labelled
+    pool that trains a supervised encoder; ``prefix`` their case ids (``<prefix>_0000``)."""
     folder = os.path.join(raw_dir, dataset_folder_name(dataset_id, name))
     _prepare(folder, overwrite)
-    jobs = [(folder, "imagesTr", "labelsTr", f"phantom_{i:04d}", _case_seed(seed, 1, i), spacing, "random")
+    jobs = [(folder, "imagesTr", "labelsTr", f"{prefix}_{i:04d}", _case_seed(seed, kind, i), spacing, "random")
             for i in range(num_train)]
-    jobs += [(folder, "imagesTs", "labelsTs", f"phantom_{num_train + i:04d}", _case_seed(seed, 1, num_train + i),
+    jobs += [(folder, "imagesTs", "labelsTs", f"{prefix}_{num_train + i:04d}", _case_seed(seed, kind, num_train + i),
               spacing, "random") for i in range(num_test)]
     _run(_job_seg, jobs, num_processes, f"phantoms {os.path.basename(folder)}")
     _dataset_json(folder, name, num_train, BRATS_LABELS,

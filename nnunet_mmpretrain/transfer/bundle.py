@@ -44,7 +44,8 @@ from typing import Dict, Optional
 
 import torch
 
-from nnunet_mmpretrain.transfer.supervised import SupervisedBundleError, is_nnunet_checkpoint, supervised_bundle
+from nnunet_mmpretrain.transfer.supervised import (NUMPY_SCALARS, SupervisedBundleError, is_nnunet_checkpoint,
+                                                   supervised_bundle)
 
 BUNDLE_FORMAT = "nnunet_mmpretrain.bundle/1"
 BUNDLE_FILE = "encoder_bundle.pt"
@@ -70,7 +71,8 @@ def _load_weights_only(path: str, what: str) -> dict:
     if not os.path.isfile(path):
         raise BundleError(f"{what} {path} does not exist.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_SCALARS):    # nnU-Net's own checkpoints log numpy floats
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:   # torch raises UnpicklingError, RuntimeError, EOFError, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         if "Weights only load failed" in str(e) or "weights_only" in str(e):

@@ -18,12 +18,16 @@ from __future__ import annotations
 import json
 from typing import Dict
 
+import numpy as np
 import torch
 
 from nnunet_mmpretrain.modalities import channels_to_modalities
 from nnunet_mmpretrain.planning.transfer import resolved_configuration
 
 SUPERVISED_ORIGIN = "supervised"
+#: what a weights-only load must also accept in an nnU-Net checkpoint: its training log holds numpy
+#: floats (scalars and their dtypes), no code
+NUMPY_SCALARS = [np._core.multiarray.scalar, np.dtype, type(np.dtype(np.float32)), type(np.dtype(np.float64))]
 
 
 class SupervisedBundleError(ValueError):
@@ -107,6 +111,9 @@ def supervised_bundle(ck: dict, checkpoint_path: str, versions: Dict[str, str], 
                                                 "labels": dj.get("labels")}}),
         "versions": versions,
         "stem_origin": SUPERVISED_ORIGIN,
-        "card": {"method": f"supervised nnU-Net training ({ck.get('trainer_name')}) on {dj.get('name')}",
-                 "source_checkpoint": checkpoint_path},
+        "card": {"method": {"description": f"encoder of a supervised nnU-Net segmentation model trained with the labels "
+                                           f"of {dj.get('name')} (not self-supervised)",
+                            "trainer": ck.get("trainer_name"), "objective": {"supervised": dj.get("labels")}},
+                 "corpus": {"name": dj.get("name"), "dataset": dj.get("name"), "case_count": dj.get("numTraining")},
+                 "schedule": {"checkpoint": checkpoint_path, "epochs_completed": ck.get("current_epoch")}},
     }
