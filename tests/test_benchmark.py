@@ -385,7 +385,7 @@ def test_phantom_suite_runs_ablations_at_its_smallest_budget_and_long_schedules_
     for m in ("scratch", "pretrained", "pretrained_frozen", "random_frozen", "scratch_long", "pretrained_long"):
         assert at(m) == ["n4", "n8"], m
     assert len({s.methods[m].pretraining for m in ladder}) == len(ladder)    # one pretraining per rung
-    assert len(cells) == len(s.folds) * (7 * 2 + 8)           # 7 methods at both budgets, 8 at n4 only
+    assert len(cells) == len(s.folds) * (7 * 2 + 10)          # 7 methods at both budgets, 10 at n4 only
     n4 = {c.split_name for c in cells if c.budget.tag == "n4"}
     assert len(n4) == len(s.folds)
     # the long runs override the epochs only; everything else is the suite's schedule
