@@ -116,3 +116,24 @@ def test_bad_phantoms_block_exits_2_with_one_line(tmp_path, change, expect):
     r = run_cli(["nnUNetv2_mmpretrain_benchmark", _suite(tmp_path, **change), "--dry-run"], check=False)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert expect in r.stderr, r.stderr
+
+
+def test_a_changed_suite_is_refused_on_a_finished_output_folder(tmp_path):
+    """The cells of an output folder were run with its suite.json: re-running a suite whose schedule
+    or methods changed would mix settings under one leaderboard header, so it exits 2 naming what
+    changed; adding a method is fine."""
+    from nnunet_mmpretrain.benchmark.runner import changed_settings
+    d = json.load(open(f"{PLANS_DIR}/phantom-smoke.json"))
+    old = dict(d, schedule=dict(d["schedule"], epochs=7))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "suite.json").write_text(json.dumps(old))
+    r = run_cli(["nnUNetv2_mmpretrain_benchmark", "phantom-smoke", "--out", str(out)], check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "suite.json: the suite's schedule changed since the results here were made; use a new --out" in r.stderr
+    assert json.loads((out / "suite.json").read_text()) == old                    # not rewritten
+    assert not (out / "nnUNet_raw").exists()
+    grown = dict(d, methods=dict(d["methods"], extra={"finetune": "scratch"}))
+    assert changed_settings(d, grown) == []
+    edited = dict(d, methods=dict(d["methods"], scratch={"finetune": "random_frozen"}))
+    assert changed_settings(d, edited) == ["methods.scratch"]

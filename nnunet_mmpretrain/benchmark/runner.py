@@ -63,6 +63,24 @@ def build_cells(suite: Suite) -> List[Cell]:
     return cells
 
 
+#: suite keys whose change makes finished results of an output folder stale (methods, budgets, folds and seeds
+#: may be added; a method or preset that exists in both must be unchanged)
+RESULT_KEYS = ("phantoms", "corpus", "plans", "configuration", "datasets", "num_folds", "split_seed", "schedule", "env",
+               "controls")
+
+
+def changed_settings(old: dict, new: dict) -> List[str]:
+    """Names of the settings that differ between the suite recorded in an output folder and now."""
+    out = [k for k in RESULT_KEYS if old.get(k) != new.get(k)]
+    for group in ("methods", "resolved_presets"):
+        a, b = old.get(group) or {}, new.get(group) or {}
+        for name in sorted(set(a) & set(b)):
+            strip = lambda d: {k: v for k, v in d.items() if k not in ("description", "source")}  # noqa: E731
+            if strip(a[name]) != strip(b[name]):
+                out.append(f"{group.replace('resolved_', '')}.{name}")
+    return out
+
+
 def select(cells: List[Cell], patterns: Optional[List[str]], suite: Suite) -> List[Cell]:
     if not patterns:
         return cells
@@ -330,8 +348,15 @@ class Runner:
                  " (dry run: nothing is run or written)" if self.dry_run else "")
         if not self.dry_run:
             os.makedirs(f.out, exist_ok=True)
-            atomic_write_json(s.raw | {"resolved_presets": {k: vars(v) for k, v in s.presets.items()}},
-                              os.path.join(f.out, "suite.json"))
+            record = s.raw | {"resolved_presets": {k: vars(v) for k, v in s.presets.items()}}
+            path = os.path.join(f.out, "suite.json")
+            if os.path.isfile(path):
+                with open(path) as fh:
+                    changed = changed_settings(json.load(fh), record)
+                if changed:
+                    raise BenchmarkError(f"{path}: the suite's {', '.join(changed)} changed since the results here were "
+                                         f"made; use a new --out folder (or restore the suite)")
+            atomic_write_json(record, path)
         prep.make_data(s, f, self.env, self.dry_run)
         data_ready = not (self.dry_run and s.phantoms is not None and not prep.dataset_folder(f.raw, s.phantoms["seg_id"]))
         splits: Dict[str, str] = {}
