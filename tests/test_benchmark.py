@@ -10,55 +10,13 @@ import shutil
 
 import numpy as np
 import pytest
-import scipy.stats
 
 from conftest import run_cli
 
 from nnunet_mmpretrain.benchmark import splits as sp
-from nnunet_mmpretrain.benchmark import stats
 from nnunet_mmpretrain.io_utils import sha256_file
 
 SEG = "Dataset990_PhantomBraTS"
-
-
-# ------------------------------------------------------------------------------------ statistics
-def test_wilcoxon_matches_scipy_and_exact_values():
-    d = [1.5, -0.3, 2.2, 0.8, -1.1, 3.0, 0.4, 1.9]
-    assert stats.wilcoxon_p(d) == pytest.approx(scipy.stats.wilcoxon(d).pvalue)
-    assert stats.wilcoxon_p([1, 2, 3, 4, 5]) == pytest.approx(2 / 32)      # exact: all 5 ranks positive
-    assert stats.wilcoxon_p([0.0, 0.0, 0.0]) == 1.0                       # no difference at all
-    assert np.isnan(stats.wilcoxon_p([]))
-
-
-def test_bootstrap_ci_matches_scipy_percentile_bootstrap():
-    rng = np.random.default_rng(3)
-    d = rng.normal(2.0, 3.0, size=40)
-    lo, hi = stats.bootstrap_ci(d, n_boot=20000, seed=1)
-    ref = scipy.stats.bootstrap((d,), np.mean, n_resamples=20000, method="percentile", confidence_level=0.95,
-                                random_state=np.random.default_rng(2)).confidence_interval
-    width = ref.high - ref.low
-    assert lo == pytest.approx(ref.low, abs=0.05 * width) and hi == pytest.approx(ref.high, abs=0.05 * width)
-    assert lo < d.mean() < hi
-    assert stats.bootstrap_ci([1.0, 2.0], seed=5) == stats.bootstrap_ci([1.0, 2.0], seed=5)   # reproducible
-    assert all(np.isnan(stats.bootstrap_ci([1.0])))
-
-
-def test_paired_averages_each_case_over_paired_runs():
-    base = {(0, 0): {"a": 50, "b": 60, "c": 70, "d": 80, "e": 90}, (0, 1): {"a": 52, "b": 58, "c": 71, "d": 79, "e": 91}}
-    meth = {(0, 0): {"a": 55, "b": 61, "c": 69, "d": 85, "e": 99}, (0, 1): {"a": 53, "b": 66, "c": 72, "d": 83, "e": 95},
-            (0, 2): {"a": 0, "b": 0, "c": 0, "d": 0, "e": 0}}               # unpaired run: ignored
-    r = stats.paired(meth, base)
-    per_case = np.array([(5 + 1) / 2, (1 + 8) / 2, (-1 + 1) / 2, (5 + 4) / 2, (9 + 4) / 2])
-    assert r.n_cases == 5 and r.n_runs == 2
-    assert r.delta == pytest.approx(per_case.mean())
-    assert r.p == pytest.approx(scipy.stats.wilcoxon(per_case).pvalue)
-    assert r.ci_low <= r.delta <= r.ci_high
-    assert (r.wins, r.losses) == (4, 0)
-    m, s = stats.mean_std([1.0, 2.0, 4.0])
-    assert (m, s) == (pytest.approx(7 / 3), pytest.approx(np.std([1, 2, 4], ddof=1)))
-
-
-# ------------------------------------------------------------------------------------ splits
 BRATS = [f"BraTS-GLI-{p:05d}-{t:03d}" for p in range(1, 13) for t in range(2 if p % 3 == 0 else 1)]
 
 
@@ -229,12 +187,12 @@ def _rows(path):
 
 def test_smoke_suite_end_to_end_leaderboard(smoke):
     out = smoke["out"]
-    assert "[6/6] D990_frac100_fold0_seed1_random_frozen" in smoke["dry"]
+    assert "[8/8] D990_frac100_fold0_seed1_supervised_frozen" in smoke["dry"]
     assert "nnUNetv2_train 990 3d_bench 0 -tr nnUNetTrainerMMBench_pretrainedFrozen -p mmPretrainPlans" in smoke["dry"]
-    assert re.search(r"\[3/6\] D990_frac100_fold0_seed0_random_frozen: done in \d+ s", smoke["stdout"])
+    assert re.search(r"\[3/8\] D990_frac100_fold0_seed0_random_frozen: done in \d+ s", smoke["stdout"])
     lb = os.path.join(out, "leaderboard")
     rows = _rows(os.path.join(lb, "leaderboard.csv"))
-    methods = {"scratch", "pretrained_frozen", "random_frozen"}
+    methods = {"scratch", "pretrained_frozen", "random_frozen", "supervised_frozen"}
     regions = {"whole tumor", "tumor core", "enhancing tumor", "mean"}
     assert {(r["method"], r["region"]) for r in rows} == {(m, g) for m in methods for g in regions}
     for r in rows:
@@ -259,6 +217,11 @@ def test_smoke_suite_end_to_end_leaderboard(smoke):
         line = next(ln for ln in md.splitlines() if ln.startswith(f"| 100 % | {r['method']} | ") and ln.count("|") == 5)
         runs = [float(x) for x in line.strip("| ").split(" | ")[2:]]
         assert len(runs) == 2 and abs(np.mean(runs) - float(r["mean"])) < 0.06, (line, r["mean"])
+    # the controls: the share of the positive control's gain, and the validity line (2 runs: never valid)
+    share = {r["method"]: r["share_of_control"] for r in rows if r["region"] == "mean"}
+    assert float(share["random_frozen"]) == 0.0 and abs(float(share["supervised_frozen"]) - 1.0) < 1e-9
+    assert "## Can this testbed tell encoders apart? (controls)" in md
+    assert re.search(r"- cv, 100 %: supervised_frozen vs random_frozen: Δ -?\d+\.\d Dice .*2 paired runs.*\*\*NOT VALID\*\*", md)
     # one-epoch cells cannot be judged for convergence: the file has its header and no row
     assert open(os.path.join(lb, "convergence.csv")).read() == "dataset,labels,method,epochs,runs,late_gain_mean," \
                                                                "late_gain_std,rising_runs\n"
@@ -296,6 +259,17 @@ def test_smoke_cells_use_their_own_results_and_the_frozen_encoders(smoke):
     assert all(torch.equal(frozen[k], bundle["encoder"][k]) for k in stage_keys)  # loaded and kept fixed
     scratch, _ = final("D990_frac100_fold0_seed0_scratch")
     assert not any(torch.equal(scratch[k], bundle["encoder"][k]) for k in stage_keys)
+    # the positive control: the stages of the nnU-Net model trained with labels on the pool, kept fixed
+    pool_ck = os.path.join(out, "pretraining", "supervised-smoke", "nnUNet_results", "Dataset989_PhantomPool",
+                           "nnUNetTrainerMMBench__mmPretrainPlans__3d_bench", "fold_all", "checkpoint_final.pth")
+    pool = torch.load(pool_ck, weights_only=False)["network_weights"]
+    sup = load_bundle(os.path.join(out, "pretraining", "supervised-smoke", "bundle"))
+    assert sup["stem_origin"] == "supervised" and sup["modalities_trained"] == ["t1", "t1c", "t2", "flair"]
+    assert all(torch.equal(sup["encoder"][k], pool[k]) for k in stage_keys)
+    w = "encoder.stem.convs.0.conv.weight"
+    assert torch.allclose(torch.cat([sup["stems"][m][w] for m in sup["modalities_trained"]], 1) / 4, pool[w])
+    positive, _ = final("D990_frac100_fold0_seed0_supervised_frozen")
+    assert all(torch.equal(positive[k], pool[k]) for k in stage_keys)
     rnd, fold = final("D990_frac100_fold0_seed0_random_frozen")
     assert not os.path.isfile(os.path.join(fold, "pretrained_weights_report.json"))
     log = open(os.path.join(out, "cells", "D990_frac100_fold0_seed0_random_frozen", "train.log")).read()
@@ -316,7 +290,7 @@ def test_smoke_rerun_skips_finished_cells_resumes_one_and_regenerates_the_leader
     assert f"[1/1] {cell}: resuming from its checkpoint" in r.stdout and "--c" in r.stdout
     assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
     r = run_cli(["nnUNetv2_mmpretrain_benchmark", "phantom-smoke", "--out", out])
-    assert r.stdout.count("finished earlier, skipped") == 6 and "nnUNetv2_train" not in r.stdout
+    assert r.stdout.count("finished earlier, skipped") == 8 and "nnUNetv2_train" not in r.stdout
     for c, t in done.items():
         if c != cell:
             assert os.path.getmtime(os.path.join(out, "cells", c, "done.json")) == t   # never rewritten
