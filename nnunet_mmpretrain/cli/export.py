@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def _verify(folder: str) -> int:
-    from nnunet_mmpretrain.transfer.model_card import verify_bundle
+    from nnunet_mmpretrain.transfer.bundle import verify_bundle
     problems = verify_bundle(folder)
     if problems:
         extra = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
@@ -63,8 +63,9 @@ def main(argv=None) -> int:
     from nnunet_mmpretrain.transfer.bundle import BundleError, bundle_from_any, save_bundle
     from nnunet_mmpretrain.transfer.model_card import current_command
     from nnunet_mmpretrain.transfer.nnssl import NnsslError
+    from nnunet_mmpretrain.training.pretrain_variants import settings_of_trainer
     try:
-        b = bundle_from_any(a.source)
+        b = bundle_from_any(a.source, settings_of=settings_of_trainer)
         if a.format == "nnssl":
             path = _write_nnssl(b, a.output)
             print(f"nnssl checkpoint: {path}")

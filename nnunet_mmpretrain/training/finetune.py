@@ -51,7 +51,7 @@ class PretrainedEncoder:
         """(bundle path or None, stem strategy). The plans entry is resolved against the current
         ``$nnUNet_results`` / ``$nnUNet_preprocessed`` (it survives moving the folders); a missing
         bundle raises :class:`FinetuneError` naming the path looked at and the one recorded."""
-        from nnunet_mmpretrain.planning.transfer import resolve_bundle
+        from nnunet_mmpretrain.transfer.plans import resolve_bundle
         transfer = self.plans_manager.plans.get("mmpretrain_transfer", {})
         strategy = os.environ.get(ENV_STEM) or transfer.get("stem_strategy") or "modality"
         if os.environ.get(ENV_BUNDLE):

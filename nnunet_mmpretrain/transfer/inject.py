@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from nnunet_mmpretrain.planning.transfer import IncompatiblePlansError, check_compatible
+from nnunet_mmpretrain.planning.compat import IncompatiblePlansError, check_compatible
 
 
 def unwrap(network):
