@@ -11,4 +11,4 @@ from nnunet_mmpretrain.training.finetune import (  # noqa: F401
     nnUNetTrainerMMFinetune_templateAug, nnUNetTrainerMMFinetune_templateAugConsistency,
     nnUNetTrainerMMFinetune_templateAugRandom, nnUNetTrainerMMFinetune_warmup)
 from nnunet_mmpretrain.benchmark.trainers import *  # noqa
-from nnunet_mmpretrain.training.classifier import *  # noqa
+from nnunet_mmpretrain.classification.trainer import *  # noqa

@@ -28,10 +28,6 @@ from nnunet_mmpretrain.benchmark.splits import patient_of
 log = logging.getLogger(__name__)
 
 
-class LeakageError(RuntimeError):
-    """A cell's evaluation cases are in the pretraining corpus."""
-
-
 def image_hash(path: str) -> str:
     """SHA-256 of an image's shape and voxels as float32 (file format and dtype do not matter)."""
     try:

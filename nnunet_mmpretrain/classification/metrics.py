@@ -201,10 +201,3 @@ def format_cv_table(cv: dict) -> str:
     if cv.get("pooled"):
         lines.append(f"  pooled confusion matrix (rows true, columns predicted): {cv['pooled']['confusion_matrix']}")
     return "\n".join(lines)
-
-
-def fold_result(fold_dir: str) -> dict:
-    """Benchmark-runner hook: the scalar metrics of one validated fold, {metric: value}, for the
-    same leaderboard and paired statistics as segmentation cells (higher is better for all)."""
-    s = json.load(open(os.path.join(fold_dir, SUMMARY_FILE)))
-    return {m: s["metrics"][m] for m in SCALAR_METRICS}

@@ -118,7 +118,7 @@ def check_n_proc_da() -> Result:
 
 
 def check_ext_trainer() -> Result:
-    from nnunet_mmpretrain.cli.ext_trainer_path import ext_trainer_folder
+    from nnunet_mmpretrain.training.lookup import ext_trainer_folder
     v = os.environ.get("nnUNet_extTrainer")
     fix = 'eval "$(nnUNetv2_mmpretrain_ext_trainer)"'
     if not v:

@@ -48,7 +48,7 @@ def planner_threads() -> Iterator[None]:
 def damaged_dataset_files(dataset_folder: str) -> None:
     """ValueError naming the first truncated / corrupt NIfTI file of a labelled raw dataset
     (nnU-Net's readers would fill the missing data with zeros)."""
-    from nnunet_mmpretrain.conversion.imageio import damaged_files
+    from nnunet_mmpretrain.io_utils import damaged_files
     bad = damaged_files(dataset_folder)
     if bad:
         more = f" ({len(bad) - 1} more damaged file(s))" if len(bad) > 1 else ""

@@ -34,21 +34,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mmpretrain.pretrain.objectives import ObjectiveConfig
-from nnunet_mmpretrain.training.pretrain_checkpoint import PretrainingError, checkpoint_dict, restore
-from nnunet_mmpretrain.training.pretrain_schedule import WarmupCosine
-from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, backward_and_step
+from nnunet_mmpretrain.training.errors import PretrainingError
+from nnunet_mmpretrain.training.loaders import background_loaders
+from nnunet_mmpretrain.training.pretrain_checkpoint import checkpoint_dict, restore
+from nnunet_mmpretrain.training.pretrain_corpus import (check_corpus, epoch_report, fixed_validation_batches,
+                                                        load_corpus_properties, relative_error, write_summary)  # noqa: F401
+from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, WarmupCosine, backward_and_step
 
 VIEW_KEYS = tuple(f"{v}_{k}" for v in ("md", "cmr") for k in ("masked_mse", "baseline_patch_mean", "baseline_fill"))
 JOINT_KEYS = ("l_joint", "joint_masked_mse", "joint_baseline_patch_mean", "joint_baseline_fill")
 LOG_KEYS = ("loss", "l_md", "l_cmr", "l_mcl") + VIEW_KEYS + ("emb_std",) + JOINT_KEYS   # joint: NaN when off
 __all__ = ["nnUNetTrainerMMPretrain", "PretrainingError", "LOG_KEYS"]
-
-
-def relative_error(log: Dict[str, List[float]], split: str = "val", i: int = -1) -> Dict[str, float]:
-    """Per view, masked error / patch-mean baseline and masked error / fill baseline at entry i."""
-    g = lambda k: log[f"{split}_{k}"][i]
-    return {f"{v}_{b}": g(f"{v}_masked_mse") / max(g(f"{v}_baseline_{b}"), 1e-12)
-            for v in ("md", "cmr") for b in ("patch_mean", "fill")}
 
 
 class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
@@ -93,7 +89,6 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
             return
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
         from nnunet_mmpretrain.geometry import GridGeometry, template_grid_shape
-        from nnunet_mmpretrain.training.pretrain_corpus import check_corpus, load_corpus_properties
         from nnunet_mmpretrain.training.pretrain_network import MMPretrainNetwork
         self._set_batch_size_and_oversample()
         self.dataset_class, self.corpus_props = load_corpus_properties(self.preprocessed_dataset_folder,
@@ -173,22 +168,13 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
                                  allow_single=True, seed=seed)
 
     def get_dataloaders(self):
-        from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-        from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
         tr, val = self.do_split()
         seed = 1234 + 7919 * self.local_rank
-        dl_tr, dl_val = self._loader(tr, seed), self._loader(val, seed + 1)
-        n = get_allowed_n_proc_DA()
-        if n == 0:
-            return SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
-        mk = lambda dl, k: NonDetMultiThreadedAugmenter(dl, None, k, num_cached=max(2, k), seeds=None,
-                                                        pin_memory=self.device.type == "cuda", wait_time=0.002)
-        return mk(dl_tr, n), mk(dl_val, max(1, n // 2))
+        return background_loaders(self._loader(tr, seed), self._loader(val, seed + 1),
+                                  pin_memory=self.device.type == "cuda")
 
     def on_train_start(self):
         super().on_train_start()
-        from nnunet_mmpretrain.training.pretrain_corpus import fixed_validation_batches
         _, val = self.do_split()
         self._val_fixed = fixed_validation_batches(self._loader(val, 4242), self.num_val_iterations_per_epoch,
                                                    self.configuration_manager.patch_size, self.mask_ratio,
@@ -268,7 +254,6 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
 
     def on_epoch_end(self):
         from time import time
-        from nnunet_mmpretrain.training.pretrain_corpus import epoch_report
         self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
         lines, score = epoch_report(self.mm_log, self.current_epoch, self.num_epochs, self.alarm_fraction,
                                     self.objective.mcl_active(self.current_epoch, self.num_epochs),
@@ -310,7 +295,6 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
         """No segmentation to validate: write the templates (NIfTI, montage) and a summary."""
         if self.local_rank != 0:
             return
-        from nnunet_mmpretrain.training.pretrain_corpus import write_summary
         write_summary(self, os.path.join(self.output_folder, "pretraining_summary"))
 
 

@@ -8,11 +8,8 @@ from dataclasses import asdict
 import torch
 
 from nnunet_mmpretrain.modalities import MODALITIES
+from nnunet_mmpretrain.training.errors import PretrainingError
 from nnunet_mmpretrain.training.schedules import restore_training_state
-
-
-class PretrainingError(RuntimeError):
-    """A clear, user-facing problem with the corpus, plans or checkpoint."""
 
 
 def identity(trainer) -> dict:
