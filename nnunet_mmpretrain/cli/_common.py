@@ -14,6 +14,29 @@ def die(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+def exit_2_on_bad_input(cls: type, errors: tuple) -> type:
+    """Make constructing ``cls`` (and its subclasses) end with :func:`die` on one of ``errors``.
+
+    For trainers that ``nnUNetv2_train`` constructs: that command is nnU-Net's, so this plugin's
+    only place between it and the trainer is the ``nnUNet_extTrainer`` shim, which applies this to
+    the trainer classes whose bad input (e.g. a class table) is known before any work starts. The
+    library raises its own error; this turns it into one ``error:`` line and exit code 2."""
+    init = cls.__init__
+    if getattr(init, "_exits_2_on", None) == errors:
+        return cls
+
+    def __init__(self, *args, **kwargs):
+        try:
+            init(self, *args, **kwargs)
+        except errors as e:
+            die(str(e))
+
+    __init__._exits_2_on = errors
+    __init__.__doc__ = init.__doc__
+    cls.__init__ = __init__
+    return cls
+
+
 def require_env(*names: str) -> None:
     for var in names:
         if not os.environ.get(var):
