@@ -7,6 +7,9 @@ import os
 import sys
 from typing import Iterable, Iterator, NoReturn, Optional
 
+from nnunet_mmpretrain.io_utils import diagnose_disk, is_fatal_os_error, os_error_line, write_probe
+from nnunet_mmpretrain.planning.nnunet_plan import n_proc_da
+
 
 def die(message: str, code: int = 2) -> NoReturn:
     """Print one clear error line (no traceback) and exit."""
@@ -46,7 +49,6 @@ def require_env(*names: str) -> None:
 def check_n_proc_da() -> None:
     """nnU-Net reads ``$nnUNet_n_proc_DA`` with int() when it is imported: a bad value would be a
     traceback from inside nnU-Net. Call before importing nnunetv2."""
-    from nnunet_mmpretrain.planning.nnunet_plan import n_proc_da
     try:
         n_proc_da()
     except ValueError as e:
@@ -84,7 +86,6 @@ def writable_folder(path: str) -> None:
     """Write (then remove) a probe file in ``path``, or in its nearest existing parent when it
     does not exist yet (nothing is created); die naming the folder when the disk is read-only,
     full or forbidden, or when ``path`` is a file."""
-    from nnunet_mmpretrain.io_utils import os_error_line
     if os.path.exists(path) and not os.path.isdir(path):
         die(f"{path} is an existing file, not a folder: choose another output folder.")
     where = os.path.abspath(path)
@@ -93,7 +94,6 @@ def writable_folder(path: str) -> None:
         if os.path.exists(where) or parent == where:
             die(f"{path} cannot be created: {where} is not a folder; choose another output folder.")
         where = parent
-    from nnunet_mmpretrain.io_utils import write_probe
     e = write_probe(where)
     if e is not None:
         die(os_error_line(OSError(e.errno, e.strerror, path)))
@@ -104,7 +104,6 @@ def disk_errors(what: str = "the output folder") -> Iterator[None]:
     """A full, read-only or forbidden disk met while working under ``what``: one line naming the
     path. Writers that report a failed write as RuntimeError (blosc2, SimpleITK) are checked
     against the state of the disk holding ``what``."""
-    from nnunet_mmpretrain.io_utils import diagnose_disk, is_fatal_os_error, os_error_line
     try:
         yield
     except OSError as e:

@@ -9,6 +9,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
+from nnunet_mmpretrain.geometry import write_grid_nifti
+from nnunet_mmpretrain.io_utils import atomic_write_json
+from nnunet_mmpretrain.pretrain.masking import block_mask
 from nnunet_mmpretrain.training.errors import PretrainingError
 
 
@@ -56,7 +59,6 @@ def fixed_validation_batches(loader, n: int, patch, ratio: float, block_size: in
                              ) -> List[Tuple[dict, Tuple[torch.Tensor, torch.Tensor]]]:
     """``n`` batches drawn once (cases, positions, partners from ``loader``'s seeded RNG) with
     their two block masks, so the validation curve measures the network, not sampling noise."""
-    from nnunet_mmpretrain.pretrain.masking import block_mask
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(max(1, n)):
@@ -104,8 +106,6 @@ def epoch_report(log: Dict[str, List[float]], epoch: int, num_epochs: int, alarm
 def write_summary(trainer, out: str) -> None:
     """Templates as NIfTI (on the corpus images' world grid when the corpus is on one grid), the
     montage and ``summary.json`` (first / last values of every logged curve, the objective)."""
-    from nnunet_mmpretrain.geometry import write_grid_nifti
-    from nnunet_mmpretrain.io_utils import atomic_write_json
     net = trainer._net()
     os.makedirs(out, exist_ok=True)
     if net.templates is not None:
