@@ -20,8 +20,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_mmpretrain.training.errors import FinetuneError  # noqa: F401 (re-exported)
 from nnunet_mmpretrain.training.finetune_augment import (AlignedTemplateSubstitution, DADAugmentation,
                                                          RandomTemplateSubstitution)
-from nnunet_mmpretrain.training.freezing import FrozenEncoderStages, freeze_encoder_stages  # noqa: F401
-from nnunet_mmpretrain.training.pretrained_encoder import ENV_BUNDLE, ENV_STEM, PretrainedEncoder  # noqa: F401
+from nnunet_mmpretrain.training.freezing import FrozenEncoderStages
+from nnunet_mmpretrain.training.pretrained_encoder import PretrainedEncoder
 from nnunet_mmpretrain.training.schedules import WarmupPoly
 
 

@@ -41,8 +41,8 @@ from nnunet_mmpretrain.pretrain.step import MaskSpec, PretrainBatch, brainmvp_fo
 from nnunet_mmpretrain.training.errors import PretrainingError
 from nnunet_mmpretrain.training.loaders import background_loaders
 from nnunet_mmpretrain.training.pretrain_checkpoint import checkpoint_dict, restore
-from nnunet_mmpretrain.training.pretrain_corpus import (check_corpus, epoch_report, fixed_validation_batches,  # noqa: F401
-                                                        load_corpus_properties, relative_error, write_summary)
+from nnunet_mmpretrain.training.pretrain_corpus import (check_corpus, epoch_report, fixed_validation_batches,
+                                                        load_corpus_properties, write_summary)
 from nnunet_mmpretrain.training.pretrain_data import CorpusPatchLoader
 from nnunet_mmpretrain.training.pretrain_network import MMPretrainNetwork
 from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, WarmupCosine, backward_and_step

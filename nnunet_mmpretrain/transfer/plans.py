@@ -17,8 +17,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from nnunet_mmpretrain.io_utils import atomic_write_json, normal_modes, swap_folder
-from nnunet_mmpretrain.planning.compat import (TOPOLOGY_KEYS, IncompatiblePlansError,  # noqa: F401 (re-exported)
-                                               check_compatible, resolved_configuration, topology_differences)
+from nnunet_mmpretrain.planning.compat import IncompatiblePlansError, check_compatible, resolved_configuration
 from nnunet_mmpretrain.planning.nnunet_plan import fingerprint
 from nnunet_mmpretrain.transfer.bundle import load_bundle
 from nnunet_mmpretrain.transfer.inject import check_bundle_fits
