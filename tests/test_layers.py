@@ -100,7 +100,7 @@ def imports(module: str, path: str, mods: dict[str, str]) -> list[tuple[str, int
             names = [node.args[0].value]
         for name in names:
             target = _resolve(name, mods) if name.split(".")[0] in PACKAGES else None
-            if target and target != module:
+            if target and target != module and (target, node.lineno) not in found:
                 found.append((target, node.lineno))
     return found
 
@@ -120,7 +120,7 @@ def upward_imports() -> list[str]:
     for src, targets in graph().items():
         for dst, line in targets:
             ps, pd = _part(src), _part(dst)
-            ls, ld = _layer(ps), _layer(pd)
+            ls, ld = _layer(ps) + 1, _layer(pd) + 1          # numbered from 1 as in DESIGN.md
             if ld > ls:
                 bad.append(f"{_where(src, line)}: {src} (layer {ls}, {ps}) imports {dst} (layer {ld}, {pd})")
             elif ld == ls and ps != pd and (ps, pd) not in SAME_LAYER:

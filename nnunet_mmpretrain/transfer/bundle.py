@@ -50,8 +50,8 @@ from nnunet_mmpretrain.planning.compat import resolved_configuration
 from nnunet_mmpretrain.pretrain.templates import ModalityTemplates
 from nnunet_mmpretrain.transfer.bundle_format import (BUNDLE_FILE, BUNDLE_FORMAT, BundleError,  # noqa: F401
                                                       load_weights_only, package_versions)
-from nnunet_mmpretrain.transfer.model_card import (CARD_FILE, META_FILE, REQUIRED, bundle_metadata,
-                                                   describe_checkpoint, render_model_card)
+from nnunet_mmpretrain.transfer import model_card
+from nnunet_mmpretrain.transfer.model_card import CARD_FILE, META_FILE, REQUIRED
 from nnunet_mmpretrain.transfer.nnssl import NnsslError, nnssl_to_bundle
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def _card(ck: dict, checkpoint_path: str, settings_of=None) -> dict:
         settings = ck.get("trainer_settings")
         if settings is None and settings_of is not None:
             settings = settings_of(ck.get("trainer_name"))
-        return describe_checkpoint(ck, checkpoint_path, settings)
+        return model_card.describe_checkpoint(ck, checkpoint_path, settings)
     except (KeyError, TypeError, ValueError, OSError) as e:   # a card must not block the export
         log.warning("model card of %s incomplete: %s: %s", checkpoint_path, type(e).__name__, e)
         return {}
@@ -174,11 +174,11 @@ def save_bundle(bundle: dict, folder: str, license: Optional[str] = None, comman
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.partial-", dir=parent)
     try:
         weights = _write_files(bundle, tmp)
-        meta = bundle_metadata(bundle, tmp, weights, license=license, command=command)
+        meta = model_card.bundle_metadata(bundle, tmp, weights, license=license, command=command)
         with open(os.path.join(tmp, "bundle.json"), "w") as f:
             json.dump(meta, f, indent=2)
         with open(os.path.join(tmp, CARD_FILE), "w") as f:
-            f.write(render_model_card(meta))
+            f.write(model_card.render_model_card(meta))
         normal_modes(tmp)
         swap_folder(tmp, folder)
     except BaseException:
