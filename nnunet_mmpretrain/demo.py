@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+from nnunet_mmpretrain.training.lookup import ext_trainer_value
+
 SEG_ID, CORPUS_ID = 990, 992
 CONFIG = "3d_demo"
 PLANS = "mmPretrainPlans"
@@ -75,7 +77,6 @@ def main(argv=None) -> int:
                nnUNet_results=os.path.join(out, "pretraining", PRESET, "nnUNet_results"))
     env.setdefault("nnUNet_def_n_proc", "2")
     env.setdefault("nnUNet_n_proc_DA", "2")
-    from nnunet_mmpretrain.cli.ext_trainer_path import ext_trainer_value
     env["nnUNet_extTrainer"] = ext_trainer_value(env.get("nnUNet_extTrainer"))
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
         os.makedirs(env[k], exist_ok=True) if k != "nnUNet_extTrainer" else None

@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_mmpretrain.io_utils import atomic_path
+
 
 #: two voxel grids are the same when sizes are equal and spacing / origin / direction agree to this
 GRID_TOL_MM = 1e-3
@@ -148,7 +150,6 @@ def write_grid_nifti(volume: np.ndarray, geometry: Optional[GridGeometry], path:
     ``spacing`` per preprocessed axis, origin 0, identity direction (a position-free template has
     no place in the world)."""
     import SimpleITK as sitk
-    from nnunet_mmpretrain.io_utils import atomic_path
     if geometry is not None:
         img = geometry.to_image(volume)
     else:

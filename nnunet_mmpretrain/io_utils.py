@@ -224,6 +224,20 @@ def nifti_damage(path: str) -> Optional[str]:
     return None
 
 
+def damaged_files(dataset_folder: str, subfolders=("imagesTr", "labelsTr", "imagesTs")):
+    """(path, reason) of every truncated / corrupt NIfTI file of an nnU-Net raw dataset, sorted."""
+    out = []
+    for sub in subfolders:
+        d = os.path.join(dataset_folder, sub)
+        if not os.path.isdir(d):
+            continue
+        for fn in sorted(os.listdir(d)):
+            why = nifti_damage(os.path.join(d, fn))
+            if why:
+                out.append((os.path.join(d, fn), why))
+    return out
+
+
 def _nifti_bytes(head: bytes) -> Optional[int]:
     """Bytes a single-file NIfTI needs (vox_offset + voxels), from its header; None if unknown."""
     if len(head) < 348:
@@ -268,4 +282,3 @@ def read_csv_text(path: str):
     except csv.Error:
         dialect = csv.excel
     return text, csv.DictReader(text.splitlines(), dialect=dialect)
-

@@ -11,4 +11,11 @@ from nnunet_mmpretrain.training.finetune import (  # noqa: F401
     nnUNetTrainerMMFinetune_templateAug, nnUNetTrainerMMFinetune_templateAugConsistency,
     nnUNetTrainerMMFinetune_templateAugRandom, nnUNetTrainerMMFinetune_warmup)
 from nnunet_mmpretrain.benchmark.trainers import *  # noqa
-from nnunet_mmpretrain.training.classifier import *  # noqa
+from nnunet_mmpretrain.classification.trainer import *  # noqa
+from nnunet_mmpretrain.classification.labels import ClassLabelError
+from nnunet_mmpretrain.classification.trainer import MMClassifierBase
+from nnunet_mmpretrain.cli._common import exit_2_on_bad_input
+
+# nnUNetv2_train is nnU-Net's command: a bad class table (raised by the classifier before nnU-Net makes
+# any folder) becomes one error line and exit code 2 here, at the plugin's entry point
+exit_2_on_bad_input(MMClassifierBase, (ClassLabelError,))

@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fold = a.fold if a.fold == "all" else int(a.fold)
     from nnunetv2.run.run_training import get_trainer_from_args
-    from nnunet_mmpretrain.cli.ext_trainer_path import ext_trainer_value
+    from nnunet_mmpretrain.training.lookup import ext_trainer_value
     os.environ["nnUNet_extTrainer"] = ext_trainer_value(os.environ.get("nnUNet_extTrainer"))
     load0 = load_average()
     trainers = {}

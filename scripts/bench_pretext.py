@@ -29,7 +29,7 @@ CORPUS_ID, CONFIG, PLANS = 992, "3d_demo", "mmPretrainPlans"
 def _env(out: str) -> dict:
     env = dict(os.environ, nnUNet_raw=os.path.join(out, "raw"), nnUNet_preprocessed=os.path.join(out, "pre"),
                nnUNet_results=os.path.join(out, "results"))
-    from nnunet_mmpretrain.cli.ext_trainer_path import ext_trainer_value
+    from nnunet_mmpretrain.training.lookup import ext_trainer_value
     env["nnUNet_extTrainer"] = ext_trainer_value(env.get("nnUNet_extTrainer"))
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     env.setdefault("nnUNet_n_proc_DA", "1")

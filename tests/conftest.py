@@ -76,7 +76,7 @@ def nnunet_dirs(tmp_path_factory, phantom_raw):
             "nnUNet_results": str(root / "results")}
     for v in dirs.values():
         os.makedirs(v, exist_ok=True)
-    from nnunet_mmpretrain.cli.ext_trainer_path import ext_trainer_value
+    from nnunet_mmpretrain.training.lookup import ext_trainer_value
     dirs["nnUNet_extTrainer"] = ext_trainer_value(os.environ.get("nnUNet_extTrainer")) + os.pathsep + \
         os.path.join(REPO, "tests", "ext_trainers")       # test-only trainers
     old = {k: os.environ.get(k) for k in dirs}

@@ -8,7 +8,7 @@ import numpy as np
 
 from conftest import CORPUS_ID, SEG_ID, run_cli
 from nnunet_mmpretrain.corpus.manifest import load_manifest, save_manifest
-from nnunet_mmpretrain.planning.transfer import topology_differences
+from nnunet_mmpretrain.planning.compat import topology_differences
 
 CORPUS = "Dataset992_PhantomCorpus"
 
@@ -76,7 +76,7 @@ def test_like_preset_copies_downstream_topology(planned_seg, planned_corpus, tmp
     assert "plans:" in r.stdout
     like = json.load(open(os.path.join(planned_corpus["folder"], "mmPretrainPlans.json")))
     down = json.load(open(planned_seg["plans_file"]))
-    from nnunet_mmpretrain.planning.transfer import resolved_configuration
+    from nnunet_mmpretrain.planning.compat import resolved_configuration
     assert topology_differences(like["configurations"]["3d_fullres"]["architecture"],
                                 resolved_configuration(down, "3d_tiny")["architecture"]) == []
     assert like["configurations"]["3d_fullres"]["patch_size"] == [32, 32, 32]

@@ -266,3 +266,51 @@ def test_gpu_check_refuses_unknown_options():
     r = subprocess.run(["bash", os.path.join(repo, "scripts", "gpu_check.sh"), "--gpus", "2"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == "error: unknown option '--gpus' (use --dry-run, --out DIR)", r.stderr
+
+
+def _consistency_rank(rank: int, port: int, out_dir: str) -> None:
+    """One rank of the consistency-step check: the same tiny nnU-Net network on both ranks, other
+    data per rank, one backward of segmentation-like loss + consistency term; writes the gradients
+    (through the DDP wrapper, and bypassing it as the old step did)."""
+    import torch.distributed as dist
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from nnunet_mmpretrain.training.finetune_augment import bottleneck_consistency
+    from nnunet_mmpretrain.transfer.inject import unwrap
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        grads = {}
+        for how in ("wrapper", "bypass"):
+            torch.manual_seed(0)                       # identical replicas
+            net = PlainConvUNet(2, 3, (4, 8, 16), torch.nn.Conv3d, 3, (1, 2, 2), (1, 1, 1), 2, (1, 1),
+                                norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"affine": True},
+                                nonlin=torch.nn.LeakyReLU, deep_supervision=True)   # every parameter used
+            ddp = DDP(net)
+            g = torch.Generator().manual_seed(100 + rank)   # each rank its own batch
+            B = 2
+            x = torch.randn(2 * B, 2, 16, 16, 16, generator=g)
+            if how == "wrapper":
+                out, l_cons = bottleneck_consistency(ddp, x, B)
+            else:                                      # the old step: unwrap(network).encoder / .decoder
+                skips = unwrap(ddp).encoder(x)
+                out = unwrap(ddp).decoder(skips)
+                l_cons = torch.nn.functional.mse_loss(skips[-1][:B], skips[-1][B:])
+            loss = sum(o.float().square().mean() for o in out) + 0.1 * l_cons
+            loss.backward()
+            grads[how] = torch.cat([p.grad.flatten() for p in net.parameters()])
+        torch.save(grads, os.path.join(out_dir, f"grads{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_consistency_step_synchronises_gradients_through_ddp(tmp_path):
+    """The consistency term goes through the DDP wrapper: after one step both ranks hold the same
+    gradients. Bypassing the wrapper (the old step) leaves them different, so the check can fail."""
+    import torch.multiprocessing as mp
+    mp.spawn(_consistency_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    g0, g1 = (torch.load(tmp_path / f"grads{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.allclose(g0["wrapper"], g1["wrapper"], rtol=1e-5, atol=1e-7)
+    assert g0["wrapper"].abs().sum() > 0
+    assert not torch.allclose(g0["bypass"], g1["bypass"], rtol=1e-3, atol=1e-6)

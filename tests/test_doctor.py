@@ -7,7 +7,7 @@ import os
 import pytest
 
 from nnunet_mmpretrain.cli import doctor
-from nnunet_mmpretrain.cli.ext_trainer_path import ext_trainer_value
+from nnunet_mmpretrain.training.lookup import ext_trainer_value
 
 
 @pytest.fixture

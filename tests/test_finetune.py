@@ -137,7 +137,7 @@ def test_other_channel_sets_load_the_same_bundle_via_stock_pretrained_weights(tr
 
 
 def test_bundle_from_other_topology_is_refused_with_stage_names(transferred, monkeypatch):
-    from nnunet_mmpretrain.planning.transfer import IncompatiblePlansError
+    from nnunet_mmpretrain.planning.compat import IncompatiblePlansError
     monkeypatch.setenv("nnUNet_mmpretrain_bundle", transferred["bundle"])
     from nnunetv2.run.run_training import get_trainer_from_args
     tr = get_trainer_from_args(str(SEG_ID), "3d_tiny", 0, "nnUNetTrainerMMFinetune_smoke", "nnUNetPlans",

@@ -198,7 +198,7 @@ def test_plans_bundle_entry_survives_moving_and_a_missing_bundle_names_both_path
 
 
 def test_bundle_entry_is_relative_to_an_nnunet_folder_and_resolves_after_a_move(tmp_path, monkeypatch):
-    from nnunet_mmpretrain.planning.transfer import _bundle_entry, resolve_bundle
+    from nnunet_mmpretrain.transfer.plans import _bundle_entry, resolve_bundle
     results, pre = tmp_path / "results", tmp_path / "pre"
     (results / "Dataset1_X" / "b").mkdir(parents=True)
     (results / "Dataset1_X" / "b" / "encoder_bundle.pt").write_text("w")

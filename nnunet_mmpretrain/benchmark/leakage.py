@@ -24,12 +24,10 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 
 from nnunet_mmpretrain.benchmark.splits import patient_of
+from nnunet_mmpretrain.corpus.manifest import MANIFEST_NAME, load_manifest
+from nnunet_mmpretrain.io_utils import atomic_write_json
 
 log = logging.getLogger(__name__)
-
-
-class LeakageError(RuntimeError):
-    """A cell's evaluation cases are in the pretraining corpus."""
 
 
 def image_hash(path: str) -> str:
@@ -67,8 +65,6 @@ def _cached_hash(path: str, cache: dict) -> str:
 
 def corpus_index(corpus_folder: str, cache_file: Optional[str] = None) -> CorpusIndex:
     """Index the corpus whose ``manifest.json`` is in ``corpus_folder``."""
-    from nnunet_mmpretrain.corpus.manifest import MANIFEST_NAME, load_manifest
-    from nnunet_mmpretrain.io_utils import atomic_write_json
     man = load_manifest(os.path.join(corpus_folder, MANIFEST_NAME))
     cache = {}
     if cache_file and os.path.isfile(cache_file):

@@ -19,12 +19,12 @@ import os
 from typing import Dict, List, Optional
 
 from nnunet_mmpretrain.benchmark import prepare as prep
+from nnunet_mmpretrain.io_utils import atomic_path
 
 
 def zero_like(src: str, dst: str) -> None:
     """An image of zeros with the geometry (and pixel type) of ``src``."""
     import SimpleITK as sitk
-    from nnunet_mmpretrain.io_utils import atomic_path
     img = sitk.ReadImage(src)
     z = sitk.Image(img.GetSize(), img.GetPixelID(), img.GetNumberOfComponentsPerPixel())
     z.CopyInformation(img)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from nnunet_mmpretrain.benchmark.model import Suite
+from nnunet_mmpretrain.training.lookup import ext_trainer_folder, ext_trainer_value
 
 log = logging.getLogger("nnunet_mmpretrain.benchmark")
 
@@ -71,7 +72,6 @@ def folders_for(suite: Suite, out: str) -> Folders:
 
 
 def base_env(suite: Suite, f: Folders) -> Dict[str, str]:
-    from nnunet_mmpretrain.cli.ext_trainer_path import ext_trainer_value
     env = dict(os.environ)
     env.update(nnUNet_raw=f.raw, nnUNet_preprocessed=f.preprocessed)
     env.setdefault("nnUNet_results", os.path.join(f.out, "nnUNet_results_unused"))
@@ -250,14 +250,16 @@ def trainer_exists(name: str) -> bool:
     """Whether nnUNetv2_train can find ``name`` (our shim first, then nnU-Net's own trainers)."""
     import contextlib
     import io
-    try:
-        import nnunet_mmpretrain_ext.mmpretrain_trainers as shim
-        if hasattr(shim, name):
-            return True
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    folder = ext_trainer_folder()
+    try:          # nnU-Net's own lookup in our shim folder (the benchmark never imports the shim itself)
+        with contextlib.redirect_stdout(io.StringIO()):
+            if recursive_find_python_class(folder, name, None, cleanup_imports_from_base_folder=True) is not None:
+                return True
     except ImportError as e:   # a broken shim breaks nnUNetv2_train too: say so
         raise BenchmarkError(f"the trainer shim nnunet_mmpretrain_ext/mmpretrain_trainers.py does not import ({e}); "
                              f"fix the import before benchmarking")
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     with contextlib.redirect_stdout(io.StringIO()):
         try:
             return recursive_find_trainer_class_by_name(name) is not None

@@ -24,7 +24,7 @@ Classes: ``nnUNetTrainerMMBench`` (from scratch), ``nnUNetTrainerMMBench_pretrai
 control that separates what the encoder learned from what fine-tuning the rest does),
 ``nnUNetTrainerMMBench_pretrainedTemplateAug`` (template-substitution training);
 ``nnUNetTrainerMMBenchClassifier[_pretrained|_pretrainedFrozen|_randomFrozen]``: the same kinds for
-classification tasks over the classifier of ``training/classifier.py`` (frozen = its linear
+classification tasks over the classifier of ``classification/trainer.py`` (frozen = its linear
 probe: the whole encoder, stem included, fixed; only the head trains).
 """
 from __future__ import annotations
@@ -38,8 +38,9 @@ import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_mmpretrain.training.classifier import MMClassifierBase
-from nnunet_mmpretrain.training.finetune import PretrainedEncoder, TemplateSubstitution, freeze_encoder_stages  # noqa: F401
+from nnunet_mmpretrain.classification.trainer import MMClassifierBase
+from nnunet_mmpretrain.training.finetune import PretrainedEncoder, TemplateSubstitution
+from nnunet_mmpretrain.training.freezing import FrozenEncoderStages
 from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule
 
 ENV_SCHEDULE = "nnUNet_mmpretrain_bench_schedule"
@@ -61,11 +62,11 @@ def schedule_from_env(default: Schedule) -> Schedule:
     return Schedule(**{k: d[k] for k in Schedule.__dataclass_fields__ if k in d})
 
 
-class BenchmarkCell(ShortSchedule):
-    """Mixin (first in the bases): schedule, split and seed from the cell's environment."""
+class BenchmarkCell(ShortSchedule, FrozenEncoderStages):
+    """Mixin (first in the bases): schedule, split and seed from the cell's environment; encoder
+    stages fixed with ``freeze_encoder`` (after the bundle, if any, was injected)."""
 
     schedule: Schedule = Schedule(epochs=1000, iterations=250, val_iterations=50, mirroring=True)
-    freeze_stages: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -89,13 +90,8 @@ class BenchmarkCell(ShortSchedule):
         return tr, val
 
     def on_train_start(self):
-        super().on_train_start()          # PretrainedEncoder (when mixed in) injects the bundle here
+        super().on_train_start()          # PretrainedEncoder injects, then FrozenEncoderStages freezes
         self.print_to_log_file(f"benchmark cell: seed {os.environ.get(ENV_SEED)}, schedule {self.schedule}")
-        if self.freeze_stages:    # every start, also on --c (the checkpoint does not keep requires_grad)
-            from nnunet_mmpretrain.transfer.inject import unwrap
-            stem = getattr(unwrap(self.network), "key_to_stem", "encoder.stem")
-            n = freeze_encoder_stages(self.network, stem)
-            self.print_to_log_file(f"encoder frozen: {n} parameter tensors fixed ({stem}, decoder and heads train)")
 
 
 class nnUNetTrainerMMBench(BenchmarkCell, nnUNetTrainer):
@@ -108,12 +104,12 @@ class nnUNetTrainerMMBench_pretrained(BenchmarkCell, PretrainedEncoder, nnUNetTr
 
 class nnUNetTrainerMMBench_pretrainedFrozen(BenchmarkCell, PretrainedEncoder, nnUNetTrainer):
     """Encoder from the bundle, its stages frozen (stem, decoder and heads train)."""
-    freeze_stages = True
+    freeze_encoder = True
 
 
 class nnUNetTrainerMMBench_randomFrozen(BenchmarkCell, nnUNetTrainer):
     """Random encoder, its stages frozen exactly as in ``_pretrainedFrozen``."""
-    freeze_stages = True
+    freeze_encoder = True
 
 
 class nnUNetTrainerMMBench_pretrainedTemplateAug(BenchmarkCell, TemplateSubstitution, PretrainedEncoder,

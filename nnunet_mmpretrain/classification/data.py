@@ -69,16 +69,3 @@ class ClassificationLoader(nnUNetDataLoader):
         batch = super().generate_train_batch()
         batch["class"] = torch.tensor([self.labels[k] for k in batch["keys"]], dtype=torch.long)
         return batch
-
-
-def background_loaders(dl_tr, dl_val, pin_memory: bool = False):
-    """nnU-Net's augmenter processes around the two loaders (``$nnUNet_n_proc_DA``; 0: in the main process)."""
-    from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-    from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-    n = get_allowed_n_proc_DA()
-    if n == 0:
-        return SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
-    mk = lambda dl, k: NonDetMultiThreadedAugmenter(dl, None, k, num_cached=max(2, k), seeds=None,
-                                                    pin_memory=pin_memory, wait_time=0.002)
-    return mk(dl_tr, n), mk(dl_val, max(1, n // 2))

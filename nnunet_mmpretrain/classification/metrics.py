@@ -27,6 +27,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json
+
 log = logging.getLogger(__name__)
 
 FORMAT = "nnunet_mmpretrain.classification.summary/1"
@@ -85,7 +87,6 @@ def _metrics(y: np.ndarray, p: np.ndarray, num_classes: Optional[int]) -> dict:
 
 # ------------------------------------------------------------------ per fold
 def write_probabilities(path: str, cases: Sequence[str], y_true: Sequence[int], probs: np.ndarray) -> None:
-    from nnunet_mmpretrain.io_utils import atomic_path
     k = probs.shape[1]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
@@ -109,7 +110,6 @@ def write_fold_summary(fold_dir: str, cases: Sequence[str], y_true: Sequence[int
                        class_names: Mapping[int, str], info: Mapping) -> dict:
     """Write ``summary.json`` and ``validation_probabilities.csv`` in ``fold_dir``; returns the summary.
     ``info``: dataset, trainer, plans, configuration, fold, checkpoint, input_size."""
-    from nnunet_mmpretrain.io_utils import atomic_write_json
     probs = np.asarray(probs, dtype=float)
     k = len(class_names)
     y = np.asarray(y_true, dtype=int)
@@ -201,10 +201,3 @@ def format_cv_table(cv: dict) -> str:
     if cv.get("pooled"):
         lines.append(f"  pooled confusion matrix (rows true, columns predicted): {cv['pooled']['confusion_matrix']}")
     return "\n".join(lines)
-
-
-def fold_result(fold_dir: str) -> dict:
-    """Benchmark-runner hook: the scalar metrics of one validated fold, {metric: value}, for the
-    same leaderboard and paired statistics as segmentation cells (higher is better for all)."""
-    s = json.load(open(os.path.join(fold_dir, SUMMARY_FILE)))
-    return {m: s["metrics"][m] for m in SCALAR_METRICS}

@@ -22,6 +22,10 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from nnunet_mmpretrain.classification.data import crop_or_pad
+from nnunet_mmpretrain.classification.network import build_classifier
+from nnunet_mmpretrain.io_utils import atomic_path
+
 log = logging.getLogger(__name__)
 
 
@@ -34,7 +38,6 @@ def predict_arrays(network, arrays: Iterable[np.ndarray], input_size: Sequence[i
                    mirror_axes: Optional[Sequence[int]] = None) -> np.ndarray:
     """Probabilities (N, K) for preprocessed cases (each (C, X, Y, Z)), one case at a time.
     ``mirror_axes``: spatial axes (0-2) to average flipped predictions over (test-time mirroring)."""
-    from nnunet_mmpretrain.classification.data import crop_or_pad
     network.eval()
     out = []
     for a in arrays:
@@ -58,7 +61,6 @@ def load_fold(trainer_dir: str, fold: str, checkpoint: str = "checkpoint_final.p
               device: torch.device = torch.device("cpu")) -> TrainedClassifier:
     """Rebuild the classifier of ``trainer_dir/fold_X`` from plans.json + the checkpoint."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunet_mmpretrain.classification.network import build_classifier
     path = os.path.join(trainer_dir, f"fold_{fold}", checkpoint)
     if not os.path.isfile(path):
         raise ClassifierModelError(f"{path} does not exist: train fold {fold} first (nnUNetv2_train ... {fold} -tr "
@@ -130,7 +132,6 @@ def predict_folder(trainer_dir: str, input_folder: str, folds: Sequence[str], ch
 
 
 def write_predictions_csv(path: str, cases: Sequence[str], probs: np.ndarray, names: Dict[int, str]) -> None:
-    from nnunet_mmpretrain.io_utils import atomic_path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)

@@ -7,11 +7,37 @@ import os
 import sys
 from typing import Iterable, Iterator, NoReturn, Optional
 
+from nnunet_mmpretrain.io_utils import diagnose_disk, is_fatal_os_error, os_error_line, write_probe
+from nnunet_mmpretrain.planning.nnunet_plan import n_proc_da
+
 
 def die(message: str, code: int = 2) -> NoReturn:
     """Print one clear error line (no traceback) and exit."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def exit_2_on_bad_input(cls: type, errors: tuple) -> type:
+    """Make constructing ``cls`` (and its subclasses) end with :func:`die` on one of ``errors``.
+
+    For trainers that ``nnUNetv2_train`` constructs: that command is nnU-Net's, so this plugin's
+    only place between it and the trainer is the ``nnUNet_extTrainer`` shim, which applies this to
+    the trainer classes whose bad input (e.g. a class table) is known before any work starts. The
+    library raises its own error; this turns it into one ``error:`` line and exit code 2."""
+    init = cls.__init__
+    if getattr(init, "_exits_2_on", None) == errors:
+        return cls
+
+    def __init__(self, *args, **kwargs):
+        try:
+            init(self, *args, **kwargs)
+        except errors as e:
+            die(str(e))
+
+    __init__._exits_2_on = errors
+    __init__.__doc__ = init.__doc__
+    cls.__init__ = __init__
+    return cls
 
 
 def require_env(*names: str) -> None:
@@ -23,7 +49,6 @@ def require_env(*names: str) -> None:
 def check_n_proc_da() -> None:
     """nnU-Net reads ``$nnUNet_n_proc_DA`` with int() when it is imported: a bad value would be a
     traceback from inside nnU-Net. Call before importing nnunetv2."""
-    from nnunet_mmpretrain.planning.nnunet_plan import n_proc_da
     try:
         n_proc_da()
     except ValueError as e:
@@ -61,7 +86,6 @@ def writable_folder(path: str) -> None:
     """Write (then remove) a probe file in ``path``, or in its nearest existing parent when it
     does not exist yet (nothing is created); die naming the folder when the disk is read-only,
     full or forbidden, or when ``path`` is a file."""
-    from nnunet_mmpretrain.io_utils import os_error_line
     if os.path.exists(path) and not os.path.isdir(path):
         die(f"{path} is an existing file, not a folder: choose another output folder.")
     where = os.path.abspath(path)
@@ -70,7 +94,6 @@ def writable_folder(path: str) -> None:
         if os.path.exists(where) or parent == where:
             die(f"{path} cannot be created: {where} is not a folder; choose another output folder.")
         where = parent
-    from nnunet_mmpretrain.io_utils import write_probe
     e = write_probe(where)
     if e is not None:
         die(os_error_line(OSError(e.errno, e.strerror, path)))
@@ -81,7 +104,6 @@ def disk_errors(what: str = "the output folder") -> Iterator[None]:
     """A full, read-only or forbidden disk met while working under ``what``: one line naming the
     path. Writers that report a failed write as RuntimeError (blosc2, SimpleITK) are checked
     against the state of the disk holding ``what``."""
-    from nnunet_mmpretrain.io_utils import diagnose_disk, is_fatal_os_error, os_error_line
     try:
         yield
     except OSError as e:

@@ -19,6 +19,10 @@ import logging
 import os
 import sys
 
+from nnunet_mmpretrain.benchmark.leaderboard import write_leaderboard
+from nnunet_mmpretrain.benchmark.prepare import BenchmarkError, StepFailed
+from nnunet_mmpretrain.benchmark.runner import Runner
+from nnunet_mmpretrain.benchmark.suite import SuiteError, load_suite
 from nnunet_mmpretrain.cli._common import die
 
 
@@ -37,20 +41,16 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(message)s", stream=sys.stdout)
     for noisy in ("matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from nnunet_mmpretrain.benchmark.prepare import BenchmarkError, StepFailed
-    from nnunet_mmpretrain.benchmark.suite import SuiteError, load_suite
     try:
         suite = load_suite(a.suite)
     except SuiteError as e:
         die(str(e))
     out = os.path.abspath(a.out or os.path.join("benchmark_output", suite.name))
     if a.leaderboard_only:
-        from nnunet_mmpretrain.benchmark.leaderboard import write_leaderboard
         if not os.path.isfile(os.path.join(out, "suite.json")):
             die(f"{out}: no suite.json, so no benchmark results here; pass the --out folder of a run")
         print(f"leaderboard: {write_leaderboard(out)}")
         return 0
-    from nnunet_mmpretrain.benchmark.runner import Runner
     try:
         return Runner(suite, out, a.device, a.dry_run).run(a.cell)
     except (BenchmarkError, SuiteError) as e:

@@ -23,6 +23,7 @@ import os
 import sys
 
 from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors, output_file, require_trained_folder
+from nnunet_mmpretrain.io_utils import atomic_write_json
 
 
 def _trainer_dir(a) -> str:
@@ -71,6 +72,7 @@ def main_predict(argv=None) -> int:
     folder = _trainer_dir(a)
     require_trained_folder(folder, "pass the trainer's results folder (--folder).")
     import torch
+    # imported here, not at the top: it loads torch / nnU-Net, which --help and argument errors do not need
     from nnunet_mmpretrain.classification.predict import ClassifierModelError, predict_folder, write_predictions_csv
     dev = a.device
     if dev == "cuda" and not torch.cuda.is_available():
@@ -103,8 +105,8 @@ def main_summary(argv=None) -> int:
         die(f"--folder {folder} does not exist: pass the trainer's results folder.")
     if a.o:
         output_file(a.o, "-o")
+    # imported here, not at the top: it loads torch / nnU-Net, which --help and argument errors do not need
     from nnunet_mmpretrain.classification.metrics import CV_FILE, cross_validation_summary, format_cv_table
-    from nnunet_mmpretrain.io_utils import atomic_write_json
     try:
         cv = cross_validation_summary(folder, a.f)
     except (FileNotFoundError, ValueError, KeyError) as e:

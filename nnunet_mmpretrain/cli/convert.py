@@ -17,14 +17,21 @@ import sys
 import time
 from typing import List, Optional
 
+from nnunet_mmpretrain import modalities as mod
 from nnunet_mmpretrain.cli._common import die
+from nnunet_mmpretrain.conversion import ConversionError
+from nnunet_mmpretrain.conversion.common import verify_nnunet_dataset
+from nnunet_mmpretrain.conversion.options import ConvertOptions
+from nnunet_mmpretrain.conversion.registry import release as registry_entry, releases
+from nnunet_mmpretrain.conversion.release import CORPUS
+from nnunet_mmpretrain.conversion.staging import ConversionInterrupted
+from nnunet_mmpretrain.io_utils import damaged_files, os_error_line
 
 PROG = "nnUNetv2_mmpretrain_convert"
 
 
 def _common(p: argparse.ArgumentParser, release) -> None:
     """The arguments every sub-command has (release folder, output, run options, verification)."""
-    from nnunet_mmpretrain.conversion.release import CORPUS
     p.add_argument("release_root", metavar="RELEASE_ROOT", help=release.root_help)
     p.add_argument("-d", "--dataset-id", type=int, default=None,
                    help=f"nnU-Net dataset id (default {release.default_id_help or release.default_id})")
@@ -60,7 +67,6 @@ def _settings(p: argparse.ArgumentParser, release) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser, one sub-command per entry of the release registry."""
-    from nnunet_mmpretrain.conversion.registry import releases
     p = argparse.ArgumentParser(
         prog=PROG, description="Convert public dataset releases into nnU-Net raw datasets "
                                "(segmentation, classification) or pretraining corpora. "
@@ -76,9 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(a: argparse.Namespace):
     """Run the release entry of ``a.kind`` for parsed arguments; returns its ConversionSummary."""
-    from nnunet_mmpretrain.conversion.options import ConvertOptions
-    from nnunet_mmpretrain.conversion.registry import release
-    r = release(a.kind)
+    r = registry_entry(a.kind)
     options = ConvertOptions(link=a.link, dry_run=a.dry_run, overwrite=a.overwrite,
                              num_processes=a.num_processes, progress=not a.quiet)
     settings = {s.name: (s.parse(getattr(a, s.name)) if s.parse else getattr(a, s.name))
@@ -133,10 +137,6 @@ def _main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     if a.num_processes < 1:
         die(f"-np must be at least 1, got {a.num_processes}.")
-    from nnunet_mmpretrain import modalities as mod
-    from nnunet_mmpretrain.conversion import ConversionError
-    from nnunet_mmpretrain.conversion.staging import ConversionInterrupted
-    from nnunet_mmpretrain.io_utils import os_error_line
     t0 = time.time()
     try:
         summary = run(a)
@@ -158,8 +158,6 @@ def _main(argv: Optional[List[str]] = None) -> int:
     if getattr(a, "verify", False) and not a.dry_run:
         if not summary.finished or not os.path.isfile(os.path.join(summary.output, "dataset.json")):
             die("nothing to verify: no case was converted.")
-        from nnunet_mmpretrain.conversion.common import verify_nnunet_dataset
-        from nnunet_mmpretrain.conversion.imageio import damaged_files
         bad = damaged_files(summary.output)
         if bad:
             die(f"{bad[0][0]} {bad[0][1]}" + (f" ({len(bad) - 1} more damaged file(s))" if len(bad) > 1 else ""))

@@ -21,6 +21,10 @@ import os
 import sys
 from typing import Callable, List, Optional, Tuple
 
+from nnunet_mmpretrain.io_utils import free_bytes, write_probe
+from nnunet_mmpretrain.planning.nnunet_plan import n_proc_da
+from nnunet_mmpretrain.training.lookup import ext_trainer_folder
+
 Result = Tuple[bool, str]
 NNUNET_SERIES = "2.8."
 PATH_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
@@ -90,7 +94,6 @@ def check_torchvision() -> Result:
 
 def path_check(var: str, min_free_gb: float) -> Callable[[], Result]:
     def check() -> Result:
-        from nnunet_mmpretrain.io_utils import free_bytes, write_probe
         v = os.environ.get(var)
         if not v:
             return False, f"not set: export {var}=/path/to/{var} (see nnU-Net's documentation/setting_up_paths.md)"
@@ -108,7 +111,6 @@ def path_check(var: str, min_free_gb: float) -> Callable[[], Result]:
 
 
 def check_n_proc_da() -> Result:
-    from nnunet_mmpretrain.planning.nnunet_plan import n_proc_da
     try:
         n = n_proc_da()
     except ValueError as e:
@@ -118,7 +120,6 @@ def check_n_proc_da() -> Result:
 
 
 def check_ext_trainer() -> Result:
-    from nnunet_mmpretrain.cli.ext_trainer_path import ext_trainer_folder
     v = os.environ.get("nnUNet_extTrainer")
     fix = 'eval "$(nnUNetv2_mmpretrain_ext_trainer)"'
     if not v:

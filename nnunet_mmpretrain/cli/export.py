@@ -18,12 +18,14 @@ import os
 import sys
 
 from nnunet_mmpretrain.cli._common import die
+from nnunet_mmpretrain.io_utils import atomic_path
 
 log = logging.getLogger(__name__)
 
 
 def _verify(folder: str) -> int:
-    from nnunet_mmpretrain.transfer.model_card import verify_bundle
+    # imported here, not at the top: it loads torch / nnU-Net, which --help and argument errors do not need
+    from nnunet_mmpretrain.transfer.bundle import verify_bundle
     problems = verify_bundle(folder)
     if problems:
         extra = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
@@ -34,7 +36,7 @@ def _verify(folder: str) -> int:
 
 def _write_nnssl(b: dict, out: str) -> str:
     import torch
-    from nnunet_mmpretrain.io_utils import atomic_path
+    # imported here, not at the top: it loads torch / nnU-Net, which --help and argument errors do not need
     from nnunet_mmpretrain.transfer.nnssl import bundle_to_nnssl
     if os.path.isdir(out):
         die(f"{out} is a folder: --format nnssl writes one file, e.g. -o {os.path.join(out, 'nnssl_checkpoint.pth')}")
@@ -60,11 +62,13 @@ def main(argv=None) -> int:
         return _verify(a.verify)
     if not a.source or not a.output:
         die("give CHECKPOINT_OR_BUNDLE and -o OUTPUT (or --verify BUNDLE).")
+    # imported here, not at the top: it loads torch / nnU-Net, which --help and argument errors do not need
     from nnunet_mmpretrain.transfer.bundle import BundleError, bundle_from_any, save_bundle
     from nnunet_mmpretrain.transfer.model_card import current_command
     from nnunet_mmpretrain.transfer.nnssl import NnsslError
+    from nnunet_mmpretrain.training.pretrain_variants import settings_of_trainer
     try:
-        b = bundle_from_any(a.source)
+        b = bundle_from_any(a.source, settings_of=settings_of_trainer)
         if a.format == "nnssl":
             path = _write_nnssl(b, a.output)
             print(f"nnssl checkpoint: {path}")

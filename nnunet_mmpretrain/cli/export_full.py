@@ -18,6 +18,7 @@ def main(argv=None) -> int:
     p.add_argument("--stem", default="modality", choices=["modality", "repeat", "reinit"])
     p.add_argument("-o", "--output", required=True, help="checkpoint file to write")
     a = p.parse_args(argv)
+    # imported here, not at the top: it loads torch / nnU-Net, which --help and argument errors do not need
     from nnunet_mmpretrain.transfer.full_checkpoint import build_full_checkpoint, save_full_checkpoint
     try:
         ck, report = build_full_checkpoint(a.bundle, a.d, a.p, a.c, a.stem)

@@ -11,19 +11,7 @@ import os
 import shlex
 import sys
 
-
-def ext_trainer_folder() -> str:
-    import nnunet_mmpretrain_ext
-    return os.path.dirname(os.path.abspath(nnunet_mmpretrain_ext.__file__))
-
-
-def ext_trainer_value(existing: str | None = None) -> str:
-    """``existing`` (os.pathsep-separated) with our folder appended when it is not there yet."""
-    folder = ext_trainer_folder()
-    parts = [p for p in (existing or "").split(os.pathsep) if p]
-    if folder not in parts:
-        parts.append(folder)
-    return os.pathsep.join(parts)
+from nnunet_mmpretrain.training.lookup import ext_trainer_folder, ext_trainer_value  # noqa: F401 (re-exported)
 
 
 def main(argv=None) -> int:

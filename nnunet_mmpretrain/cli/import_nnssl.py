@@ -24,11 +24,12 @@ def main(argv=None) -> int:
                                                   "bundle.json and MODEL_CARD.md")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from nnunet_mmpretrain.transfer.bundle import BundleError, _load_weights_only, save_bundle
+    # imported here, not at the top: it loads torch / nnU-Net, which --help and argument errors do not need
+    from nnunet_mmpretrain.transfer.bundle import BundleError, load_weights_only, save_bundle
     from nnunet_mmpretrain.transfer.model_card import current_command
     from nnunet_mmpretrain.transfer.nnssl import NnsslError, nnssl_to_bundle
     try:
-        ck = _load_weights_only(a.checkpoint, "nnssl checkpoint")
+        ck = load_weights_only(a.checkpoint, "nnssl checkpoint")
         b = nnssl_to_bundle(ck, a.checkpoint)
         path = save_bundle(b, a.output, license=a.license,
                            command=current_command(sys.argv[1:] if argv is None else list(argv),

@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     validate_args(a)
     writable_folder(a.raw_dir)
+    # imported here, not at the top: it loads torch / nnU-Net, which --help and argument errors do not need
     from nnunet_mmpretrain.synthetic import datasets as ds
 
     t0 = time.time()

@@ -11,6 +11,10 @@ import sys
 
 from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors
 from nnunet_mmpretrain.cli.tiny_plans import ready_to_plan
+from nnunet_mmpretrain.corpus.manifest import ManifestError
+from nnunet_mmpretrain.corpus.validate import CorpusValidationError
+from nnunet_mmpretrain.modalities import UnknownModalityError
+from nnunet_mmpretrain.planning.tiny import add_tiny_configuration
 
 TINY_DEFAULTS = {"patch": (32, 32, 32), "features": (8, 16, 32), "batch": 2}
 
@@ -31,6 +35,7 @@ def _validation_line(e) -> str:
 
 def main(argv=None) -> int:
     check_n_proc_da()  # before nnU-Net is imported (it reads the variable on import)
+    # imported here, not at the top: it loads torch / nnU-Net, which --help and argument errors do not need
     from nnunet_mmpretrain.planning.pretrain_planner import PRESETS
     p = argparse.ArgumentParser(prog="nnUNetv2_mmpretrain_plan_and_preprocess", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,10 +66,7 @@ def main(argv=None) -> int:
         if getattr(a, k) is None:
             setattr(a, k, v)
     out = ready_to_plan(a.np, (a.patch, a.features, a.batch) if a.add_config else None)
-    from nnunet_mmpretrain.corpus.manifest import ManifestError
     from nnunet_mmpretrain.corpus.preprocess import plan_and_preprocess_corpus
-    from nnunet_mmpretrain.corpus.validate import CorpusValidationError
-    from nnunet_mmpretrain.modalities import UnknownModalityError
     from nnunet_mmpretrain.planning.pretrain_planner import load_like
     try:
         with disk_errors(out):
@@ -72,7 +74,6 @@ def main(argv=None) -> int:
             r = plan_and_preprocess_corpus(a.d, a.pl, like, a.resample, a.skip_bad, a.np, a.plan_only,
                                            a.gpu_memory_target)
             if a.add_config:
-                from nnunet_mmpretrain.planning.tiny import add_tiny_configuration
                 add_tiny_configuration(r.plans_file, a.add_config, patch_size=a.patch, features=a.features,
                                        batch_size=a.batch)
     except CorpusValidationError as e:  # every bad file on stdout, one line on stderr

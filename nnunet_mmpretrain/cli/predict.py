@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     if not os.path.isdir(a.i):
         die(f"-i {a.i} is not a folder of images (CASE_XXXX.nii.gz): check the path.")
     output_folder(a.o, "-o", inputs=[a.i])
+    # imported here, not at the top: it loads torch / nnU-Net, which --help and argument errors do not need
     from nnunet_mmpretrain.transfer.bundle import BUNDLE_FILE
     if a.bundle and not (os.path.isdir(a.bundle) and os.path.isfile(os.path.join(a.bundle, BUNDLE_FILE))):
         die(f"--bundle {a.bundle} is not a bundle folder (no {BUNDLE_FILE}): pass the folder written by "

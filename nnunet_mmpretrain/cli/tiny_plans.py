@@ -15,6 +15,8 @@ import sys
 from typing import Optional, Sequence
 
 from nnunet_mmpretrain.cli._common import check_n_proc_da, die, disk_errors, require_env, writable_folder
+from nnunet_mmpretrain.planning.nnunet_plan import plan_and_preprocess
+from nnunet_mmpretrain.planning.tiny import check_tiny
 
 
 def ready_to_plan(num_processes: int, tiny: Optional[Sequence] = None) -> str:
@@ -25,7 +27,6 @@ def ready_to_plan(num_processes: int, tiny: Optional[Sequence] = None) -> str:
     if num_processes < 1:
         die(f"-np must be at least 1, got {num_processes}.")
     if tiny is not None:
-        from nnunet_mmpretrain.planning.tiny import check_tiny
         try:
             check_tiny(*tiny)
         except ValueError as e:
@@ -49,7 +50,6 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     check_n_proc_da()  # before nnU-Net is imported (it reads the variable on import)
     out = ready_to_plan(a.np, (a.patch, a.features, a.batch))
-    from nnunet_mmpretrain.planning.nnunet_plan import plan_and_preprocess
     try:
         with disk_errors(out):
             plans_file = plan_and_preprocess(a.d, planner=a.pl, num_processes=a.np, verify=not a.no_verify,

@@ -30,6 +30,7 @@ import traceback
 from datetime import timedelta
 
 from nnunet_mmpretrain.cli._common import die
+from nnunet_mmpretrain.parallel import PEER_LOST, PeerLostError, is_peer_loss, launch_elastic
 
 log = logging.getLogger("nnunet_mmpretrain.train_ddp")
 PROG = "nnUNetv2_mmpretrain_train_ddp"
@@ -200,7 +201,6 @@ def _train(a) -> None:
     import torch
     import torch.distributed as dist
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
-    from nnunet_mmpretrain.parallel import PEER_LOST, PeerLostError, is_peer_loss
     rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     torch.set_num_threads(a.threads)
     if a.device == "cuda":
@@ -235,7 +235,6 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _check_args(a)
     folder = _preflight(a)
-    from nnunet_mmpretrain.parallel import launch_elastic
     os.environ.setdefault("nnUNet_n_proc_DA", "0")
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     endpoint = a.rdzv_endpoint or "127.0.0.1:0"

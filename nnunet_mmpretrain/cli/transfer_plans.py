@@ -42,7 +42,8 @@ def main(argv=None) -> int:
             die(f"{var} is not set: export it (see nnU-Net's documentation/setting_up_paths.md).")
     if a.s is None and a.bundle is None:
         die("give the pretraining corpus with -s ID, or a bundle with --bundle FOLDER to take the plans from.")
-    from nnunet_mmpretrain.planning.transfer import transfer_plans
+    # imported here, not at the top: it loads torch / nnU-Net, which --help and argument errors do not need
+    from nnunet_mmpretrain.transfer.plans import transfer_plans
     try:
         if a.bundle is not None:
             from nnunet_mmpretrain.transfer.bundle import load_bundle

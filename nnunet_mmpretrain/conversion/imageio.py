@@ -14,6 +14,7 @@ from nnunet_mmpretrain.conversion.paths import PARTIAL_DIR
 from nnunet_mmpretrain.conversion.summary import CaseSkip
 
 from nnunet_mmpretrain.geometry import GRID_TOL_MM, Grid  # noqa: F401 (one home; re-exported)
+from nnunet_mmpretrain.io_utils import damaged_files  # noqa: F401 (one home; re-exported)
 
 
 def _fmt(v) -> str:
@@ -47,21 +48,6 @@ def check_complete(path: str) -> None:
     why = nifti_damage(path)
     if why:
         raise CaseSkip(f"{path} {why}")
-
-
-def damaged_files(dataset_folder: str, subfolders=("imagesTr", "labelsTr", "imagesTs")):
-    """(path, reason) of every truncated / corrupt NIfTI file of an nnU-Net raw dataset, sorted."""
-    from nnunet_mmpretrain.io_utils import nifti_damage
-    out = []
-    for sub in subfolders:
-        d = os.path.join(dataset_folder, sub)
-        if not os.path.isdir(d):
-            continue
-        for fn in sorted(os.listdir(d)):
-            why = nifti_damage(os.path.join(d, fn))
-            if why:
-                out.append((os.path.join(d, fn), why))
-    return out
 
 
 def _first_line(e: BaseException) -> str:

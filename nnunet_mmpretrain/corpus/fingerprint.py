@@ -16,9 +16,10 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from nnunet_mmpretrain.corpus.loading import load_case_on_common_grid
+from nnunet_mmpretrain.corpus.manifest import CorpusCase, CorpusManifest
 from nnunet_mmpretrain.parallel import map_with_progress
 
-from nnunet_mmpretrain.corpus.manifest import CorpusCase, CorpusManifest
 
 
 def load_case_arrays(manifest: CorpusManifest, case: CorpusCase, resample: bool = False
@@ -33,7 +34,6 @@ def load_case_arrays(manifest: CorpusManifest, case: CorpusCase, resample: bool 
     mods = case.modalities
     if resample:
         import SimpleITK as sitk
-        from nnunet_mmpretrain.corpus.loading import load_case_on_common_grid
         imgs = load_case_on_common_grid(manifest, case)
         ref = imgs[mods[0]]
         data = np.stack([sitk.GetArrayFromImage(imgs[m]).astype(np.float32) for m in mods])

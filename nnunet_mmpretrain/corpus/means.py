@@ -17,7 +17,8 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from nnunet_mmpretrain.geometry import grid_geometry
+from nnunet_mmpretrain.geometry import grid_geometry, template_grid_shape
+from nnunet_mmpretrain.io_utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ def load_or_compute_means(preprocessed_dataset_folder: str, data_identifier: str
                           properties: Dict[str, dict], transpose_forward, target_spacing, grid
                           ) -> Dict[str, np.ndarray]:
     """The stored means when they exist for this grid, else computed (and stored, atomically)."""
-    from nnunet_mmpretrain.io_utils import atomic_path
     path = means_file(preprocessed_dataset_folder, data_identifier)
     grid = [int(g) for g in grid]
     if os.path.isfile(path):
@@ -90,7 +90,6 @@ def means_for_configuration(plans_file: str, configuration: str) -> Dict[str, np
     from batchgenerators.utilities.file_and_folder_operations import load_pickle
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunet_mmpretrain.geometry import template_grid_shape
     pm = PlansManager(plans_file)
     cm = pm.get_configuration(configuration)
     pre_dir = os.path.dirname(os.path.abspath(plans_file))

@@ -28,10 +28,14 @@ from typing import Optional
 
 import numpy as np
 
-from nnunet_mmpretrain.parallel import map_with_progress
-
+from nnunet_mmpretrain.corpus.fingerprint import corpus_fingerprint, load_case_arrays
 from nnunet_mmpretrain.corpus.manifest import CorpusManifest, load_manifest
+from nnunet_mmpretrain.corpus.means import means_for_configuration
+from nnunet_mmpretrain.corpus.validate import filtered_manifest, validate_corpus
 from nnunet_mmpretrain.io_utils import atomic_write_json
+from nnunet_mmpretrain.parallel import map_with_progress
+from nnunet_mmpretrain.planning.pretrain_planner import PLANS_NAME, PRESETS
+
 
 CONFIGURATION = "3d_fullres"
 PARTIAL = ".partial"   # subfolder of the data folder for files being written
@@ -72,7 +76,6 @@ def _preprocess_one(args):
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import comp_blosc2_params
-    from nnunet_mmpretrain.corpus.fingerprint import load_case_arrays
     pm = PlansManager(plans_file)
     data, props, mods = load_case_arrays(manifest, case, resample)
     cm = _per_case_configuration(pm.get_configuration(CONFIGURATION), len(mods))
@@ -117,9 +120,6 @@ def plan_and_preprocess_corpus(dataset_id: int, preset: str = "ResEncM", like: O
     import time
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
-    from nnunet_mmpretrain.corpus.fingerprint import corpus_fingerprint
-    from nnunet_mmpretrain.corpus.validate import filtered_manifest, validate_corpus
-    from nnunet_mmpretrain.planning.pretrain_planner import PLANS_NAME, PRESETS
 
     name = convert_id_to_dataset_name(dataset_id)
     raw = os.path.join(str(nnUNet_raw), name)
@@ -168,7 +168,6 @@ def plan_and_preprocess_corpus(dataset_id: int, preset: str = "ResEncM", like: O
     shutil.rmtree(os.path.join(data_folder, PARTIAL), ignore_errors=True)
     done = sum(r == "done" for _, r in res)
     if manifest.atlas_registered and done:   # starting values of the modality templates
-        from nnunet_mmpretrain.corpus.means import means_for_configuration
         means_for_configuration(plans_file, CONFIGURATION)
     return CorpusPlanResult(plans_file, data_folder, done, len(res) - done, secs,
                             planner.corpus_block["left_out_cases"])

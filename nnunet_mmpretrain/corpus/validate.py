@@ -44,6 +44,8 @@ from tqdm import tqdm
 from nnunet_mmpretrain import modalities as mod
 from nnunet_mmpretrain.corpus.manifest import CorpusManifest
 from nnunet_mmpretrain.geometry import Grid
+from nnunet_mmpretrain.io_utils import nifti_damage
+from nnunet_mmpretrain.parallel import single_threaded_pool
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +253,6 @@ def inspect_image(path: str) -> Tuple[Optional[Grid], List[str]]:
         return None, ["file not found"]
     if os.path.isdir(path):
         return None, ["is a folder, not an image file"]
-    from nnunet_mmpretrain.io_utils import nifti_damage
     damage = nifti_damage(path)  # SimpleITK reads zeros where a .nii.gz is cut short
     if damage:
         return None, [damage]
@@ -370,7 +371,6 @@ def validate_corpus(manifest: CorpusManifest, resample_to_first: bool = False, o
     if n_proc == 1:
         results = [_check_case(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
     else:
-        from nnunet_mmpretrain.parallel import single_threaded_pool
         with single_threaded_pool(n_proc) as pool:
             results = list(tqdm(pool.imap(_check_case, jobs), total=len(jobs), desc=desc,
                                 disable=not progress))

@@ -9,7 +9,8 @@ import contextlib
 import os
 from typing import Iterator, Optional, Sequence, Type, Union
 
-from nnunet_mmpretrain.planning.tiny import add_tiny_configuration
+from nnunet_mmpretrain.io_utils import damaged_files
+from nnunet_mmpretrain.planning.tiny import add_tiny_configuration, check_tiny
 
 
 def n_proc_da() -> Optional[int]:
@@ -48,7 +49,6 @@ def planner_threads() -> Iterator[None]:
 def damaged_dataset_files(dataset_folder: str) -> None:
     """ValueError naming the first truncated / corrupt NIfTI file of a labelled raw dataset
     (nnU-Net's readers would fill the missing data with zeros)."""
-    from nnunet_mmpretrain.conversion.imageio import damaged_files
     bad = damaged_files(dataset_folder)
     if bad:
         more = f" ({len(bad) - 1} more damaged file(s))" if len(bad) > 1 else ""
@@ -97,7 +97,6 @@ def plan_and_preprocess(dataset_id: int, planner: Union[str, Type] = "Experiment
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
     if tiny is not None:  # before any work: a tiny configuration nnU-Net could not train
-        from nnunet_mmpretrain.planning.tiny import check_tiny
         check_tiny(tiny.get("patch_size", (32, 32, 32)), tiny.get("features", (8, 16, 32)), tiny.get("batch_size", 2))
     fingerprint(dataset_id, num_processes, foreground_voxels, verify)
     with planner_threads():

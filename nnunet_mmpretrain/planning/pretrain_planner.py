@@ -21,6 +21,8 @@ from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_en
     nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL)
 
 from nnunet_mmpretrain import modalities as mod
+from nnunet_mmpretrain.io_utils import atomic_write_json
+from nnunet_mmpretrain.planning.nnunet_plan import planner_threads
 
 PLANS_NAME = "mmPretrainPlans"
 
@@ -52,7 +54,6 @@ class _MMPretrainPlanning:
         if os.path.isfile(old_file):
             with open(old_file) as f:
                 self._previous_configurations = json.load(f).get("configurations", {})
-        from nnunet_mmpretrain.planning.nnunet_plan import planner_threads
         with planner_threads():  # nnUNet_n_proc_DA=0 is valid for training, not for torch.set_num_threads
             plans = super().plan_experiment()
         plans = deepcopy(plans)
@@ -90,7 +91,6 @@ class _MMPretrainPlanning:
         import os
         from nnunetv2.paths import nnUNet_preprocessed
         from nnunetv2.utilities.json_export import recursive_fix_for_json_export
-        from nnunet_mmpretrain.io_utils import atomic_write_json
         plans = deepcopy(plans)
         recursive_fix_for_json_export(plans)
         out = os.path.join(str(nnUNet_preprocessed), self.dataset_name, self.plans_identifier + ".json")

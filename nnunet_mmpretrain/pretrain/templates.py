@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_mmpretrain.io_utils import atomic_path
 from nnunet_mmpretrain.modalities import MODALITIES, canonical
 
 #: format tag stored in :meth:`ModalityTemplates.state`
@@ -295,7 +296,6 @@ class ModalityTemplates(nn.Module):
         """
         import nibabel as nib
 
-        from nnunet_mmpretrain.io_utils import atomic_path
 
         if affine is None:
             affine = np.eye(4)

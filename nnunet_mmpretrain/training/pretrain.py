@@ -33,22 +33,25 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_mmpretrain.corpus.means import load_or_compute_means
+from nnunet_mmpretrain.geometry import GridGeometry, template_grid_shape
+from nnunet_mmpretrain.io_utils import atomic_path
 from nnunet_mmpretrain.pretrain.objectives import ObjectiveConfig
-from nnunet_mmpretrain.training.pretrain_checkpoint import PretrainingError, checkpoint_dict, restore
-from nnunet_mmpretrain.training.pretrain_schedule import WarmupCosine
-from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, backward_and_step
+from nnunet_mmpretrain.pretrain.step import MaskSpec, PretrainBatch, brainmvp_forward
+from nnunet_mmpretrain.training.errors import PretrainingError
+from nnunet_mmpretrain.training.loaders import background_loaders
+from nnunet_mmpretrain.training.pretrain_checkpoint import checkpoint_dict, restore
+from nnunet_mmpretrain.training.pretrain_corpus import (check_corpus, epoch_report, fixed_validation_batches,
+                                                        load_corpus_properties, write_summary)
+from nnunet_mmpretrain.training.pretrain_data import CorpusPatchLoader
+from nnunet_mmpretrain.training.pretrain_network import MMPretrainNetwork
+from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, WarmupCosine, backward_and_step
+from nnunet_mmpretrain.transfer.inject import unwrap
 
 VIEW_KEYS = tuple(f"{v}_{k}" for v in ("md", "cmr") for k in ("masked_mse", "baseline_patch_mean", "baseline_fill"))
 JOINT_KEYS = ("l_joint", "joint_masked_mse", "joint_baseline_patch_mean", "joint_baseline_fill")
 LOG_KEYS = ("loss", "l_md", "l_cmr", "l_mcl") + VIEW_KEYS + ("emb_std",) + JOINT_KEYS   # joint: NaN when off
 __all__ = ["nnUNetTrainerMMPretrain", "PretrainingError", "LOG_KEYS"]
-
-
-def relative_error(log: Dict[str, List[float]], split: str = "val", i: int = -1) -> Dict[str, float]:
-    """Per view, masked error / patch-mean baseline and masked error / fill baseline at entry i."""
-    g = lambda k: log[f"{split}_{k}"][i]
-    return {f"{v}_{b}": g(f"{v}_masked_mse") / max(g(f"{v}_baseline_{b}"), 1e-12)
-            for v in ("md", "cmr") for b in ("patch_mean", "fill")}
 
 
 class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
@@ -92,9 +95,6 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
         if self.was_initialized:
             return
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-        from nnunet_mmpretrain.geometry import GridGeometry, template_grid_shape
-        from nnunet_mmpretrain.training.pretrain_corpus import check_corpus, load_corpus_properties
-        from nnunet_mmpretrain.training.pretrain_network import MMPretrainNetwork
         self._set_batch_size_and_oversample()
         self.dataset_class, self.corpus_props = load_corpus_properties(self.preprocessed_dataset_folder,
                                                                        self.plans_manager.dataset_name)
@@ -116,7 +116,6 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
             ref = max(self.corpus_props, key=lambda k: np.prod(self.corpus_props[k]["shape_before_cropping"]))
             self.grid_geometry = GridGeometry.from_case(self.corpus_props[ref], pm.transpose_backward)
             if self.template_init == "corpus_mean":
-                from nnunet_mmpretrain.corpus.means import load_or_compute_means
                 init = load_or_compute_means(os.path.dirname(self.preprocessed_dataset_folder), cm.data_identifier,
                                              self.dataset_class, self.corpus_props, pm.transpose_forward,
                                              cm.spacing, grid)
@@ -141,7 +140,6 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
                                f"objective {asdict(self.objective)}")
 
     def _net(self):
-        from nnunet_mmpretrain.transfer.inject import unwrap
         return unwrap(self.network)
 
     def configure_optimizers(self):
@@ -165,7 +163,6 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
         pass
 
     def _loader(self, keys, seed):
-        from nnunet_mmpretrain.training.pretrain_data import CorpusPatchLoader
         cm = self.configuration_manager
         ds = self.dataset_class(self.preprocessed_dataset_folder, sorted(keys))
         return CorpusPatchLoader(ds, keys, self.corpus_props, self.batch_size, patch_size=cm.patch_size,
@@ -173,22 +170,13 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
                                  allow_single=True, seed=seed)
 
     def get_dataloaders(self):
-        from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-        from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
         tr, val = self.do_split()
         seed = 1234 + 7919 * self.local_rank
-        dl_tr, dl_val = self._loader(tr, seed), self._loader(val, seed + 1)
-        n = get_allowed_n_proc_DA()
-        if n == 0:
-            return SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
-        mk = lambda dl, k: NonDetMultiThreadedAugmenter(dl, None, k, num_cached=max(2, k), seeds=None,
-                                                        pin_memory=self.device.type == "cuda", wait_time=0.002)
-        return mk(dl_tr, n), mk(dl_val, max(1, n // 2))
+        return background_loaders(self._loader(tr, seed), self._loader(val, seed + 1),
+                                  pin_memory=self.device.type == "cuda")
 
     def on_train_start(self):
         super().on_train_start()
-        from nnunet_mmpretrain.training.pretrain_corpus import fixed_validation_batches
         _, val = self.do_split()
         self._val_fixed = fixed_validation_batches(self._loader(val, 4242), self.num_val_iterations_per_epoch,
                                                    self.configuration_manager.patch_size, self.mask_ratio,
@@ -199,7 +187,6 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
 
     # ---------------------------------------------------------------- the step
     def _step(self, batch, masks=None, evaluate=False):
-        from nnunet_mmpretrain.pretrain.step import MaskSpec, PretrainBatch, brainmvp_forward
         t = lambda k: torch.as_tensor(batch[k]).to(self.device, non_blocking=True)
         b = PretrainBatch(t("target"), t("partner"), t("m_idx"), t("n_idx"),
                           t("starts") if self.atlas_registered else None, list(batch["subject"]))
@@ -268,7 +255,6 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
 
     def on_epoch_end(self):
         from time import time
-        from nnunet_mmpretrain.training.pretrain_corpus import epoch_report
         self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
         lines, score = epoch_report(self.mm_log, self.current_epoch, self.num_epochs, self.alarm_fraction,
                                     self.objective.mcl_active(self.current_epoch, self.num_epochs),
@@ -283,6 +269,7 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
             self._best_val = score
             self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_best.pth"))
         if self.local_rank == 0:
+            # imported here, not at the top: matplotlib loads slowly and only the progress plots need it
             from nnunet_mmpretrain.training.pretrain_plots import plot_montage, plot_progress
             plot_progress(self.mm_log, os.path.join(self.output_folder, "progress_pretrain.png"))
             if self._pictures is not None and ((self.current_epoch + 1) % self.save_every == 0
@@ -294,7 +281,6 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0 or self.disable_checkpointing:
             return
-        from nnunet_mmpretrain.io_utils import atomic_path
         with atomic_path(filename) as tmp:
             torch.save(checkpoint_dict(self), tmp)
 
@@ -310,7 +296,6 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
         """No segmentation to validate: write the templates (NIfTI, montage) and a summary."""
         if self.local_rank != 0:
             return
-        from nnunet_mmpretrain.training.pretrain_corpus import write_summary
         write_summary(self, os.path.join(self.output_folder, "pretraining_summary"))
 
 

@@ -8,11 +8,8 @@ from dataclasses import asdict
 import torch
 
 from nnunet_mmpretrain.modalities import MODALITIES
+from nnunet_mmpretrain.training.errors import PretrainingError
 from nnunet_mmpretrain.training.schedules import restore_training_state
-
-
-class PretrainingError(RuntimeError):
-    """A clear, user-facing problem with the corpus, plans or checkpoint."""
 
 
 def identity(trainer) -> dict:
@@ -22,6 +19,18 @@ def identity(trainer) -> dict:
             "configuration": trainer.configuration_name,
             "architecture": json.dumps(cm.network_arch_init_kwargs, sort_keys=True, default=str),
             "patch_size": [int(p) for p in cm.patch_size]}
+
+
+def trainer_settings(cls) -> dict:
+    """Class-level settings of a pretraining trainer class (masking, optimiser, schedule) as the
+    model card records them; the checkpoint carries them so that the card needs no trainer import."""
+    out = {k: getattr(cls, k) for k in ("mask_ratio", "block_size", "lr", "weight_decay", "template_lr", "decoder")
+           if isinstance(getattr(cls, k, None), (int, float, str))}
+    sch = getattr(cls, "schedule", None)
+    if sch is not None:
+        out.update(planned_epochs=sch.epochs, iterations_per_epoch=sch.iterations,
+                   val_iterations_per_epoch=sch.val_iterations)
+    return out
 
 
 def checkpoint_dict(trainer) -> dict:
@@ -42,6 +51,7 @@ def checkpoint_dict(trainer) -> dict:
                       "fold": str(trainer.fold), "dataset_json": json.dumps(trainer.dataset_json),
                       "device": str(trainer.device)},
         "trainer_name": trainer.__class__.__name__,
+        "trainer_settings": trainer_settings(type(trainer)),
         "mmpretrain": {"vocabulary": list(MODALITIES), "atlas_registered": trainer.atlas_registered,
                        "modalities_seen": sorted({m for p in trainer.corpus_props.values() for m in p["modalities"]}),
                        "template_grid": list(net.templates.grid_shape) if net.templates is not None else None,

@@ -9,7 +9,10 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from nnunet_mmpretrain.training.pretrain_checkpoint import PretrainingError
+from nnunet_mmpretrain.geometry import write_grid_nifti
+from nnunet_mmpretrain.io_utils import atomic_write_json
+from nnunet_mmpretrain.pretrain.masking import block_mask
+from nnunet_mmpretrain.training.errors import PretrainingError
 
 
 def load_corpus_properties(folder: str, dataset_name: str):
@@ -56,7 +59,6 @@ def fixed_validation_batches(loader, n: int, patch, ratio: float, block_size: in
                              ) -> List[Tuple[dict, Tuple[torch.Tensor, torch.Tensor]]]:
     """``n`` batches drawn once (cases, positions, partners from ``loader``'s seeded RNG) with
     their two block masks, so the validation curve measures the network, not sampling noise."""
-    from nnunet_mmpretrain.pretrain.masking import block_mask
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(max(1, n)):
@@ -67,12 +69,18 @@ def fixed_validation_batches(loader, n: int, patch, ratio: float, block_size: in
     return out
 
 
+def relative_error(log: Dict[str, List[float]], split: str = "val", i: int = -1) -> Dict[str, float]:
+    """Per view, masked error / patch-mean baseline and masked error / fill baseline at entry i."""
+    g = lambda k: log[f"{split}_{k}"][i]
+    return {f"{v}_{b}": g(f"{v}_masked_mse") / max(g(f"{v}_baseline_{b}"), 1e-12)
+            for v in ("md", "cmr") for b in ("patch_mean", "fill")}
+
+
 def epoch_report(log: Dict[str, List[float]], epoch: int, num_epochs: int, alarm_fraction: float,
                  mcl_active: bool, trained: Tuple[str, ...] = ("md", "cmr")) -> Tuple[List[str], float]:
     """Log lines of one epoch (losses; per view the masked error against both baselines; alarms
     for the ``trained`` views, those with a loss weight) and the score behind checkpoint_best
     (mean over the trained views of masked error / patch mean)."""
-    from nnunet_mmpretrain.training.pretrain import relative_error
     g = lambda k: log[k][-1]
     rel = relative_error(log)
     lines = [f"train loss {g('train_loss'):.4f} (md {g('train_l_md'):.4f}, cmr {g('train_l_cmr'):.4f}, "
@@ -98,8 +106,6 @@ def epoch_report(log: Dict[str, List[float]], epoch: int, num_epochs: int, alarm
 def write_summary(trainer, out: str) -> None:
     """Templates as NIfTI (on the corpus images' world grid when the corpus is on one grid), the
     montage and ``summary.json`` (first / last values of every logged curve, the objective)."""
-    from nnunet_mmpretrain.geometry import write_grid_nifti
-    from nnunet_mmpretrain.io_utils import atomic_write_json
     net = trainer._net()
     os.makedirs(out, exist_ok=True)
     if net.templates is not None:

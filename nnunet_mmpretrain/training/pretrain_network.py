@@ -3,8 +3,8 @@ skip-free reconstruction decoder, the modality templates and a projection head.
 
 Key contract (dynamic-network-architectures): the nnU-Net network built from the plans names its
 encoder ``key_to_encoder`` (``encoder.stages``) and its stem ``key_to_stem`` (``encoder.stem``
-for ResEnc, ``encoder.stages.0`` for PlainConv). Here the stem slot inside the encoder is an
-``nn.Identity`` and the real stems live in ``stems[slot]`` (slot = index in
+for ResEnc, ``encoder.stages.0`` for PlainConv; dynamic-network-architectures also allows a stem
+outside the encoder). Here the stem's slot is an ``nn.Identity`` and the real stems live in ``stems[slot]`` (slot = index in
 :data:`nnunet_mmpretrain.modalities.MODALITIES`), so
 
 * ``encoder.*`` keys are exactly the nnU-Net network's ``encoder.*`` keys minus the stem,
@@ -66,12 +66,12 @@ class MMPretrainNetwork(nn.Module):
         self.key_to_encoder: str = nnunet_net.key_to_encoder
         self.key_to_stem: str = nnunet_net.key_to_stem
         self.keys_to_in_proj = tuple(getattr(nnunet_net, "keys_to_in_proj", ()))
-        if not self.key_to_stem.startswith("encoder."):
-            raise ValueError(f"stem {self.key_to_stem!r} is not inside the encoder")
         encoder = nnunet_net.encoder
         stem = _get(nnunet_net, self.key_to_stem)
         self.stems = nn.ModuleList([deepcopy(stem) for _ in MODALITIES])
-        _set(encoder, self.key_to_stem[len("encoder."):], nn.Identity())
+        # the stem's slot becomes an identity wherever key_to_stem puts it (inside the encoder, or
+        # beside it: then the encoder already takes the stem's output)
+        _set(nnunet_net, self.key_to_stem, nn.Identity())
         if decoder not in ("skipfree", "hypercolumn"):
             raise ValueError(f"decoder must be 'skipfree' or 'hypercolumn', got {decoder!r}")
         if joint and decoder != "hypercolumn":

@@ -5,6 +5,9 @@ from typing import Dict, List
 
 import numpy as np
 
+from nnunet_mmpretrain.io_utils import atomic_path
+from nnunet_mmpretrain.modalities import MODALITIES
+
 
 def _plt():
     import matplotlib
@@ -14,7 +17,6 @@ def _plt():
 
 
 def _save(fig, path: str) -> None:
-    from nnunet_mmpretrain.io_utils import atomic_path
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)
 
@@ -57,7 +59,6 @@ def plot_montage(net, batch, path: str) -> None:
     """Top: the central axial slice of each trained template. Below, per sample: target, the two
     views and their reconstructions (central slice)."""
     import torch
-    from nnunet_mmpretrain.modalities import MODALITIES
     plt = _plt()
     target, view_md, view_cmr, recon, keys = batch
     B = target.shape[0]

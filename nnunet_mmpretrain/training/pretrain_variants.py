@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nnunet_mmpretrain.pretrain.objectives import ObjectiveConfig
 from nnunet_mmpretrain.training.pretrain import nnUNetTrainerMMPretrain
+from nnunet_mmpretrain.training.pretrain_checkpoint import trainer_settings
 from nnunet_mmpretrain.training.schedules import Schedule
 
 
@@ -143,3 +144,11 @@ class nnUNetTrainerMMPretrain_CMRMD(nnUNetTrainerMMPretrain):
     """Ablation: cross-modal reconstruction + template distillation (BrainMVP without its
     contrastive term)."""
     objective = ObjectiveConfig(w_mcl=0.0)
+
+
+def settings_of_trainer(name) -> dict:
+    """:func:`~nnunet_mmpretrain.training.pretrain_checkpoint.trainer_settings` of the pretraining
+    trainer called ``name`` (this module's variants or the base trainer), or {} when unknown; for
+    checkpoints written before they recorded their settings."""
+    cls = globals().get(str(name)) if str(name).startswith("nnUNetTrainerMMPretrain") else None
+    return trainer_settings(cls) if isinstance(cls, type) else {}

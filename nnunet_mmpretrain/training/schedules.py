@@ -1,4 +1,6 @@
-"""Short training schedules as a mixin, so a variant is a few lines over any nnU-Net trainer.
+"""Training schedules, the one home for them: short schedules as a mixin (so a variant is a few
+lines over any nnU-Net trainer) and the learning-rate schedules (:class:`WarmupCosine` for
+pretraining and classification, :class:`WarmupPoly` for fine-tuning with a warm-up).
 
 nnU-Net's own short trainers (``nnUNetTrainer_5epochs``, ...) still run 250 training and 50
 validation iterations per epoch and mirror at inference, which is far too slow for tests and the
@@ -9,6 +11,7 @@ demo on 2 CPU cores. ``ShortSchedule`` sets all of it from one class attribute::
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +49,42 @@ class ShortSchedule:
             mirror_axes = None
             self.inference_allowed_mirroring_axes = None
         return rot, dummy_2d, initial_patch, mirror_axes
+
+
+class WarmupCosine:
+    """Per-epoch LR: linear warm-up over ``warmup`` epochs, then cosine to 0; ``step(epoch)``
+    sets every group's lr from its ``initial_lr`` (nnU-Net calls ``step(current_epoch)``)."""
+
+    def __init__(self, optimizer, num_epochs: int, warmup: int):
+        self.optimizer, self.num_epochs, self.warmup = optimizer, max(1, num_epochs), max(0, warmup)
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+
+    def factor(self, epoch: int) -> float:
+        if epoch < self.warmup:
+            return (epoch + 1) / (self.warmup + 1)
+        t = (epoch - self.warmup) / max(1, self.num_epochs - self.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    def step(self, epoch: int) -> None:
+        f = self.factor(epoch)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * f
+
+
+class WarmupPoly:
+    """Linear warm-up over ``warmup`` epochs, then nnU-Net's polynomial decay (exponent 0.9)."""
+
+    def __init__(self, optimizer, initial_lr: float, num_epochs: int, warmup: int):
+        self.optimizer, self.initial_lr, self.num_epochs, self.warmup = optimizer, initial_lr, num_epochs, warmup
+
+    def step(self, epoch: int) -> None:
+        if epoch < self.warmup:
+            lr = self.initial_lr * (epoch + 1) / (self.warmup + 1)
+        else:
+            lr = self.initial_lr * (1 - (epoch - self.warmup) / max(1, self.num_epochs - self.warmup)) ** 0.9
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
 
 
 def backward_and_step(loss: torch.Tensor, optimizer, grad_scaler, params, clip: float) -> None:

@@ -22,6 +22,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from nnunet_mmpretrain.geometry import GridGeometry
 from nnunet_mmpretrain.modalities import canonical, is_known
 
 
@@ -61,7 +62,6 @@ class CaseTemplates:
 
     def _world(self, modality: str):
         if modality not in self._images:
-            from nnunet_mmpretrain.geometry import GridGeometry
             self._images[modality] = GridGeometry.from_dict(self.geometry).to_image(self.templates[modality])
         return self._images[modality]
 

@@ -40,88 +40,55 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Dict, Optional
+from typing import Callable, List, Optional
 
 import torch
 
-from nnunet_mmpretrain.transfer.supervised import (NUMPY_SCALARS, SupervisedBundleError, is_nnunet_checkpoint,
-                                                   supervised_bundle)
+from nnunet_mmpretrain.geometry import GridGeometry, write_grid_nifti
+from nnunet_mmpretrain.io_utils import normal_modes, sha256_file, swap_folder
+from nnunet_mmpretrain.planning.compat import resolved_configuration
+from nnunet_mmpretrain.pretrain.templates import ModalityTemplates
+from nnunet_mmpretrain.transfer.bundle_format import (BUNDLE_FILE, BUNDLE_FORMAT, BundleError,  # noqa: F401
+                                                      load_weights_only, package_versions)
+from nnunet_mmpretrain.transfer import model_card
+from nnunet_mmpretrain.transfer.model_card import CARD_FILE, META_FILE, REQUIRED
+from nnunet_mmpretrain.transfer.nnssl import NnsslError, nnssl_to_bundle
+from nnunet_mmpretrain.transfer.supervised import SupervisedBundleError, is_nnunet_checkpoint, supervised_bundle
 
-BUNDLE_FORMAT = "nnunet_mmpretrain.bundle/1"
-BUNDLE_FILE = "encoder_bundle.pt"
 log = logging.getLogger(__name__)
 
 
-class BundleError(ValueError):
-    """A bundle that cannot be used, with the reason and the fix."""
-
-
-def _versions() -> Dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-    out = {}
-    for p in ("nnunet-mmpretrain", "nnunetv2", "torch", "dynamic_network_architectures"):
-        try:
-            out[p] = version(p)
-        except PackageNotFoundError:
-            out[p] = "unknown"
-    return out
-
-
-def _load_weights_only(path: str, what: str) -> dict:
-    if not os.path.isfile(path):
-        raise BundleError(f"{what} {path} does not exist.")
-    try:
-        with torch.serialization.safe_globals(NUMPY_SCALARS):    # nnU-Net's own checkpoints log numpy floats
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:   # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        if "Weights only load failed" in str(e) or "weights_only" in str(e):
-            raise BundleError(f"{path} is not a weights-only file (it needs full pickle to load, which can run "
-                              f"arbitrary code): it was not written by nnUNetv2_mmpretrain_export. Re-export the "
-                              f"pretraining checkpoint with nnUNetv2_mmpretrain_export.") from None
-        raise BundleError(f"{path} cannot be read ({type(e).__name__}: {first}); the file is truncated or "
-                          f"damaged: copy it again or re-export it with nnUNetv2_mmpretrain_export.") from None
-    if not isinstance(obj, dict):
-        raise BundleError(f"{path} does not hold a dict: not a {what}.")
-    return obj
-
-
-def bundle_from_checkpoint(checkpoint_path: str) -> dict:
-    """Build the bundle dict from a pretraining checkpoint (``checkpoint_final.pth``)."""
-    ck = _load_weights_only(checkpoint_path, "pretraining checkpoint")
-    return _bundle_from_checkpoint_dict(ck, checkpoint_path)
-
-
-def bundle_from_any(path: str) -> dict:
+def bundle_from_any(path: str, settings_of: Optional[Callable[[str], dict]] = None) -> dict:
     """The bundle of a pretraining checkpoint, a bundle folder / ``encoder_bundle.pt``, or an nnssl
-    checkpoint (``.pth`` with ``nnssl_adaptation_plan``)."""
+    checkpoint (``.pth`` with ``nnssl_adaptation_plan``).
+
+    ``settings_of``: trainer name -> its settings for the model card, asked only when a pretraining
+    checkpoint does not record them (transfer imports no trainer; the caller knows them)."""
     if os.path.isdir(path) or os.path.basename(path) == BUNDLE_FILE:
         return load_bundle(path)
-    ck = _load_weights_only(path, "checkpoint")
+    ck = load_weights_only(path, "checkpoint")
     if ck.get("format") == BUNDLE_FORMAT:
         return ck
     if is_nnunet_checkpoint(ck):         # a plain nnU-Net model: its encoder trained with labels
         try:
-            return supervised_bundle(ck, path, _versions(), BUNDLE_FORMAT)
+            return supervised_bundle(ck, path, package_versions(), BUNDLE_FORMAT)
         except SupervisedBundleError as e:
             raise BundleError(str(e)) from None
     if "nnssl_adaptation_plan" in ck:
-        from nnunet_mmpretrain.transfer.nnssl import NnsslError, nnssl_to_bundle
         try:
             return nnssl_to_bundle(ck, path)
         except NnsslError as e:
             raise BundleError(str(e)) from None
-    return _bundle_from_checkpoint_dict(ck, path)
+    return _bundle_from_checkpoint_dict(ck, path, settings_of)
 
 
-def _bundle_from_checkpoint_dict(ck: dict, checkpoint_path: str) -> dict:
+def _bundle_from_checkpoint_dict(ck: dict, checkpoint_path: str, settings_of=None) -> dict:
     if "identity" not in ck or "network_weights" not in ck or "mmpretrain" not in ck:
         raise BundleError(f"{checkpoint_path} is not a checkpoint of nnUNetTrainerMMPretrain "
                           f"(keys: {', '.join(sorted(ck)[:8])}).")
     sd = ck["network_weights"]
     plans = json.loads(ck["init_args"]["plans"])
     conf_name = ck["init_args"]["configuration"]
-    from nnunet_mmpretrain.planning.transfer import resolved_configuration
     conf = resolved_configuration(plans, conf_name)
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     arch = conf["architecture"]
@@ -138,7 +105,6 @@ def _bundle_from_checkpoint_dict(ck: dict, checkpoint_path: str) -> dict:
     templates = {}
     space = ck["mmpretrain"].get("template_space") or "minmax"
     if "templates.templates" in sd:
-        from nnunet_mmpretrain.pretrain.templates import ModalityTemplates
         t = sd["templates.templates"]
         bank = ModalityTemplates(tuple(t.shape[1:]), modalities=vocab, init=t, value_space=space)
         with torch.no_grad():
@@ -167,23 +133,24 @@ def _bundle_from_checkpoint_dict(ck: dict, checkpoint_path: str) -> dict:
         "configuration": conf_name,
         "epoch": int(ck["current_epoch"]),
         "objective": json.dumps(ck.get("objective", {})),
-        "versions": _versions(),
+        "versions": package_versions(),
         "stem_origin": "per-modality",
-        "card": _card(ck, checkpoint_path),
+        "card": _card(ck, checkpoint_path, settings_of),
     }
 
 
-def _card(ck: dict, checkpoint_path: str) -> dict:
-    from nnunet_mmpretrain.transfer.model_card import describe_checkpoint
+def _card(ck: dict, checkpoint_path: str, settings_of=None) -> dict:
     try:
-        return describe_checkpoint(ck, checkpoint_path)
+        settings = ck.get("trainer_settings")
+        if settings is None and settings_of is not None:
+            settings = settings_of(ck.get("trainer_name"))
+        return model_card.describe_checkpoint(ck, checkpoint_path, settings)
     except (KeyError, TypeError, ValueError, OSError) as e:   # a card must not block the export
         log.warning("model card of %s incomplete: %s: %s", checkpoint_path, type(e).__name__, e)
         return {}
 
 
 def _write_files(bundle: dict, folder: str) -> str:
-    from nnunet_mmpretrain.geometry import GridGeometry, write_grid_nifti
     geo = bundle.get("template_geometry")
     geo = GridGeometry.from_dict(geo) if geo else None
     for m, vol in bundle["templates"].items():
@@ -199,8 +166,6 @@ def _write_files(bundle: dict, folder: str) -> str:
 def save_bundle(bundle: dict, folder: str, license: Optional[str] = None, command: Optional[str] = None) -> str:
     """Write the bundle folder whole (module docstring) with bundle.json and MODEL_CARD.md;
     returns the path of encoder_bundle.pt. ``license`` / ``command`` go into the metadata."""
-    from nnunet_mmpretrain.io_utils import normal_modes, swap_folder
-    from nnunet_mmpretrain.transfer.model_card import CARD_FILE, bundle_metadata, render_model_card
     folder = os.path.abspath(folder)
     if license:
         bundle["card"] = {**(bundle.get("card") or {}), "license": license}
@@ -215,11 +180,11 @@ def save_bundle(bundle: dict, folder: str, license: Optional[str] = None, comman
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.partial-", dir=parent)
     try:
         weights = _write_files(bundle, tmp)
-        meta = bundle_metadata(bundle, tmp, weights, license=license, command=command)
+        meta = model_card.bundle_metadata(bundle, tmp, weights, license=license, command=command)
         with open(os.path.join(tmp, "bundle.json"), "w") as f:
             json.dump(meta, f, indent=2)
         with open(os.path.join(tmp, CARD_FILE), "w") as f:
-            f.write(render_model_card(meta))
+            f.write(model_card.render_model_card(meta))
         normal_modes(tmp)
         swap_folder(tmp, folder)
     except BaseException:
@@ -234,8 +199,52 @@ def load_bundle(path: str) -> dict:
     for a missing, truncated, pickled or foreign file."""
     if os.path.isdir(path):
         path = os.path.join(path, BUNDLE_FILE)
-    b = _load_weights_only(path, "encoder bundle")
+    b = load_weights_only(path, "encoder bundle")
     if b.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path} is not an encoder bundle (format {b.get('format')!r}, expected "
                           f"{BUNDLE_FORMAT!r}); make one with nnUNetv2_mmpretrain_export CHECKPOINT -o FOLDER.")
     return b
+
+
+def verify_bundle(folder: str) -> List[str]:
+    """Problems of a bundle folder (empty when it is sound): bundle.json readable and complete, the
+    weights' and every listed file's SHA256, and bundle.json agreeing with the weights file."""
+    if not os.path.isdir(folder):
+        return [f"{folder} is not a folder: pass the bundle folder written by nnUNetv2_mmpretrain_export"]
+    mf = os.path.join(folder, META_FILE)
+    try:
+        with open(mf) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        return [f"{mf} cannot be read ({type(e).__name__}): re-export the bundle"]
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        return [f"{mf} lacks {', '.join(missing)}: written by an older exporter; re-export the bundle"]
+    problems = []
+    for rel, want in sorted(meta["files"].items()):
+        p = os.path.join(folder, rel)
+        if not os.path.isfile(p):
+            problems.append(f"{p} is missing")
+        elif sha256_file(p) != want:
+            problems.append(f"{p}: SHA256 differs from bundle.json (file changed or damaged)")
+    wf = os.path.join(folder, meta["weights_file"])
+    if os.path.isfile(wf) and sha256_file(wf) != meta["weights_sha256"] and not any(wf in x for x in problems):
+        problems.append(f"{wf}: SHA256 differs from bundle.json weights_sha256 (file changed or damaged)")
+    listed = set(meta["files"]) | {META_FILE, CARD_FILE}
+    extra = sorted(os.path.relpath(os.path.join(r, f), folder) for r, _, fs in os.walk(folder) for f in fs
+                   if os.path.relpath(os.path.join(r, f), folder) not in listed)
+    if extra:
+        problems.append(f"{os.path.join(folder, extra[0])} is not part of the bundle ({len(extra)} unlisted file(s))")
+    if problems:
+        return [p + "; re-export the bundle or copy it again" for p in problems]
+    try:
+        b = load_bundle(wf)
+    except BundleError as e:
+        return [str(e)]
+    for k, got in (("encoder_keys", len(b["encoder"])), ("network_class_name", b["network_class_name"]),
+                   ("configuration", b["configuration"]), ("format", b["format"])):
+        if meta.get(k) != got:
+            problems.append(f"{mf}: {k} = {meta.get(k)!r} but the weights file has {got!r}")
+    if meta["modality_order"].get("trained") != list(b["modalities_trained"]):
+        problems.append(f"{mf}: modality_order.trained differs from the weights file's modalities_trained")
+    return problems

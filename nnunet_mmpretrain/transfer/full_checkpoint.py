@@ -13,6 +13,11 @@ import os
 
 import torch
 
+from nnunet_mmpretrain.io_utils import atomic_path
+from nnunet_mmpretrain.transfer.bundle import load_bundle
+from nnunet_mmpretrain.transfer.inject import inject_bundle
+from nnunet_mmpretrain.transfer.stem import channel_modalities_from_dataset_json
+
 
 def build_full_checkpoint(bundle_path: str, dataset: str, plans_identifier: str, configuration: str,
                           strategy: str = "modality"):
@@ -22,9 +27,6 @@ def build_full_checkpoint(bundle_path: str, dataset: str, plans_identifier: str,
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunet_mmpretrain.transfer.stem import channel_modalities_from_dataset_json
-    from nnunet_mmpretrain.transfer.bundle import load_bundle
-    from nnunet_mmpretrain.transfer.inject import inject_bundle
     name = maybe_convert_to_dataset_name(dataset)
     folder = os.path.join(str(nnUNet_preprocessed), name)
     plans_file = os.path.join(folder, plans_identifier + ".json")
@@ -51,6 +53,5 @@ def build_full_checkpoint(bundle_path: str, dataset: str, plans_identifier: str,
 
 
 def save_full_checkpoint(ck: dict, path: str) -> None:
-    from nnunet_mmpretrain.io_utils import atomic_path
     with atomic_path(path) as tmp:
         torch.save(ck, tmp)

@@ -15,7 +15,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from nnunet_mmpretrain.planning.transfer import IncompatiblePlansError, check_compatible
+from nnunet_mmpretrain.planning.compat import IncompatiblePlansError, check_compatible
+from nnunet_mmpretrain.transfer.stem import adapt_stem
 
 
 def unwrap(network):
@@ -58,7 +59,6 @@ def inject_bundle(network, bundle: dict, channel_modalities: Sequence[Optional[s
     name, or None).
     ``arch``: the configuration's ``architecture`` block, checked first when given.
     """
-    from nnunet_mmpretrain.transfer.stem import adapt_stem
     net = unwrap(network)
     if arch is not None:
         check_bundle_fits(bundle, arch)

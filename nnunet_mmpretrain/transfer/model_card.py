@@ -21,6 +21,8 @@ import sys
 from typing import List, Optional
 
 from nnunet_mmpretrain.io_utils import sha256_file
+from nnunet_mmpretrain.planning.compat import resolved_configuration
+from nnunet_mmpretrain.transfer.bundle_format import BUNDLE_FORMAT
 
 #: top-level bundle.json keys that --verify requires
 REQUIRED = ("format", "weights_file", "weights_sha256", "files", "corpus", "method", "schedule", "proxy_task",
@@ -59,28 +61,14 @@ def _proxy_task(mm_log: dict) -> dict:
     return out
 
 
-def _trainer_settings(name: Optional[str]) -> dict:
-    """Class-level settings of our pretraining trainer ``name`` (schedule, masking, optimiser), or {}."""
-    import importlib
-    for mod in ("nnunet_mmpretrain.training.pretrain_variants", "nnunet_mmpretrain.training.pretrain"):
-        cls = getattr(importlib.import_module(mod), str(name), None)
-        if cls is not None:
-            sch = getattr(cls, "schedule", None)
-            out = {k: getattr(cls, k) for k in ("mask_ratio", "block_size", "lr", "weight_decay", "template_lr",
-                                                 "decoder") if isinstance(getattr(cls, k, None), (int, float, str))}
-            if sch is not None:
-                out.update(planned_epochs=sch.epochs, iterations_per_epoch=sch.iterations,
-                           val_iterations_per_epoch=sch.val_iterations)
-            return out
-    return {}
+def describe_checkpoint(ck: dict, checkpoint_path: str, settings: Optional[dict] = None) -> dict:
+    """Model-card fields of a pretraining checkpoint dict (see module docstring).
 
-
-def describe_checkpoint(ck: dict, checkpoint_path: str) -> dict:
-    """Model-card fields of a pretraining checkpoint dict (see module docstring)."""
+    ``settings``: the trainer's resolved settings (schedule, masking, optimiser) as the caller knows
+    them; by default those the checkpoint recorded (``trainer_settings``), else none."""
     plans = json.loads(ck["init_args"]["plans"])
     block = plans.get("mmpretrain", {})
     conf_name = ck["init_args"]["configuration"]
-    from nnunet_mmpretrain.planning.transfer import resolved_configuration
     conf = resolved_configuration(plans, conf_name)
     fold = os.path.dirname(os.path.abspath(checkpoint_path))
     ds = ck.get("identity", {}).get("dataset_name") or plans.get("dataset_name")
@@ -110,7 +98,7 @@ def describe_checkpoint(ck: dict, checkpoint_path: str) -> dict:
     lrs = [x for x in log.get("lr") or [] if _finite(x) is not None]
     summary_file = _json_path(os.path.join(fold, "pretraining_summary", "summary.json"))
     summary = json.load(open(summary_file)) if summary_file else None
-    settings = _trainer_settings(ck.get("trainer_name"))
+    settings = dict(settings if settings is not None else ck.get("trainer_settings") or {})
     method["settings"] = {k: v for k, v in settings.items() if "epoch" not in k}
     nl = ck.get("nnunet_logging") or {}
     t0, t1 = (nl.get("epoch_start_timestamps") or [None])[0], (nl.get("epoch_end_timestamps") or [None])[-1]
@@ -152,7 +140,6 @@ def _code_version() -> dict:
 def bundle_metadata(bundle: dict, folder: str, weights_file: str, license: Optional[str] = None,
                     command: Optional[str] = None) -> dict:
     """The bundle.json dict of ``bundle`` written in ``folder`` (weights already there)."""
-    from nnunet_mmpretrain.transfer.bundle import BUNDLE_FORMAT
     card = dict(bundle.get("card") or {})
     meta = {k: v for k, v in bundle.items() if k not in ("encoder", "stems", "templates", "plans", "card")}
     meta["encoder_keys"] = len(bundle["encoder"])
@@ -233,48 +220,3 @@ def render_model_card(meta: dict) -> str:
               f"- code commit: {_fmt((meta.get('code') or {}).get('git_commit'))}", "",
               "Check the folder with `nnUNetv2_mmpretrain_export --verify FOLDER`.", ""]
     return "\n".join(lines)
-
-
-def verify_bundle(folder: str) -> List[str]:
-    """Problems of a bundle folder (empty when it is sound): bundle.json readable and complete, the
-    weights' and every listed file's SHA256, and bundle.json agreeing with the weights file."""
-    if not os.path.isdir(folder):
-        return [f"{folder} is not a folder: pass the bundle folder written by nnUNetv2_mmpretrain_export"]
-    mf = os.path.join(folder, META_FILE)
-    try:
-        with open(mf) as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as e:
-        return [f"{mf} cannot be read ({type(e).__name__}): re-export the bundle"]
-    missing = [k for k in REQUIRED if k not in meta]
-    if missing:
-        return [f"{mf} lacks {', '.join(missing)}: written by an older exporter; re-export the bundle"]
-    problems = []
-    for rel, want in sorted(meta["files"].items()):
-        p = os.path.join(folder, rel)
-        if not os.path.isfile(p):
-            problems.append(f"{p} is missing")
-        elif sha256_file(p) != want:
-            problems.append(f"{p}: SHA256 differs from bundle.json (file changed or damaged)")
-    wf = os.path.join(folder, meta["weights_file"])
-    if os.path.isfile(wf) and sha256_file(wf) != meta["weights_sha256"] and not any(wf in x for x in problems):
-        problems.append(f"{wf}: SHA256 differs from bundle.json weights_sha256 (file changed or damaged)")
-    listed = set(meta["files"]) | {META_FILE, CARD_FILE}
-    extra = sorted(os.path.relpath(os.path.join(r, f), folder) for r, _, fs in os.walk(folder) for f in fs
-                   if os.path.relpath(os.path.join(r, f), folder) not in listed)
-    if extra:
-        problems.append(f"{os.path.join(folder, extra[0])} is not part of the bundle ({len(extra)} unlisted file(s))")
-    if problems:
-        return [p + "; re-export the bundle or copy it again" for p in problems]
-    from nnunet_mmpretrain.transfer.bundle import BundleError, load_bundle
-    try:
-        b = load_bundle(wf)
-    except BundleError as e:
-        return [str(e)]
-    for k, got in (("encoder_keys", len(b["encoder"])), ("network_class_name", b["network_class_name"]),
-                   ("configuration", b["configuration"]), ("format", b["format"])):
-        if meta.get(k) != got:
-            problems.append(f"{mf}: {k} = {meta.get(k)!r} but the weights file has {got!r}")
-    if meta["modality_order"].get("trained") != list(b["modalities_trained"]):
-        problems.append(f"{mf}: modality_order.trained differs from the weights file's modalities_trained")
-    return problems

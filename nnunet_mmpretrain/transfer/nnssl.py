@@ -35,6 +35,10 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from nnunet_mmpretrain.modalities import MODALITIES
+from nnunet_mmpretrain.planning.compat import resolved_configuration
+from nnunet_mmpretrain.transfer.bundle_format import BUNDLE_FORMAT, package_versions
+
 log = logging.getLogger(__name__)
 
 #: classes our plans express, by the short name nnssl writes
@@ -77,7 +81,6 @@ def mean_stem(bundle: dict) -> Dict[str, torch.Tensor]:
 
 def _pretrain_plan(plans: dict, configuration: str) -> dict:
     """An nnssl ``Plan`` dict holding the pretraining configuration (spacing, patch size, ...)."""
-    from nnunet_mmpretrain.planning.transfer import resolved_configuration
     conf = resolved_configuration(plans, configuration)
     ak = conf["architecture"]["arch_kwargs"]
     cfg = {
@@ -114,7 +117,6 @@ def bundle_to_nnssl(bundle: dict) -> dict:
     mean stem (input projection (F0, 1, *kernel))."""
     plans = json.loads(bundle["plans"])
     conf = bundle["configuration"]
-    from nnunet_mmpretrain.planning.transfer import resolved_configuration
     arch = resolved_configuration(plans, conf)["architecture"]
     weights = {**{k: v.clone() for k, v in bundle["encoder"].items()}, **mean_stem(bundle)}
     extras = {"format": bundle["format"], "stems": bundle["stems"], "templates": bundle["templates"],
@@ -216,8 +218,6 @@ def nnssl_to_bundle(ck: dict, path: str) -> dict:
     Encoder tensors keep their shapes; the stem's input projection must be (F0, 1, *kernel). Raises
     :class:`NnsslError` listing every field our plans cannot express, or every key whose shape
     differs from the network built from the checkpoint's own architecture."""
-    from nnunet_mmpretrain.modalities import MODALITIES
-    from nnunet_mmpretrain.transfer.bundle import BUNDLE_FORMAT, _versions
     if not isinstance(ck.get("network_weights"), dict) or not isinstance(ck.get("nnssl_adaptation_plan"), dict):
         raise NnsslError(f"{path} is not an nnssl checkpoint (no network_weights / nnssl_adaptation_plan entries; "
                          f"keys: {', '.join(sorted(map(str, ck))[:8])}): pass the .pth that nnssl wrote.")
@@ -290,6 +290,6 @@ def nnssl_to_bundle(ck: dict, path: str) -> dict:
             log.warning("%s: pretrain_plan has no spacing; 1 mm isotropic assumed (nnssl's default)", path)
     b.update({"key_to_encoder": ref.key_to_encoder, "key_to_stem": ref.key_to_stem,
               "keys_to_in_proj": list(ref.keys_to_in_proj), "network_class_name": cls,
-              "arch_kwargs": json.dumps(kwargs, sort_keys=True), "versions": _versions()})
+              "arch_kwargs": json.dumps(kwargs, sort_keys=True), "versions": package_versions()})
     b.setdefault("stem_origin", "per-modality")
     return b

@@ -15,6 +15,10 @@ import shutil
 import tempfile
 from typing import Dict, Optional, Sequence, Union
 
+from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json
+from nnunet_mmpretrain.modalities import channels_to_modalities
+from nnunet_mmpretrain.transfer.fill import fill_missing_channel
+
 log = logging.getLogger(__name__)
 
 
@@ -39,9 +43,6 @@ def complete_cases(input_folder: str, work_folder: str, dataset_json: dict, bund
     """Link complete cases into ``work_folder`` and write template-filled copies of incomplete ones.
     Returns {case: {"channels": [...], "modalities": [...], "notes": [...]}} for filled cases."""
     import SimpleITK as sitk
-    from nnunet_mmpretrain.io_utils import atomic_path
-    from nnunet_mmpretrain.modalities import channels_to_modalities
-    from nnunet_mmpretrain.transfer.fill import fill_missing_channel
     fe = dataset_json["file_ending"]
     n = len(dataset_json["channel_names"])
     mods = channels_to_modalities(dataset_json["channel_names"])
@@ -77,7 +78,6 @@ def predict_with_templates(input_folder: str, output_folder: str, model_folder: 
                            device: str = "cpu", use_mirroring: bool = False, num_processes: int = 1) -> dict:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunet_mmpretrain.io_utils import atomic_write_json
     with open(os.path.join(model_folder, "dataset.json")) as f:
         dj = json.load(f)
     os.makedirs(output_folder, exist_ok=True)

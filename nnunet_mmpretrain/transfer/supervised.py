@@ -18,16 +18,13 @@ from __future__ import annotations
 import json
 from typing import Dict
 
-import numpy as np
 import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_mmpretrain.modalities import channels_to_modalities
-from nnunet_mmpretrain.planning.transfer import resolved_configuration
+from nnunet_mmpretrain.planning.compat import resolved_configuration
 
 SUPERVISED_ORIGIN = "supervised"
-#: what a weights-only load must also accept in an nnU-Net checkpoint: its training log holds numpy
-#: floats (scalars and their dtypes), no code
-NUMPY_SCALARS = [np._core.multiarray.scalar, np.dtype, type(np.dtype(np.float32)), type(np.dtype(np.float64))]
 
 
 class SupervisedBundleError(ValueError):
@@ -54,7 +51,6 @@ def _clean_keys(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 def supervised_bundle(ck: dict, checkpoint_path: str, versions: Dict[str, str], bundle_format: str) -> dict:
     """The bundle dict (format of ``transfer/bundle.py``) of an nnU-Net segmentation checkpoint."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     ia = ck["init_args"]
     plans = ia["plans"] if isinstance(ia["plans"], dict) else json.loads(ia["plans"])
     dj = ia["dataset_json"] if isinstance(ia["dataset_json"], dict) else json.loads(ia["dataset_json"])

@@ -1,7 +1,7 @@
 """Trainers only the tests use; the tests add this folder to ``nnUNet_extTrainer`` (conftest)."""
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_mmpretrain.training.classifier import MMClassifierBase
+from nnunet_mmpretrain.classification.trainer import MMClassifierBase
 from nnunet_mmpretrain.training.finetune import PretrainedEncoder
 from nnunet_mmpretrain.training.finetune_augment import AlignedTemplateSubstitution as TemplateSubstitution, DADAugmentation
 from nnunet_mmpretrain.training.pretrain_variants import nnUNetTrainerMMPretrain_dad

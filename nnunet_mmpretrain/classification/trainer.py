@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import warnings
 from time import time
 from typing import List, Optional
@@ -41,14 +40,23 @@ from torch import distributed as dist
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_mmpretrain.classification.labels import ClassLabelError, load_labels_for_plans
-from nnunet_mmpretrain.training.finetune import FinetuneError, PretrainedEncoder
-from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, backward_and_step, restore_training_state
+from nnunet_mmpretrain.classification.data import ClassificationLoader, stratified_splits
+from nnunet_mmpretrain.classification.labels import load_labels_for_plans
+from nnunet_mmpretrain.classification.metrics import write_fold_summary
+from nnunet_mmpretrain.classification.network import build_classifier, plan_input_size, total_stride
+from nnunet_mmpretrain.classification.predict import predict_arrays
+from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json
+from nnunet_mmpretrain.training.errors import FinetuneError
+from nnunet_mmpretrain.training.loaders import background_loaders
+from nnunet_mmpretrain.training.pretrained_encoder import PretrainedEncoder
+from nnunet_mmpretrain.training.schedules import (Schedule, ShortSchedule, WarmupCosine, backward_and_step,
+                                                  restore_training_state)
+from nnunet_mmpretrain.transfer.inject import unwrap
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MMClassifierBase"] + [f"nnUNetTrainerMMClassifier{v}" for v in (
-    "", "_scratch", "_linearProbe", "_decoderFeatures", "_labelSmoothing", "_demo", "_scratch_demo")]
+    "", "_scratch", "_linearProbe", "_decoderFeatures", "_labelSmoothing")]
 
 
 class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
@@ -67,11 +75,9 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
     grad_clip: float = 12.0
 
     def __init__(self, plans: dict, configuration: str, fold, dataset_json: dict, device=torch.device("cuda")):
-        try:                               # before nnU-Net makes any folder or log file
-            self.class_table = load_labels_for_plans(plans, configuration, dataset_json)
-        except ClassLabelError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+        # before nnU-Net makes any folder or log file; a bad table raises ClassLabelError (one line),
+        # which nnUNetv2_train's entry through the shim turns into exit code 2
+        self.class_table = load_labels_for_plans(plans, configuration, dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = False
         self.input_size: Optional[List[int]] = None
@@ -83,12 +89,10 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
         self.print_to_log_file(msg)
 
     def _net(self):
-        from nnunet_mmpretrain.transfer.inject import unwrap
         return unwrap(self.network)
 
     # ------------------------------------------------------------ set-up
     def _plan_input_size(self) -> List[int]:
-        from nnunet_mmpretrain.classification.network import plan_input_size, total_stride
         given = self.configuration_manager.configuration.get("classification_input_size")
         if given:
             return [int(s) for s in given]
@@ -102,7 +106,6 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
             return
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-        from nnunet_mmpretrain.classification.network import build_classifier
         if self.device.type == "cpu" and os.environ.get("OMP_NUM_THREADS", "").isdigit():
             torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))   # nnU-Net takes every core
         self._set_batch_size_and_oversample()
@@ -132,7 +135,6 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
                   f"{self.input_size}, batch {self.batch_size}; classes ({self.class_table.path}): {counts}")
 
     def configure_optimizers(self):
-        from nnunet_mmpretrain.training.pretrain import WarmupCosine
         params = [p for p in self.network.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         return opt, WarmupCosine(opt, self.num_epochs, self.warmup_epochs)
@@ -141,8 +143,6 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
         """nnU-Net's ``splits_final.json``; when there is none yet, it is written with class-stratified folds."""
         path = os.path.join(self.preprocessed_dataset_folder_base, "splits_final.json")
         if self.fold != "all" and not os.path.isfile(path) and self.local_rank == 0:
-            from nnunet_mmpretrain.classification.data import stratified_splits
-            from nnunet_mmpretrain.io_utils import atomic_write_json
             atomic_write_json(stratified_splits(self.class_table.labels), path)
             self._log(f"wrote class-stratified folds to {path}")
         return super().do_split()
@@ -177,7 +177,6 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
         return rot, dummy_2d, initial, (0, 1, 2)
 
     def get_dataloaders(self):
-        from nnunet_mmpretrain.classification.data import ClassificationLoader, background_loaders
         lm, cm = self.label_manager, self.configuration_manager
         rot, dummy_2d, initial, mirror = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         tr_t = self.get_training_transforms(self.input_size, rot, None, mirror, dummy_2d,
@@ -195,7 +194,6 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
 
     def on_train_start(self):
         super().on_train_start()           # nnU-Net's set-up, then the bundle (PretrainedEncoder)
-        from nnunet_mmpretrain.io_utils import atomic_write_json
         if self.local_rank == 0:
             atomic_write_json({"classes": self.class_table.names_json(), "class_table": self.class_table.path,
                                "input_size": self.input_size, "features": self.features,
@@ -273,7 +271,6 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0 or self.disable_checkpointing:
             return
-        from nnunet_mmpretrain.io_utils import atomic_path
         logging_ck = {k: [None if x is None else ([float(y) for y in x] if isinstance(x, (list, tuple)) else float(x))
                           for x in v] for k, v in self.logger.get_checkpoint().items()}
         ck = {"network_weights": self._net().state_dict(), "optimizer_state": self.optimizer.state_dict(),
@@ -316,8 +313,6 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
         ``validation_probabilities.csv`` in the fold folder."""
         if self.local_rank != 0:
             return
-        from nnunet_mmpretrain.classification.metrics import write_fold_summary
-        from nnunet_mmpretrain.classification.predict import predict_arrays
         _, val_keys = self.do_split()
         val_keys = sorted(val_keys)
         ds = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
@@ -357,13 +352,3 @@ class nnUNetTrainerMMClassifier_decoderFeatures(nnUNetTrainerMMClassifier):
 class nnUNetTrainerMMClassifier_labelSmoothing(nnUNetTrainerMMClassifier):
     """Cross-entropy with label smoothing 0.1."""
     label_smoothing = 0.1
-
-
-class nnUNetTrainerMMClassifier_demo(ShortSchedule, MMClassifierBase):
-    """README measurement on CPU: 10 epochs x 6 iterations, lr 1e-3, no mirroring."""
-    schedule = Schedule(epochs=10, iterations=6, val_iterations=1, save_every=50)
-    warmup_epochs, lr = 1, 1e-3
-
-
-class nnUNetTrainerMMClassifier_scratch_demo(nnUNetTrainerMMClassifier_demo):
-    use_bundle = False

@@ -9,68 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from copy import deepcopy
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
-from nnunet_mmpretrain.io_utils import atomic_write_json
+import numpy as np
 
-#: architecture arguments that decide whether encoder weights fit (input channels are the stem's
-#: business and handled by stem adaptation)
-TOPOLOGY_KEYS = ("n_stages", "features_per_stage", "kernel_sizes", "strides", "n_blocks_per_stage",
-                 "n_conv_per_stage", "conv_op", "norm_op", "conv_bias")
-
-
-class IncompatiblePlansError(ValueError):
-    """Pretraining and downstream topologies cannot share encoder weights."""
-
-
-def resolved_configuration(plans: dict, name: str) -> dict:
-    """A configuration with its ``inherits_from`` chain merged (as nnU-Net's PlansManager does)."""
-    confs = plans["configurations"]
-    if name not in confs:
-        raise KeyError(f"plans {plans.get('plans_name', '?')} have no configuration {name!r} "
-                       f"(have {', '.join(confs)})")
-    c = deepcopy(confs[name])
-    if "inherits_from" in c:
-        parent = resolved_configuration(plans, c.pop("inherits_from"))
-        parent.update(c)
-        c = parent
-    return c
-
-
-def topology_differences(pre_arch: dict, down_arch: dict) -> List[str]:
-    """Human-readable differences between two plans ``architecture`` blocks, per stage where
-    possible (e.g. ``"stage 2 stride: pretraining [2, 2, 2] vs downstream [2, 2, 1]"``)."""
-    out = []
-    if pre_arch["network_class_name"] != down_arch["network_class_name"]:
-        out.append(f"network class: pretraining {pre_arch['network_class_name']} vs downstream "
-                   f"{down_arch['network_class_name']}")
-    a, b = pre_arch["arch_kwargs"], down_arch["arch_kwargs"]
-    for k in TOPOLOGY_KEYS:
-        va, vb = a.get(k), b.get(k)
-        if va == vb:
-            continue
-        if isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple)):
-            if len(va) != len(vb):
-                out.append(f"{k}: {len(va)} stages in pretraining vs {len(vb)} downstream ({va} vs {vb})")
-                continue
-            for i, (x, y) in enumerate(zip(va, vb)):
-                if x != y:
-                    out.append(f"stage {i} {k}: pretraining {x} vs downstream {y}")
-        else:
-            out.append(f"{k}: pretraining {va} vs downstream {vb}")
-    return out
-
-
-def check_compatible(pre_arch: dict, down_arch: dict, what: str = "",
-                     fix: str = "Fine-tune with the transferred plans (nnUNetv2_mmpretrain_transfer_plans without "
-                                "--check-against), or pretrain with --like pointing at the downstream plans file.") -> None:
-    """Raise IncompatiblePlansError listing every differing stage / entry, then ``fix``."""
-    diffs = topology_differences(pre_arch, down_arch)
-    if diffs:
-        raise IncompatiblePlansError(
-            f"the pretrained encoder does not fit {what or 'the downstream plans'}:\n  - " + "\n  - ".join(diffs) +
-            "\n" + fix)
+from nnunet_mmpretrain.io_utils import atomic_write_json, normal_modes, swap_folder
+from nnunet_mmpretrain.planning.compat import IncompatiblePlansError, check_compatible, resolved_configuration
+from nnunet_mmpretrain.planning.nnunet_plan import fingerprint
+from nnunet_mmpretrain.transfer.bundle import load_bundle
+from nnunet_mmpretrain.transfer.inject import check_bundle_fits
 
 
 def corpus_reason(dataset_name: str) -> Optional[str]:
@@ -98,15 +48,12 @@ def _bundle_entry(bundle: str, dst_dir: str, target_plans: str) -> dict:
     """Plans entries naming ``bundle`` so that they survive moving the nnU-Net folders: relative to
     ``$nnUNet_results`` when the bundle lies there, otherwise a copy beside the plans
     (``<dataset>/mmpretrain_bundle_<plans>``) relative to ``$nnUNet_preprocessed``."""
-    import shutil
-    import tempfile
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
     src = os.path.realpath(bundle if os.path.isdir(bundle) else os.path.dirname(bundle))
     if nnUNet_results:
         res = os.path.realpath(str(nnUNet_results))
         if os.path.commonpath([src, res]) == res:
             return {"bundle": os.path.relpath(src, res), "bundle_root": "nnUNet_results", "bundle_written_at": src}
-    from nnunet_mmpretrain.io_utils import normal_modes, swap_folder
     dst = os.path.join(dst_dir, f"mmpretrain_bundle_{target_plans}")
     if os.path.realpath(dst) != src:
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.partial-", dir=dst_dir)
@@ -155,7 +102,6 @@ def transfer_plans(source_dataset: Optional[int], target_dataset: int, source_pl
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
-    from nnunet_mmpretrain.planning.nnunet_plan import fingerprint
 
     dst_name = convert_id_to_dataset_name(target_dataset)
     target_plans = target_plans or source_plans
@@ -165,7 +111,6 @@ def transfer_plans(source_dataset: Optional[int], target_dataset: int, source_pl
                                      f"labelled downstream dataset as -t; no plans were written.")
     loaded = None
     if bundle is not None:
-        from nnunet_mmpretrain.transfer.bundle import load_bundle
         loaded = load_bundle(bundle)
     if source_dataset is None:
         if loaded is None:
@@ -181,7 +126,6 @@ def transfer_plans(source_dataset: Optional[int], target_dataset: int, source_pl
         with open(src_file) as f:
             src = json.load(f)
     if loaded is not None:
-        from nnunet_mmpretrain.transfer.inject import check_bundle_fits
         for c in configurations:
             check_bundle_fits(loaded, resolved_configuration(src, c)["architecture"], f"the {c} plans ({src_name})")
     dst_dir = os.path.join(str(nnUNet_preprocessed), dst_name)
@@ -213,7 +157,6 @@ def transfer_plans(source_dataset: Optional[int], target_dataset: int, source_pl
     out["image_reader_writer"] = rw.__name__
     out["foreground_intensity_properties_per_channel"] = fp["foreground_intensity_properties_per_channel"]
     out["configurations"] = {}
-    import numpy as np
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
     for c in configurations:
         conf = resolved_configuration(src, c)
