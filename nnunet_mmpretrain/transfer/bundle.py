@@ -48,7 +48,7 @@ from nnunet_mmpretrain.geometry import GridGeometry, write_grid_nifti
 from nnunet_mmpretrain.io_utils import normal_modes, sha256_file, swap_folder
 from nnunet_mmpretrain.planning.compat import resolved_configuration
 from nnunet_mmpretrain.pretrain.templates import ModalityTemplates
-from nnunet_mmpretrain.transfer.bundle_format import (BUNDLE_FILE, BUNDLE_FORMAT, BundleError,  # noqa: F401
+from nnunet_mmpretrain.transfer.bundle_format import (BUNDLE_FILE, BUNDLE_FORMAT, BundleError, architecture_fields,  # noqa: F401,E501
                                                       load_weights_only, package_versions)
 from nnunet_mmpretrain.transfer import model_card
 from nnunet_mmpretrain.transfer.model_card import CARD_FILE, META_FILE, REQUIRED
@@ -94,7 +94,7 @@ def _bundle_from_checkpoint_dict(ck: dict, checkpoint_path: str, settings_of=Non
     arch = conf["architecture"]
     ref = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 2,
                                  allow_init=False, deep_supervision=False)
-    key_to_stem, key_to_encoder = ref.key_to_stem, ref.key_to_encoder
+    key_to_stem = ref.key_to_stem
     vocab = ck["mmpretrain"]["vocabulary"]
     encoder = {k: v for k, v in sd.items() if k.startswith("encoder.")}
     stems = {}
@@ -124,13 +124,7 @@ def _bundle_from_checkpoint_dict(ck: dict, checkpoint_path: str, settings_of=Non
         "template_geometry": ck["mmpretrain"].get("template_geometry"),
         "modalities_trained": trained,
         "vocabulary": vocab,
-        "key_to_encoder": key_to_encoder,
-        "key_to_stem": key_to_stem,
-        "keys_to_in_proj": list(getattr(ref, "keys_to_in_proj", ())),
-        "network_class_name": arch["network_class_name"],
-        "arch_kwargs": json.dumps(arch["arch_kwargs"], sort_keys=True),
-        "plans": json.dumps(plans),
-        "configuration": conf_name,
+        **architecture_fields(ref, arch, plans, conf_name),
         "epoch": int(ck["current_epoch"]),
         "objective": json.dumps(ck.get("objective", {})),
         "versions": package_versions(),

@@ -4,6 +4,7 @@ weights-only loader. No imports of the package's own modules, so the bundle writ
 """
 from __future__ import annotations
 
+import json
 import os
 from importlib.metadata import PackageNotFoundError, version
 from typing import Dict
@@ -52,3 +53,14 @@ def load_weights_only(path: str, what: str) -> dict:
     if not isinstance(obj, dict):
         raise BundleError(f"{path} does not hold a dict: not a {what}.")
     return obj
+
+
+def architecture_fields(ref, arch: dict, plans: dict, configuration: str) -> dict:
+    """The bundle entries that name the network: the dynamic-network-architectures keys of the
+    reference network ``ref`` built from ``arch`` (the plans' architecture block), the plans and the
+    configuration, as every bundle builder records them."""
+    return {"key_to_encoder": ref.key_to_encoder, "key_to_stem": ref.key_to_stem,
+            "keys_to_in_proj": list(getattr(ref, "keys_to_in_proj", ())),
+            "network_class_name": arch["network_class_name"],
+            "arch_kwargs": json.dumps(arch["arch_kwargs"], sort_keys=True),
+            "plans": json.dumps(plans), "configuration": configuration}

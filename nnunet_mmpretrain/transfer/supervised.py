@@ -23,6 +23,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_mmpretrain.modalities import channels_to_modalities
 from nnunet_mmpretrain.planning.compat import resolved_configuration
+from nnunet_mmpretrain.transfer.bundle_format import architecture_fields
 
 SUPERVISED_ORIGIN = "supervised"
 
@@ -95,13 +96,7 @@ def supervised_bundle(ck: dict, checkpoint_path: str, versions: Dict[str, str], 
         "template_geometry": None,
         "modalities_trained": list(mods),
         "vocabulary": list(mods),
-        "key_to_encoder": key_to_encoder,
-        "key_to_stem": key_to_stem,
-        "keys_to_in_proj": list(getattr(ref, "keys_to_in_proj", ())),
-        "network_class_name": arch["network_class_name"],
-        "arch_kwargs": json.dumps(arch["arch_kwargs"], sort_keys=True),
-        "plans": json.dumps(plans),
-        "configuration": conf_name,
+        **architecture_fields(ref, arch, plans, conf_name),
         "epoch": int(ck.get("current_epoch", 0)),
         "objective": json.dumps({"supervised": {"trainer": ck.get("trainer_name"), "dataset": dj.get("name"),
                                                 "labels": dj.get("labels")}}),
