@@ -7,8 +7,8 @@ from dataclasses import asdict
 import torch
 
 from nnunet_mmpretrain.modalities import MODALITIES
-from nnunet_mmpretrain.training.errors import PretrainingError
 from nnunet_mmpretrain.training.checkpoint import init_args, plans_identity, restore_training_state
+from nnunet_mmpretrain.training.errors import PretrainingError
 
 
 def identity(trainer) -> dict:
