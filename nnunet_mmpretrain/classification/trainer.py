@@ -49,8 +49,8 @@ from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json
 from nnunet_mmpretrain.training.errors import FinetuneError
 from nnunet_mmpretrain.training.loaders import background_loaders
 from nnunet_mmpretrain.training.pretrained_encoder import PretrainedEncoder
-from nnunet_mmpretrain.training.schedules import (Schedule, ShortSchedule, WarmupCosine, backward_and_step,
-                                                  restore_training_state)
+from nnunet_mmpretrain.training.checkpoint import init_args, plans_identity, restore_training_state
+from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, WarmupCosine, backward_and_step
 from nnunet_mmpretrain.transfer.inject import unwrap
 
 log = logging.getLogger(__name__)
@@ -257,11 +257,7 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
 
     # ------------------------------------------------------------ checkpoints
     def _identity(self) -> dict:
-        cm = self.configuration_manager
-        return {"plans_name": self.plans_manager.plans_name, "dataset_name": self.plans_manager.dataset_name,
-                "configuration": self.configuration_name,
-                "architecture": json.dumps(cm.network_arch_init_kwargs, sort_keys=True, default=str),
-                "classes": json.dumps(self.class_table.names_json(), sort_keys=True)}
+        return plans_identity(self, classes=json.dumps(self.class_table.names_json(), sort_keys=True))
 
     def classification_block(self) -> dict:
         return {"classes": self.class_table.names_json(), "input_size": [int(s) for s in self.input_size],
@@ -279,9 +275,7 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
               "_best_ema": None if self._best_ema is None else float(self._best_ema),
               "identity": self._identity(), "classification": self.classification_block(),
               "trainer_name": type(self).__name__,
-              "init_args": {"plans": json.dumps(self.plans_manager.plans), "configuration": self.configuration_name,
-                            "fold": str(self.fold), "dataset_json": json.dumps(self.dataset_json),
-                            "device": str(self.device)},
+              "init_args": init_args(self),
               "inference_allowed_mirroring_axes": list(self.inference_allowed_mirroring_axes or [])}
         with atomic_path(filename) as tmp:
             torch.save(ck, tmp)

@@ -2,23 +2,18 @@
 plans it was trained with) as plain functions over the trainer's state."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 import torch
 
 from nnunet_mmpretrain.modalities import MODALITIES
+from nnunet_mmpretrain.training.checkpoint import init_args, plans_identity, restore_training_state
 from nnunet_mmpretrain.training.errors import PretrainingError
-from nnunet_mmpretrain.training.schedules import restore_training_state
 
 
 def identity(trainer) -> dict:
     """What must match for a checkpoint to resume under these plans."""
-    cm = trainer.configuration_manager
-    return {"plans_name": trainer.plans_manager.plans_name, "dataset_name": trainer.plans_manager.dataset_name,
-            "configuration": trainer.configuration_name,
-            "architecture": json.dumps(cm.network_arch_init_kwargs, sort_keys=True, default=str),
-            "patch_size": [int(p) for p in cm.patch_size]}
+    return plans_identity(trainer, patch_size=[int(p) for p in trainer.configuration_manager.patch_size])
 
 
 def trainer_settings(cls) -> dict:
@@ -47,9 +42,7 @@ def checkpoint_dict(trainer) -> dict:
         "best_val": trainer._best_val,
         "identity": identity(trainer),
         "objective": asdict(trainer.objective),
-        "init_args": {"plans": json.dumps(trainer.plans_manager.plans), "configuration": trainer.configuration_name,
-                      "fold": str(trainer.fold), "dataset_json": json.dumps(trainer.dataset_json),
-                      "device": str(trainer.device)},
+        "init_args": init_args(trainer),
         "trainer_name": trainer.__class__.__name__,
         "trainer_settings": trainer_settings(type(trainer)),
         "mmpretrain": {"vocabulary": list(MODALITIES), "atlas_registered": trainer.atlas_registered,

@@ -100,13 +100,3 @@ def backward_and_step(loss: torch.Tensor, optimizer, grad_scaler, params, clip: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
-
-
-def restore_training_state(trainer, ck: dict) -> None:
-    """Put a checkpoint dict's network, optimizer, grad scaler and epoch into ``trainer`` (the part
-    every trainer of this plugin restores the same way; each adds its own logs and checks)."""
-    trainer._net().load_state_dict(ck["network_weights"])
-    trainer.optimizer.load_state_dict(ck["optimizer_state"])
-    if trainer.grad_scaler is not None and ck.get("grad_scaler_state") is not None:
-        trainer.grad_scaler.load_state_dict(ck["grad_scaler_state"])
-    trainer.current_epoch = int(ck["current_epoch"])
