@@ -173,18 +173,21 @@ def isles_flair_array() -> np.ndarray:
     return arr
 
 
-def fake_isles2022(root: str, n: int = 2, rawdata: bool = False) -> List[str]:
+def fake_isles2022(root: str, n: int = 2, rawdata: bool = False, flat: bool = False) -> List[str]:
+    """The Zenodo layout (``ses-0001/{dwi,anat}/``, ``_FLAIR``) or, ``flat``, the layout of the
+    organisers' README (``rawdata/sub-*/ses-0001/*_{dwi,adc,flair}.nii.gz``, no sub-folders)."""
     base = os.path.join(root, "ISLES-2022")
-    subjects = os.path.join(base, "rawdata") if rawdata else base
+    subjects = os.path.join(base, "rawdata") if rawdata or flat else base
     ids = []
     lesion = np.zeros(SHAPE_ZYX, np.uint8)
     lesion[3:6, 4:8, 4:8] = 1
     for i in range(n):
         sub, ses = f"sub-strokecase{i + 1:04d}", "ses-0001"
         d = os.path.join(subjects, sub, ses)
-        write(os.path.join(d, "dwi", f"{sub}_{ses}_dwi.nii.gz"), noise_image(i, 300), **ISLES_DWI)
-        write(os.path.join(d, "dwi", f"{sub}_{ses}_adc.nii.gz"), noise_image(i + 1, 800), **ISLES_DWI)
-        write(os.path.join(d, "anat", f"{sub}_{ses}_FLAIR.nii.gz"), isles_flair_array(),
+        dwi, anat, flair = ("", "", "flair") if flat else ("dwi", "anat", "FLAIR")
+        write(os.path.join(d, dwi, f"{sub}_{ses}_dwi.nii.gz"), noise_image(i, 300), **ISLES_DWI)
+        write(os.path.join(d, dwi, f"{sub}_{ses}_adc.nii.gz"), noise_image(i + 1, 800), **ISLES_DWI)
+        write(os.path.join(d, anat, f"{sub}_{ses}_{flair}.nii.gz"), isles_flair_array(),
               spacing=ISLES_FLAIR["spacing"], origin=ISLES_FLAIR["origin"])
         write(os.path.join(base, "derivatives", sub, ses, f"{sub}_{ses}_msk.nii.gz"), lesion, **ISLES_DWI)
         ids.append(sub)
