@@ -27,7 +27,8 @@ resamples the FLAIR by scanner coordinates only. An ADC (computed from the DWI a
 is not on the DWI grid is resampled by scanner coordinates.
 Channels (default): 0 DWI, 1 ADC, 2 FLAIR. Labels: 0 background, 1 lesion.
 Case ids are the subject ids (``sub-strokecase0001``), with ``_ses-XXXX`` appended only when a
-subject has several sessions.
+subject has several sessions (those are grouped by subject in ``patients.json`` and the folds of
+``splits_final.json``, :mod:`nnunet_mmpretrain.subjects`).
 """
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ def build_specs(root: str, channels: Sequence[str] = DEFAULT_CHANNELS,
         for ses in sessions:
             cid = sub if len(sessions) == 1 else f"{sub}_{ses}"
             files = {}
-            spec = CaseSpec(case_id=cid, info={"subject": sub, "session": ses})
+            spec = CaseSpec(case_id=cid, info={"subject": sub, "session": ses, "patient": sub, "timepoint": ses})
             for i, m in enumerate(channels):
                 sub_folder, suffix = FILES[m]
                 expected = os.path.join(sdir, ses, sub_folder, f"{sub}_{ses}_{suffix}.nii.gz")
