@@ -137,8 +137,8 @@ def fake_brats2024(root: str, subset: str = "GLI", n: int = 3, timepoints: Optio
             cid = f"BraTS-{subset}-{2000 + i:05d}-{100 + (t if count else i % 2):03d}"
             d = os.path.join(base, cid)
             for j, suf in enumerate(("t1n", "t1c", "t2w", "t2f")):
-                write(os.path.join(d, f"{cid}-{suf}.nii.gz"), noise_image(i * 10 + j + 1000 * t, 100 + 50 * j),
-                      **BRATS_GEOMETRY)
+                write(os.path.join(d, f"{cid}-{suf}.nii.gz"), noise_image(i * 10 + j + 1000 * t + 500, 100 + 50 * j),
+                      **BRATS_GEOMETRY)  # other voxels than the 2023 fake's
             write(os.path.join(d, f"{cid}-seg.nii.gz"), gli2024_label(cavity and subset == "GLI" and i != 1),
                   **BRATS_GEOMETRY)
             ids.append(cid)

@@ -123,3 +123,34 @@ def test_corpus_brats_one_subject_per_patient_and_the_release_named(tmp_path):
     assert cases["BraTS-GLI-00000-000"].source == "brats2023_gli"
     assert set(m.sources) == {"brats2023_gli", "brats2024_gli"}
     assert len({c.subject for c in m.cases}) == 3
+
+
+def test_brats2021_and_2023_in_one_corpus_keep_each_scan_once(tmp_path):
+    """BraTS 2023 GLI training is BraTS 2021 renamed: converted one after the other into one
+    corpus, the renamed copies are reported and left out; --allow-duplicates keeps both."""
+    import numpy as np
+    r21, r23, out = str(tmp_path / "r21"), str(tmp_path / "r23"), str(tmp_path / "raw")
+    ids21 = F.fake_brats2021(r21, n=2)
+    ids23 = F.fake_brats2023(r23, n=3, dtype=np.int16)  # cases 0, 1 = 2021's; case 2 new
+    folder = os.path.join(out, "Dataset550_BraTSCorpus")
+    corpus_brats.convert(r21, out, progress=False)
+    s = corpus_brats.convert(r23, out, progress=False)
+    assert s.converted == [ids23[2]]
+    assert set(s.problems) == set(ids23[:2])
+    assert "same scan as case BraTS2021_00000" in s.problems["BraTS-GLI-00000-000"]
+    assert any(n.startswith("2 case(s) repeat a scan already in the corpus") and "kept the first only" in n
+               for n in s.notes), s.notes
+    m = load_manifest(os.path.join(folder, "manifest.json"))
+    assert sorted(c.case_id for c in m.cases) == sorted(ids21 + ids23[2:])
+    assert not [f for f in os.listdir(os.path.join(folder, "images")) if f.startswith("BraTS-GLI-00000")]
+    # one run over both trees: the same answer
+    both = str(tmp_path / "both")
+    os.rename(r21, both)
+    os.rename(os.path.join(r23, "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData"),
+              os.path.join(both, "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData"))
+    s = corpus_brats.convert(both, out, dataset_id=551, progress=False)
+    assert len(s.converted) == 3 and len(s.problems) == 2 and ids23[2] in s.converted
+    for pair in zip(ids21, ids23):  # one of each pair kept, whichever was found first
+        assert len(set(pair) & set(s.converted)) == 1 and len(set(pair) & set(s.problems)) == 1
+    s = corpus_brats.convert(both, out, dataset_id=552, allow_duplicates=True, progress=False)
+    assert sorted(s.converted) == sorted(ids21 + ids23) and any("both kept" in n for n in s.notes)
