@@ -26,6 +26,12 @@ def image_hash(path: str) -> str:
     except Exception:  # formats nibabel does not read (nrrd, mha): SimpleITK
         import SimpleITK as sitk
         arr = sitk.GetArrayFromImage(sitk.ReadImage(path)).transpose()
+    return array_hash(arr)
+
+
+def array_hash(arr: np.ndarray) -> str:
+    """SHA-256 of an array's shape and values as float32 ((x, y, z) order for images, as nibabel
+    reads them: a SimpleITK array (z, y, x) is passed transposed)."""
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     h = hashlib.sha256(repr(tuple(arr.shape)).encode())
     h.update(arr.tobytes())

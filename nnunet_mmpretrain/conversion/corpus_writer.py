@@ -87,6 +87,8 @@ def _drop_duplicates(build: str, finished: Sequence[CaseSpec], kept: Sequence[Co
                      summary: ConversionSummary, allow: bool) -> List[CaseSpec]:
     """``finished`` without the cases repeating a scan of a kept case or of an earlier finished
     one (their files in ``build`` removed); every repeat is named in ``summary``."""
+    if not finished:  # nothing new: nothing to compare, nothing written
+        return []
     cache = HashCache(os.path.join(build, HASHES_NAME), root=build)
     items = [(c.case_id, [(m, os.path.join(build, p)) for m, p in c.images.items()]) for c in kept]
     items += [(s.case_id, [(m, os.path.join(build, corpus_image_dst(s.case_id, m))) for m in s.info["modalities"]])

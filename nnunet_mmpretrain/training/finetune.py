@@ -64,9 +64,13 @@ class PretrainedEncoder:
         return path, strategy
 
     def on_train_start(self):
-        super().on_train_start()
+        # the bundle is loaded and injected before nnU-Net starts its data loader workers: a refusal
+        # (FinetuneError, BundleError) is then the last line, not "background workers are no longer alive"
+        if not self.was_initialized:
+            self.initialize()
         if self.current_epoch == 0:
             self.load_pretrained_encoder()
+        super().on_train_start()
         if self.freeze_encoder:   # every start, also on --c (a checkpoint does not keep requires_grad)
             from nnunet_mmpretrain.transfer.inject import unwrap
             stem = getattr(unwrap(self.network), "key_to_stem", "encoder.stem")

@@ -14,7 +14,14 @@ A bundle is a folder::
 A folder is written whole: it is built in a sibling temporary folder and swapped in when complete
 (an existing bundle is moved aside, not deleted, until the new one is in place), so a re-export
 never mixes old and new files and a failed one leaves the old bundle as it was. Files get the
-modes of the process umask.
+modes of the process umask. The temporary folder's name carries the writer's process id
+(``.NAME.partial-PID-*``): a later export removes those left by a killed one.
+
+Whenever a bundle folder is loaded (:func:`load_bundle`: fine-tuning, transfer, export) its
+weights file, and whenever the fill uses a template (:func:`check_recorded_sha256`), that file is
+compared with the SHA-256 recorded in ``bundle.json``: a changed or damaged file is refused with
+one line. At export the encoder and stem tensors are checked key by key *and shape by shape*
+against the network the plans build.
 
 ``encoder_bundle.pt`` holds:
 
@@ -46,6 +53,7 @@ import torch
 
 BUNDLE_FORMAT = "nnunet_mmpretrain.bundle/1"
 BUNDLE_FILE = "encoder_bundle.pt"
+META_FILE = "bundle.json"
 log = logging.getLogger(__name__)
 
 
@@ -134,11 +142,15 @@ def _bundle_from_checkpoint_dict(ck: dict, checkpoint_path: str) -> dict:
         bank = ModalityTemplates(tuple(t.shape[1:]), modalities=vocab, init=t, value_space=space)
         with torch.no_grad():
             templates = {m: bank.volume(m).detach().clone() for m in vocab if m in trained}
-    # the reference network tells which keys the encoder (minus stem) must have
-    expected = {k for k in ref.state_dict() if k.startswith("encoder.") and not k.startswith(key_to_stem + ".")}
+    # the reference network tells which keys (and shapes) the encoder (minus stem) must have
+    ref_sd = ref.state_dict()
+    expected = {k for k in ref_sd if k.startswith("encoder.") and not k.startswith(key_to_stem + ".")}
     missing = sorted(expected - set(encoder))
     if missing:
         raise BundleError(f"{checkpoint_path}: encoder keys missing for this architecture: {missing[:5]}")
+    check_shapes(checkpoint_path, {k: encoder[k] for k in expected}, ref_sd)
+    for m in trained:
+        check_shapes(checkpoint_path, stems.get(m, {}), ref_sd, f"stem of {m}: ")
     return {
         "format": BUNDLE_FORMAT,
         "encoder": {k: encoder[k] for k in sorted(expected)},
@@ -162,6 +174,66 @@ def _bundle_from_checkpoint_dict(ck: dict, checkpoint_path: str) -> dict:
         "stem_origin": "per-modality",
         "card": _card(ck, checkpoint_path),
     }
+
+
+def check_shapes(where: str, tensors: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor],
+                 what: str = "") -> None:
+    """BundleError naming the first tensor whose shape differs from ``reference``'s (same key)."""
+    for k in sorted(tensors):
+        want = reference.get(k)
+        if want is not None and tuple(tensors[k].shape) != tuple(want.shape):
+            raise BundleError(f"{where}: {what}{k} has shape {tuple(tensors[k].shape)} but the architecture of its "
+                              f"plans needs {tuple(want.shape)}: the checkpoint does not match its plans; export "
+                              f"the checkpoint its pretraining run wrote.")
+
+
+def check_recorded_sha256(path: str) -> None:
+    """BundleError when ``path`` (a file of a bundle folder) differs from the SHA-256 its
+    ``bundle.json`` records; nothing when the folder has no bundle.json or does not list it."""
+    from nnunet_mmpretrain.io_utils import sha256_file
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    for _ in range(2):  # the bundle folder, or the one above templates/
+        meta_file = os.path.join(folder, META_FILE)
+        if os.path.isfile(meta_file):
+            break
+        folder = os.path.dirname(folder)
+    else:
+        return
+    try:
+        with open(meta_file) as f:
+            meta = json.load(f)
+        rel = os.path.relpath(path, folder)
+        want = (meta.get("files") or {}).get(rel) or (meta.get("weights_sha256") if rel == meta.get("weights_file")
+                                                      else None)
+    except (OSError, ValueError, AttributeError):
+        raise BundleError(f"{meta_file} cannot be read: the bundle is damaged; copy it again or re-export it "
+                          f"with nnUNetv2_mmpretrain_export.") from None
+    if want and os.path.isfile(path) and sha256_file(path) != want:
+        raise BundleError(f"{path}: SHA-256 differs from the one {meta_file} records (the file is truncated or "
+                          f"damaged, or was changed after export): copy the bundle again or re-export it "
+                          f"(nnUNetv2_mmpretrain_export --verify {folder} lists every difference).")
+
+
+def _remove_stale_partials(parent: str, name: str) -> None:
+    """Remove ``.NAME.partial-PID-*`` folders of exports whose process is gone (killed)."""
+    prefix = f".{name}.partial-"
+    for d in os.listdir(parent):
+        if not d.startswith(prefix):
+            continue
+        pid = d[len(prefix):].split("-", 1)[0]
+        alive = True
+        try:
+            os.kill(int(pid), 0)
+        except ValueError:   # an older unnamed partial folder: its writer is long gone
+            alive = False
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            pass
+        if not alive:
+            shutil.rmtree(os.path.join(parent, d), ignore_errors=True)
+            log.info("removed %s, left by an interrupted export", os.path.join(parent, d))
 
 
 def _card(ck: dict, checkpoint_path: str) -> dict:
@@ -203,7 +275,8 @@ def save_bundle(bundle: dict, folder: str, license: Optional[str] = None, comman
                               f"a new output folder (or empty this one).")
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.partial-", dir=parent)
+    _remove_stale_partials(parent, os.path.basename(folder))
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.partial-{os.getpid()}-", dir=parent)
     try:
         weights = _write_files(bundle, tmp)
         meta = bundle_metadata(bundle, tmp, weights, license=license, command=command)
@@ -225,6 +298,7 @@ def load_bundle(path: str) -> dict:
     for a missing, truncated, pickled or foreign file."""
     if os.path.isdir(path):
         path = os.path.join(path, BUNDLE_FILE)
+    check_recorded_sha256(path)
     b = _load_weights_only(path, "encoder bundle")
     if b.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path} is not an encoder bundle (format {b.get('format')!r}, expected "

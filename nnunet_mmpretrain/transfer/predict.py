@@ -35,6 +35,28 @@ def scan_cases(folder: str, file_ending: str, num_channels: int) -> Dict[str, Di
     return cases
 
 
+def check_grids(case: str, files: Dict[int, str]) -> None:
+    """ValueError naming the file when a channel of ``case`` is not on the grid of its first
+    channel (nnU-Net stacks the channels voxel by voxel; its workers would die with a shape error)."""
+    import SimpleITK as sitk
+    from nnunet_mmpretrain.geometry import Grid
+    grids = {}
+    for c in sorted(files):
+        r = sitk.ImageFileReader()
+        r.SetFileName(files[c])
+        try:
+            r.ReadImageInformation()
+        except RuntimeError:
+            raise ValueError(f"{files[c]} cannot be read as an image (damaged or not an image file).") from None
+        grids[c] = Grid(tuple(r.GetSize()), tuple(r.GetSpacing()), tuple(r.GetOrigin()), tuple(r.GetDirection()))
+    first = min(grids)
+    for c, g in grids.items():
+        diff = g.mismatch(grids[first]) if len(g.size) == len(grids[first].size) else "dimension differs"
+        if diff:
+            raise ValueError(f"{files[c]}: channel {c} of case {case} is not on the grid of channel {first} "
+                             f"({files[first]}; {diff}): resample it onto that grid before prediction.")
+
+
 def complete_cases(input_folder: str, work_folder: str, dataset_json: dict, bundle_folder: Optional[str]) -> dict:
     """Link complete cases into ``work_folder`` and write template-filled copies of incomplete ones.
     Returns {case: {"channels": [...], "modalities": [...], "notes": [...]}} for filled cases."""
@@ -47,6 +69,7 @@ def complete_cases(input_folder: str, work_folder: str, dataset_json: dict, bund
     mods = channels_to_modalities(dataset_json["channel_names"])
     subs = {}
     for case, files in scan_cases(input_folder, fe, n).items():
+        check_grids(case, files)
         missing = [c for c in range(n) if c not in files]
         if missing and bundle_folder is None:
             raise ValueError(f"case {case} lacks channel(s) {missing} "
