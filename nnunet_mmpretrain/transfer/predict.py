@@ -103,9 +103,9 @@ def predict_with_templates(input_folder: str, output_folder: str, model_folder: 
     from nnunet_mmpretrain.io_utils import atomic_write_json
     with open(os.path.join(model_folder, "dataset.json")) as f:
         dj = json.load(f)
-    os.makedirs(output_folder, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mmpretrain_predict_") as work:
-        subs = complete_cases(input_folder, work, dj, bundle_folder)
+        subs = complete_cases(input_folder, work, dj, bundle_folder)   # every input checked first
+        os.makedirs(output_folder, exist_ok=True)
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
                                     device=torch.device(device), verbose=False, allow_tqdm=True)
         predictor.initialize_from_trained_model_folder(model_folder, tuple(folds), checkpoint_name=checkpoint)
