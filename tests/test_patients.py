@@ -154,3 +154,30 @@ def test_brats2021_and_2023_in_one_corpus_keep_each_scan_once(tmp_path):
         assert len(set(pair) & set(s.converted)) == 1 and len(set(pair) & set(s.problems)) == 1
     s = corpus_brats.convert(both, out, dataset_id=552, allow_duplicates=True, progress=False)
     assert sorted(s.converted) == sorted(ids21 + ids23) and any("both kept" in n for n in s.notes)
+
+
+def test_planning_keeps_one_of_a_copied_case_or_both_when_allowed(tmp_path, monkeypatch, capsys):
+    """The catalogue refuses a manifest listing one scan under two ids; --skip-bad keeps the first,
+    --allow-duplicates keeps both."""
+    import numpy as np
+    from nnunet_mmpretrain.cli.plan_and_preprocess import main
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(tmp_path / k)
+        monkeypatch.setenv(k, str(tmp_path / k))
+    folder = tmp_path / "nnUNet_raw" / "Dataset900_C"
+    cases = []
+    for i, c in enumerate(("a", "b", "a_copy")):
+        for j, m in enumerate(("t1", "t2")):
+            seed = 2 * (0 if c == "a_copy" else i) + j
+            F.write(str(folder / "images" / f"{c}_{m}.nii.gz"),
+                    np.random.default_rng(seed).random((24, 28, 26)).astype(np.float32) + 1)
+        cases.append({"case_id": c, "images": {m: f"images/{c}_{m}.nii.gz" for m in ("t1", "t2")}})
+    json.dump({"name": "C", "cases": cases}, open(folder / "manifest.json", "w"))
+    args = ["-d", "900", "-np", "1", "--plan-only", "--add-config", "3d_t", "--patch", "16", "16", "16"]
+    assert main(args + ["--skip-bad"]) == 0
+    assert "left out 1 bad case(s): a_copy" in capsys.readouterr().out
+    plans = json.load(open(tmp_path / "nnUNet_preprocessed" / "Dataset900_C" / "mmPretrainPlans.json"))
+    assert list(plans["mmpretrain"]["left_out_cases"]) == ["a_copy"]
+    assert main(args + ["--allow-duplicates"]) == 0
+    plans = json.load(open(tmp_path / "nnUNet_preprocessed" / "Dataset900_C" / "mmPretrainPlans.json"))
+    assert plans["mmpretrain"]["left_out_cases"] == {} and plans["mmpretrain"]["counts"]["cases"] == 3
