@@ -17,7 +17,7 @@ import sys
 import time
 from typing import List, Optional
 
-from nnunet_mmpretrain.cli._common import die
+from nnunet_mmpretrain.cli._common import check_n_proc_da, die
 
 PROG = "nnUNetv2_mmpretrain_convert"
 
@@ -133,6 +133,8 @@ def _main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     if a.num_processes < 1:
         die(f"-np must be at least 1, got {a.num_processes}.")
+    if getattr(a, "verify", False):
+        check_n_proc_da()  # --verify imports nnU-Net, which reads its worker variables on import
     from nnunet_mmpretrain import modalities as mod
     from nnunet_mmpretrain.conversion import ConversionError
     from nnunet_mmpretrain.conversion.staging import ConversionInterrupted
