@@ -7,6 +7,7 @@ written to ``template_substitutions.json``. Complete cases are predicted as nnU-
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
 import sys
@@ -40,7 +41,6 @@ def main(argv=None) -> int:
         die(f"--bundle {a.bundle} is not a bundle folder (no {BUNDLE_FILE}): pass the folder written by "
             f"nnUNetv2_mmpretrain_export.")
     if a.bundle:  # every template compared with its recorded SHA-256 now, not mid-prediction
-        import glob
         from nnunet_mmpretrain.transfer.bundle import BundleError, check_recorded_sha256
         try:
             for t in sorted(glob.glob(os.path.join(a.bundle, "templates", "*.nii.gz"))):

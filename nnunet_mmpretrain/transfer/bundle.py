@@ -51,6 +51,8 @@ from typing import Dict, Optional
 
 import torch
 
+from nnunet_mmpretrain.io_utils import sha256_file
+
 BUNDLE_FORMAT = "nnunet_mmpretrain.bundle/1"
 BUNDLE_FILE = "encoder_bundle.pt"
 META_FILE = "bundle.json"
@@ -190,7 +192,6 @@ def check_shapes(where: str, tensors: Dict[str, torch.Tensor], reference: Dict[s
 def check_recorded_sha256(path: str) -> None:
     """BundleError when ``path`` (a file of a bundle folder) differs from the SHA-256 its
     ``bundle.json`` records; nothing when the folder has no bundle.json or does not list it."""
-    from nnunet_mmpretrain.io_utils import sha256_file
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
     for _ in range(2):  # the bundle folder, or the one above templates/

@@ -1,6 +1,7 @@
 """Predict cases that lack a channel: the missing channel is filled with the pretrained template
 of its modality (resampled onto the case), then nnU-Net's own predictor runs unchanged.
 
+Every channel of a case must lie on the grid of its first channel (checked before nnU-Net starts).
 nnU-Net needs every channel at inference; BrainMVP's templates are the stand-in it was trained to
 accept (template-substitution augmentation). Every substitution is printed and written to
 ``template_substitutions.json`` in the output folder.
@@ -14,6 +15,8 @@ import re
 import shutil
 import tempfile
 from typing import Dict, Optional, Sequence, Union
+
+from nnunet_mmpretrain.geometry import Grid
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,6 @@ def check_grids(case: str, files: Dict[int, str]) -> None:
     """ValueError naming the file when a channel of ``case`` is not on the grid of its first
     channel (nnU-Net stacks the channels voxel by voxel; its workers would die with a shape error)."""
     import SimpleITK as sitk
-    from nnunet_mmpretrain.geometry import Grid
     grids = {}
     for c in sorted(files):
         r = sitk.ImageFileReader()
