@@ -353,11 +353,12 @@ def fake_ucsf_pdgm(root: str, n: int = 2, follow_ups: Optional[Dict[int, Sequenc
     ids = []
     for i in range(n):
         pid = f"UCSF-PDGM-{i + 4:04d}"
-        for cid in [pid] + [f"{pid}_{fu}" for fu in (follow_ups or {}).get(i, ())]:
+        for k, cid in enumerate([pid] + [f"{pid}_{fu}" for fu in (follow_ups or {}).get(i, ())]):
             for j, suf in enumerate(PDGM_FILES):
                 if i == 1 and suf == "DWI":
                     continue  # one case without DWI: modality sets vary
-                arr = tumour_label(CODES["brats2023"]) if suf.endswith("segmentation") else noise_image(i + j, 100 + 10 * j)
+                arr = (tumour_label(CODES["brats2023"]) if suf.endswith("segmentation")
+                       else noise_image(i + j + 100 * k, 100 + 10 * j))  # each exam its own voxels
                 write(os.path.join(base, f"{cid}_nifti", f"{cid}_{suf}.nii.gz"), arr)
             ids.append(cid)
     return ids
