@@ -112,6 +112,17 @@ def is_fatal_os_error(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in FATAL_ERRNOS
 
 
+#: what torch.save / its zip writer say when a write fails (full disk, file size limit)
+_WRITE_FAILED = ("PytorchStreamWriter failed", "file write failed", "unexpected pos", "No space left")
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """True for the RuntimeError torch.save raises when the disk refuses a write (it raises no
+    OSError), and for a fatal OSError of the output disk."""
+    return (isinstance(e, RuntimeError) and any(w in str(e) for w in _WRITE_FAILED)) or \
+        (isinstance(e, OSError) and is_fatal_os_error(e)) or (isinstance(e, OSError) and e.errno == errno.EFBIG)
+
+
 def _gb(n: float) -> str:
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if n >= size:
@@ -256,6 +267,29 @@ def _nifti_bytes(head: bytes) -> Optional[int]:
             n_vox = int(np.prod(np.maximum(dims[1:1 + nd], 1)))
             return max(off, 348) + n_vox * bitpix // 8
     return None
+
+
+class FolderBusyError(ValueError):
+    """Another process holds the lock of a folder (one line naming it and the fix)."""
+
+
+@contextmanager
+def exclusive_lock(folder: str, command: str) -> Iterator[None]:
+    """Hold ``folder/.lock`` (an advisory ``flock``) while the block runs; FolderBusyError at once
+    when another process (``command``) holds it. The lock goes with the process, also when it is
+    killed."""
+    import fcntl
+    path = os.path.join(folder, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusyError(f"another {command} is working on {folder} (it holds {path}): wait for it to "
+                                  f"finish, then run again") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path: str) -> str:

@@ -282,3 +282,7 @@ def _(ws):
 from bad_input_cases_more import register  # noqa: E402  (planning, prediction, benchmark cases)
 
 register(case, img, damage)
+
+from bad_input_cases_integrity import register as register_integrity  # noqa: E402  (data integrity, faults)
+
+register_integrity(case, img, damage)

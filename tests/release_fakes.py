@@ -94,16 +94,54 @@ def fake_brats2021(root: str, n: int = 2, with_seg: bool = True, omit: Optional[
     return ids
 
 
-def fake_brats2023(root: str, subset: str = "GLI", n: int = 2) -> List[str]:
+def fake_brats2023(root: str, subset: str = "GLI", n: int = 2, timepoints: Optional[Dict[int, int]] = None,
+                   dtype=np.float32) -> List[str]:
+    """``ASNR-MICCAI-BraTS2023-<SUB>-Challenge-TrainingData/BraTS-<SUB>-0000i-00t/``: ``n`` patients,
+    ``timepoints`` patient index -> number of scans (default 1; GLI's ``-001`` follow-ups). With
+    ``dtype=np.int16`` the images of patient i, timepoint 0 equal those of :func:`fake_brats2021`
+    case i voxel for voxel (BraTS 2023 GLI training is BraTS 2021 renamed)."""
     base = os.path.join(root, f"ASNR-MICCAI-BraTS2023-{subset}-Challenge-TrainingData")
     ids = []
     for i in range(n):
-        cid = f"BraTS-{subset}-{i:05d}-000"
-        d = os.path.join(base, cid)
-        for j, suf in enumerate(("t1n", "t1c", "t2w", "t2f")):
-            write(os.path.join(d, f"{cid}-{suf}.nii.gz"), noise_image(i * 10 + j, 100 + 50 * j), **BRATS_GEOMETRY)
-        write(os.path.join(d, f"{cid}-seg.nii.gz"), tumour_label(CODES["brats2023"]), **BRATS_GEOMETRY)
-        ids.append(cid)
+        for t in range((timepoints or {}).get(i, 1)):
+            cid = f"BraTS-{subset}-{i:05d}-{t:03d}"
+            d = os.path.join(base, cid)
+            for j, suf in enumerate(("t1n", "t1c", "t2w", "t2f")):
+                write(os.path.join(d, f"{cid}-{suf}.nii.gz"), noise_image(i * 10 + j + 1000 * t, 100 + 50 * j, dtype=dtype),
+                      **BRATS_GEOMETRY)
+            write(os.path.join(d, f"{cid}-seg.nii.gz"), tumour_label(CODES["brats2023"]), **BRATS_GEOMETRY)
+            ids.append(cid)
+    return ids
+
+
+def gli2024_label(with_cavity: bool = True) -> np.ndarray:
+    """1 NETC, 2 SNFH, 3 ET as in the 2023 fake, plus 4 resection cavity next to the tumour."""
+    lab = tumour_label(CODES["brats2023"])
+    if with_cavity:
+        lab[8:10, 3:9, 3:9] = 4
+    return lab
+
+
+def fake_brats2024(root: str, subset: str = "GLI", n: int = 3, timepoints: Optional[Dict[int, int]] = None,
+                   cavity: bool = True) -> List[str]:
+    """``BraTS2024-BraTS-<SUB>-TrainingData/training_data1_v2/BraTS-<SUB>-02XXX-10Y/`` as released:
+    ``n`` patients, ``timepoints`` patient index -> number of scans (default 1; timepoints
+    numbered from 100 as in 2024 GLI, alternating 100/101 between patients otherwise). GLI's second
+    case has no cavity, as some post-treatment exams; ``cavity=False`` writes no label 4 at all (a
+    paediatric tree whose cases lack it)."""
+    base = os.path.join(root, f"BraTS2024-BraTS-{subset}-TrainingData", "training_data1_v2")
+    ids = []
+    for i in range(n):
+        count = (timepoints or {}).get(i)
+        for t in range(count or 1):
+            cid = f"BraTS-{subset}-{2000 + i:05d}-{100 + (t if count else i % 2):03d}"
+            d = os.path.join(base, cid)
+            for j, suf in enumerate(("t1n", "t1c", "t2w", "t2f")):
+                write(os.path.join(d, f"{cid}-{suf}.nii.gz"), noise_image(i * 10 + j + 1000 * t + 500, 100 + 50 * j),
+                      **BRATS_GEOMETRY)  # other voxels than the 2023 fake's
+            write(os.path.join(d, f"{cid}-seg.nii.gz"), gli2024_label(cavity and subset == "GLI" and i != 1),
+                  **BRATS_GEOMETRY)
+            ids.append(cid)
     return ids
 
 
@@ -173,18 +211,21 @@ def isles_flair_array() -> np.ndarray:
     return arr
 
 
-def fake_isles2022(root: str, n: int = 2, rawdata: bool = False) -> List[str]:
+def fake_isles2022(root: str, n: int = 2, rawdata: bool = False, flat: bool = False) -> List[str]:
+    """The Zenodo layout (``ses-0001/{dwi,anat}/``, ``_FLAIR``) or, ``flat``, the layout of the
+    organisers' README (``rawdata/sub-*/ses-0001/*_{dwi,adc,flair}.nii.gz``, no sub-folders)."""
     base = os.path.join(root, "ISLES-2022")
-    subjects = os.path.join(base, "rawdata") if rawdata else base
+    subjects = os.path.join(base, "rawdata") if rawdata or flat else base
     ids = []
     lesion = np.zeros(SHAPE_ZYX, np.uint8)
     lesion[3:6, 4:8, 4:8] = 1
     for i in range(n):
         sub, ses = f"sub-strokecase{i + 1:04d}", "ses-0001"
         d = os.path.join(subjects, sub, ses)
-        write(os.path.join(d, "dwi", f"{sub}_{ses}_dwi.nii.gz"), noise_image(i, 300), **ISLES_DWI)
-        write(os.path.join(d, "dwi", f"{sub}_{ses}_adc.nii.gz"), noise_image(i + 1, 800), **ISLES_DWI)
-        write(os.path.join(d, "anat", f"{sub}_{ses}_FLAIR.nii.gz"), isles_flair_array(),
+        dwi, anat, flair = ("", "", "flair") if flat else ("dwi", "anat", "FLAIR")
+        write(os.path.join(d, dwi, f"{sub}_{ses}_dwi.nii.gz"), noise_image(i, 300), **ISLES_DWI)
+        write(os.path.join(d, dwi, f"{sub}_{ses}_adc.nii.gz"), noise_image(i + 1, 800), **ISLES_DWI)
+        write(os.path.join(d, anat, f"{sub}_{ses}_{flair}.nii.gz"), isles_flair_array(),
               spacing=ISLES_FLAIR["spacing"], origin=ISLES_FLAIR["origin"])
         write(os.path.join(base, "derivatives", sub, ses, f"{sub}_{ses}_msk.nii.gz"), lesion, **ISLES_DWI)
         ids.append(sub)
@@ -312,11 +353,12 @@ def fake_ucsf_pdgm(root: str, n: int = 2, follow_ups: Optional[Dict[int, Sequenc
     ids = []
     for i in range(n):
         pid = f"UCSF-PDGM-{i + 4:04d}"
-        for cid in [pid] + [f"{pid}_{fu}" for fu in (follow_ups or {}).get(i, ())]:
+        for k, cid in enumerate([pid] + [f"{pid}_{fu}" for fu in (follow_ups or {}).get(i, ())]):
             for j, suf in enumerate(PDGM_FILES):
                 if i == 1 and suf == "DWI":
                     continue  # one case without DWI: modality sets vary
-                arr = tumour_label(CODES["brats2023"]) if suf.endswith("segmentation") else noise_image(i + j, 100 + 10 * j)
+                arr = (tumour_label(CODES["brats2023"]) if suf.endswith("segmentation")
+                       else noise_image(i + j + 100 * k, 100 + 10 * j))  # each exam its own voxels
                 write(os.path.join(base, f"{cid}_nifti", f"{cid}_{suf}.nii.gz"), arr)
             ids.append(cid)
     return ids

@@ -16,27 +16,7 @@ from release_fakes import read_array as arr, read_dataset_json as dataset_json
 RC_VOXEL = (8, 5, 5)  # (z, y, x) inside the resection cavity of the fake
 
 
-def gli2024_label(with_cavity: bool = True) -> np.ndarray:
-    """1 NETC, 2 SNFH, 3 ET as in the 2023 fake, plus 4 resection cavity next to the tumour."""
-    lab = F.tumour_label(F.CODES["brats2023"])
-    if with_cavity:
-        lab[8:10, 3:9, 3:9] = 4
-    return lab
-
-
-def fake_brats2024(root: str, subset: str = "GLI", n: int = 3) -> list:
-    """``BraTS2024-BraTS-GLI-TrainingData/training_data1_v2/BraTS-GLI-02XXX-10Y/`` as released (the
-    second case without a cavity, as some post-treatment exams)."""
-    base = os.path.join(root, f"BraTS2024-BraTS-{subset}-TrainingData", "training_data1_v2")
-    ids = []
-    for i in range(n):
-        cid = f"BraTS-{subset}-{2000 + i:05d}-{100 + i % 2:03d}"
-        d = os.path.join(base, cid)
-        for j, suf in enumerate(("t1n", "t1c", "t2w", "t2f")):
-            F.write(os.path.join(d, f"{cid}-{suf}.nii.gz"), F.noise_image(i * 10 + j, 100 + 50 * j), **F.BRATS_GEOMETRY)
-        F.write(os.path.join(d, f"{cid}-seg.nii.gz"), gli2024_label(subset == "GLI" and i != 1), **F.BRATS_GEOMETRY)
-        ids.append(cid)
-    return ids
+gli2024_label, fake_brats2024 = F.gli2024_label, F.fake_brats2024
 
 
 def test_brats2024_gli_keeps_the_resection_cavity(tmp_path):
@@ -74,6 +54,7 @@ def test_brats2024_resection_cavity_mapped(tmp_path, mode, value, ignore):
 
 
 def test_brats2023_refuses_a_2024_tree(tmp_path, capsys):
+    """Recognised by its folder names, with no label read (a 2024 PED tree may hold no 4)."""
     rel, raw = str(tmp_path / "rel"), str(tmp_path / "raw")
     fake_brats2024(rel)
     with pytest.raises(ConversionError, match="brats2024"):
@@ -82,8 +63,51 @@ def test_brats2023_refuses_a_2024_tree(tmp_path, capsys):
         cli.main(["brats2023", rel, "-o", raw, "--dry-run"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1
-    assert "-seg.nii.gz holds label 4" in err and "resection cavity" in err and "brats2024" in err
+    assert "BraTS 2024 release (folder BraTS2024-BraTS-GLI-TrainingData)" in err and "brats2024" in err
     assert not os.path.exists(raw)
+
+
+def test_brats_release_detection_does_not_need_a_label(tmp_path, monkeypatch):
+    """Each release's fake is told apart by folder names, then by case-id timepoints; a 2024 PED
+    tree without any label 4 is refused by brats2023; labels are read only when nothing else tells."""
+    ped = str(tmp_path / "ped")
+    F.fake_brats2024(ped, "PED", n=2, cavity=False)
+    for path in F.tree(ped):
+        if path.endswith("-seg.nii.gz"):
+            assert 4 not in np.unique(arr(os.path.join(ped, path)))
+    monkeypatch.setattr(brats2023, "label_values", lambda *a, **k: pytest.fail("a label file was read"))
+    with pytest.raises(ConversionError, match=r"BraTS 2024 release \(folder BraTS2024-BraTS-PED"):
+        brats2023.convert(ped, str(tmp_path / "raw"), subset="PED", dry_run=True, progress=False)
+    # folders renamed: the 2024 timepoints (from 100) still tell
+    plain = str(tmp_path / "plain")
+    os.makedirs(plain)
+    gli = str(tmp_path / "gli")
+    for cid in F.fake_brats2024(gli, n=2):
+        os.rename(os.path.join(gli, "BraTS2024-BraTS-GLI-TrainingData", "training_data1_v2", cid),
+                  os.path.join(plain, cid))
+    with pytest.raises(ConversionError, match="case BraTS-GLI-02000-100 .timepoints from 100"):
+        brats2023.convert(plain, str(tmp_path / "raw"), dry_run=True, progress=False)
+    # a 2023 tree given to brats2024
+    rel23 = str(tmp_path / "r23")
+    F.fake_brats2023(rel23, "MET", n=1)
+    with pytest.raises(ConversionError, match=r"BraTS 2023 release \(folder ASNR-MICCAI-BraTS2023-MET.*brats2023"):
+        brats2024.convert(rel23, str(tmp_path / "raw"), dry_run=True, progress=False)
+    assert brats2023.release_year(rel23, brats2023.find_cases(rel23)["MET"]) == (
+        2023, "folder ASNR-MICCAI-BraTS2023-MET-Challenge-TrainingData")
+    assert not os.path.exists(str(tmp_path / "raw"))
+
+
+def test_unnamed_tree_with_label_4_is_still_refused(tmp_path):
+    """Neither folder names nor ids tell (2024 cases renumbered below 100 and moved): the label
+    sniff remains the last check."""
+    rel = str(tmp_path / "rel")
+    F.fake_brats2023(rel, n=2)
+    base = os.path.join(rel, "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData")
+    os.rename(base, os.path.join(rel, "data"))
+    seg = os.path.join(rel, "data", "BraTS-GLI-00000-000", "BraTS-GLI-00000-000-seg.nii.gz")
+    F.write(seg, gli2024_label(), **F.BRATS_GEOMETRY)
+    with pytest.raises(ConversionError, match="holds label 4.*brats2024"):
+        brats2023.convert(rel, str(tmp_path / "raw"), dry_run=True, progress=False)
 
 
 def test_brats2024_other_sub_challenges(tmp_path, capsys):

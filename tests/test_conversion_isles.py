@@ -190,3 +190,21 @@ def test_isles_rawdata_layout_and_missing_flair(tmp_path):
     s = isles2022.convert(rel, raw, dataset_id=538, name="ISLESdwi", channels=["dwi", "adc"], progress=False)
     assert s.converted == ids
     F.verify_fast(os.path.join(raw, "Dataset538_ISLESdwi"))
+
+
+def test_isles_flat_readme_layout_converts(tmp_path):
+    """The organisers' README layout: rawdata/sub-*/ses-0001/*_{dwi,adc,flair}.nii.gz (no dwi/ or
+    anat/ folders, lower-case flair) converts like the Zenodo layout, voxel for voxel."""
+    flat_rel, zen_rel, raw = str(tmp_path / "flat"), str(tmp_path / "zen"), str(tmp_path / "raw")
+    ids = F.fake_isles2022(flat_rel, n=2, flat=True)
+    assert not os.path.isdir(os.path.join(flat_rel, "ISLES-2022", "rawdata", ids[0], "ses-0001", "anat"))
+    F.fake_isles2022(zen_rel, n=2)
+    s = isles2022.convert(flat_rel, raw, register=False, progress=False)
+    assert s.converted == ids and not s.problems
+    z = isles2022.convert(zen_rel, raw, dataset_id=539, name="ISLESzen", register=False, progress=False)
+    assert z.converted == ids
+    flat_dir, zen_dir = os.path.join(raw, "Dataset528_ISLES2022"), os.path.join(raw, "Dataset539_ISLESzen")
+    F.verify_fast(flat_dir)
+    for f in F.tree(os.path.join(zen_dir, "imagesTr")):
+        assert np.array_equal(F.read_array(os.path.join(flat_dir, "imagesTr", f)),
+                              F.read_array(os.path.join(zen_dir, "imagesTr", f)))

@@ -17,7 +17,7 @@ PACKAGES = ("nnunet_mmpretrain", "nnunet_mmpretrain_ext")
 #: lower never imports higher; the same list as the "Layers" section of docs/DESIGN.md
 LAYERS: list[tuple[str, ...]] = [
     ("modalities", "labels", "io_utils", "parallel"),
-    ("geometry",),
+    ("geometry", "content_hash", "subjects"),
     ("corpus", "pretrain", "planning"),
     ("transfer",),
     ("training",),

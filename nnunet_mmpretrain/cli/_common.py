@@ -7,7 +7,8 @@ import os
 import sys
 from typing import Iterable, Iterator, NoReturn, Optional
 
-from nnunet_mmpretrain.io_utils import diagnose_disk, is_fatal_os_error, os_error_line, write_probe
+from nnunet_mmpretrain.io_utils import (diagnose_disk, is_fatal_os_error, is_write_failure,  # noqa: F401
+                                        os_error_line, write_probe)
 from nnunet_mmpretrain.planning.nnunet_plan import n_proc_da
 
 
@@ -47,12 +48,16 @@ def require_env(*names: str) -> None:
 
 
 def check_n_proc_da() -> None:
-    """nnU-Net reads ``$nnUNet_n_proc_DA`` with int() when it is imported: a bad value would be a
-    traceback from inside nnU-Net. Call before importing nnunetv2."""
+    """nnU-Net reads ``$nnUNet_n_proc_DA`` and ``$nnUNet_def_n_proc`` with int() when it is
+    imported: a bad value would be a traceback from inside nnU-Net. Call before importing nnunetv2."""
     try:
         n_proc_da()
     except ValueError as e:
         die(str(e))
+    v = os.environ.get("nnUNet_def_n_proc")
+    if v is not None and not (v.strip().isdigit() and int(v) >= 1):
+        die(f"nnUNet_def_n_proc={v!r} is not a whole number >= 1: export the number of worker processes "
+            f"nnU-Net may use (e.g. 4) or unset it.")
 
 
 def _same(a: str, b: str) -> bool:
@@ -115,6 +120,15 @@ def disk_errors(what: str = "the output folder") -> Iterator[None]:
         if disk is not None:
             die(os_error_line(disk, what=what) + " (finished cases are kept; a re-run resumes)")
         raise
+
+
+def save_failed_line(path: str, e: BaseException) -> str:
+    """One line for a checkpoint / bundle write that failed, naming ``path`` and the disk."""
+    disk = diagnose_disk(os.path.dirname(os.path.abspath(path)) or ".")
+    why = os_error_line(disk, what=path) if disk is not None else (
+        f"writing {path} failed ({(str(e).strip().splitlines() or [type(e).__name__])[-1][:160]}): the disk is "
+        f"probably full or the file too large")
+    return why + "; nothing was replaced (free space or choose another output path, then run again)"
 
 
 def require_trained_folder(folder: str, fix: str) -> None:

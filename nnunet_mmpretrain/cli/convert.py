@@ -18,7 +18,7 @@ import time
 from typing import List, Optional
 
 from nnunet_mmpretrain import modalities as mod
-from nnunet_mmpretrain.cli._common import die
+from nnunet_mmpretrain.cli._common import check_n_proc_da, die
 from nnunet_mmpretrain.conversion import ConversionError
 from nnunet_mmpretrain.conversion.common import verify_nnunet_dataset
 from nnunet_mmpretrain.conversion.options import ConvertOptions
@@ -137,6 +137,8 @@ def _main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     if a.num_processes < 1:
         die(f"-np must be at least 1, got {a.num_processes}.")
+    if getattr(a, "verify", False):
+        check_n_proc_da()  # --verify imports nnU-Net, which reads its worker variables on import
     t0 = time.time()
     try:
         summary = run(a)

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from nnunet_mmpretrain.cli._common import die
+from nnunet_mmpretrain.cli._common import check_n_proc_da, die, is_write_failure, save_failed_line
 from nnunet_mmpretrain.io_utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def main(argv=None) -> int:
                                                   "(e.g. CC-BY-4.0; mind the corpus' data licences)")
     p.add_argument("--verify", metavar="BUNDLE", default=None, help="check a bundle folder and exit")
     a = p.parse_args(argv)
+    check_n_proc_da()  # before nnU-Net is imported (it reads the variables on import)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.verify is not None:
         return _verify(a.verify)
@@ -81,6 +82,10 @@ def main(argv=None) -> int:
         die(str(e))
     except OSError as e:
         die(f"cannot write {a.output}: {e.strerror or e}; choose a writable output path.")
+    except RuntimeError as e:   # torch.save reports a refused write (full disk) as RuntimeError
+        if not is_write_failure(e):
+            raise
+        die(save_failed_line(a.output, e))
     print(f"bundle: {path}")
     print(f"  encoder tensors: {len(b['encoder'])}, stems: {', '.join(b['modalities_trained'])} (trained), "
           f"templates: {', '.join(b['templates']) or 'none'}, epoch {b['epoch']}; model card: "

@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--resample", action="store_true",
                    help="put the modalities of a session on the grid of its first modality (IXI needs it)")
     p.add_argument("--skip-bad", action="store_true", help="leave out cases that fail validation (default: stop)")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="keep cases whose scan (voxels) another case already has (default: a validation problem)")
     p.add_argument("--plan-only", action="store_true", help="validate, fingerprint and plan; no preprocessing")
     p.add_argument("--add-config", metavar="NAME", default=None,
                    help="also add a small configuration NAME (inherits 3d_fullres data) for CPUs: see --patch/--features")
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
         with disk_errors(out):
             like = load_like(a.like, a.like_config) if a.like else None
             r = plan_and_preprocess_corpus(a.d, a.pl, like, a.resample, a.skip_bad, a.np, a.plan_only,
-                                           a.gpu_memory_target)
+                                           a.gpu_memory_target, allow_duplicates=a.allow_duplicates)
             if a.add_config:
                 add_tiny_configuration(r.plans_file, a.add_config, patch_size=a.patch, features=a.features,
                                        batch_size=a.batch)

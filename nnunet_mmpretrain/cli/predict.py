@@ -7,6 +7,7 @@ written to ``template_substitutions.json``. Complete cases are predicted as nnU-
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
 import sys
@@ -40,6 +41,13 @@ def main(argv=None) -> int:
     if a.bundle and not (os.path.isdir(a.bundle) and os.path.isfile(os.path.join(a.bundle, BUNDLE_FILE))):
         die(f"--bundle {a.bundle} is not a bundle folder (no {BUNDLE_FILE}): pass the folder written by "
             f"nnUNetv2_mmpretrain_export.")
+    if a.bundle:  # every template compared with its recorded SHA-256 now, not mid-prediction
+        from nnunet_mmpretrain.transfer.bundle_format import BundleError, check_recorded_sha256
+        try:
+            for t in sorted(glob.glob(os.path.join(a.bundle, "templates", "*.nii.gz"))):
+                check_recorded_sha256(t)
+        except BundleError as e:
+            die(f"--bundle {a.bundle}: {e}")
     if a.np < 1:
         die(f"-np must be at least 1, got {a.np}.")
     try:

@@ -12,11 +12,19 @@ Labels 0 background, 1 non-enhancing core / necrosis, 2 edema, 3 enhancing tumou
 they are: this *is* our convention (regions whole (1,2,3), core (1,3), enhancing (3),
 regions_class_order [2, 1, 3]). Enhancing tumour stays 3 -- BrainMVP's released code pushed
 these labels through a transform expecting 4 and lost the enhancing region; the tests check the
-voxels. BraTS 2024 GLI ships the same file names with a fourth label (4, resection cavity): a tree
-whose first label files hold a 4 is refused with one line pointing to :mod:`brats2024` (up to
-:data:`SNIFF_CASES` label files are read for that, also in a dry run); a later file holding a 4, or
-any other unknown value, skips its case with a reason. Channels: 0 T1 (t1n), 1 T1ce (t1c), 2 T2
-(t2w), 3 FLAIR (t2f).
+voxels. BraTS 2024 ships the same file names with other label meanings (GLI: 4 resection cavity;
+PED: relabelled classes). The release is recognised without relying on a label being present
+(:func:`release_year`): by the folder names between the release root and the case folders
+(``ASNR-MICCAI-BraTS2023-...``, ``BraTS2024-...``, 2024 GLI's ``training_data1_v2``), else by the
+timepoints of the case ids (2024 GLI numbers them from 100, 2023 from 000); a 2024 tree is refused
+with one line pointing to :mod:`brats2024`. Only when neither tells are the first label files read
+(up to :data:`SNIFF_CASES`, also in a dry run): a 4 there refuses the tree too; a later file
+holding a 4, or any other unknown value, skips its case with a reason. Channels: 0 T1 (t1n), 1 T1ce
+(t1c), 2 T2 (t2w), 3 FLAIR (t2f).
+
+Patients: ``BraTS-GLI-00005-000`` and ``-001`` are two timepoints of patient ``BraTS-GLI-00005``;
+every case's patient and timepoint go into ``patients.json`` and, when a patient has several
+scans, patient-grouped folds into ``splits_final.json`` (:mod:`nnunet_mmpretrain.subjects`).
 """
 from __future__ import annotations
 
@@ -32,7 +40,11 @@ from nnunet_mmpretrain.conversion.common import (
     load_image, multimodal_seg_case, nifti_pair, suffixed_files)
 
 KIND = "BraTS 2023"
-CASE_RE = re.compile(r"BraTS-([A-Z]+)-\d{5}-\d{3}")
+CASE_RE = re.compile(r"BraTS-([A-Z]+)-(\d{5})-(\d{3})")
+#: a BraTS year in a folder name of the release (``ASNR-MICCAI-BraTS2023-GLI-...``, ``BraTS2024-...``)
+YEAR_RE = re.compile(r"brats[-_ ]?(20\d\d)", re.IGNORECASE)
+#: folder names only BraTS 2024 uses
+FOLDERS_2024 = ("training_data1_v2", "training_data_additional")
 SUFFIX = {"t1": "t1n", "t1c": "t1c", "t2": "t2w", "flair": "t2f"}
 LABELS = labels.convention("brats2023")
 LABEL_MAP = dict(LABELS.mapping)
@@ -74,9 +86,41 @@ def pick_subset(found: Dict[str, list], subset: Optional[str], root: str, kind: 
     return subset
 
 
+def patient_timepoint(case_id: str) -> Tuple[str, str]:
+    """``BraTS-GLI-00005-101`` -> (``BraTS-GLI-00005``, ``101``)."""
+    m = CASE_RE.fullmatch(case_id)
+    return f"BraTS-{m.group(1)}-{m.group(2)}", m.group(3)
+
+
+def release_year(root: str, cases: Sequence[Tuple[str, str]]) -> Tuple[Optional[int], str]:
+    """(2023 or 2024, the evidence) from the folder names between ``root``'s parent and the case
+    folders, else from the case ids' timepoints (100 and up: 2024); (None, '') when neither tells."""
+    years: Dict[int, str] = {}
+    top = os.path.dirname(os.path.abspath(root))
+    for _, d in cases:
+        for part in os.path.relpath(os.path.dirname(os.path.abspath(d)), top).split(os.sep):
+            m = YEAR_RE.search(part)
+            if m and int(m.group(1)) in (2023, 2024):
+                years.setdefault(int(m.group(1)), f"folder {part}")
+            elif part.lower() in FOLDERS_2024:
+                years.setdefault(2024, f"folder {part}")
+    if len(years) == 1:
+        (year, why), = years.items()
+        return year, why
+    late = [cid for cid, _ in cases if int(patient_timepoint(cid)[1]) >= 100]
+    if late:
+        return 2024, f"case {late[0]} (timepoints from 100 are BraTS 2024's)"
+    return None, ""
+
+
 def build_specs(cases: List[Tuple[str, str]], convention: labels.LabelConvention = LABELS) -> List[CaseSpec]:
-    return [multimodal_seg_case(cid, suffixed_files(d, cid, SUFFIX, "-"), case_files(d, cid, "seg"), convention)
-            for cid, d in cases]
+    specs = []
+    for cid, d in cases:
+        spec = multimodal_seg_case(cid, suffixed_files(d, cid, SUFFIX, "-"), case_files(d, cid, "seg"), convention)
+        patient, timepoint = patient_timepoint(cid)
+        spec.info.update(patient=patient, timepoint=timepoint)
+        specs.append(spec)
+    return specs
 
 
 def label_values(specs: Sequence[CaseSpec], limit: int = SNIFF_CASES) -> Iterator[Tuple[str, Set[int]]]:
@@ -111,12 +155,17 @@ def plan(root: str, subset: Optional[str] = None) -> Plan:
     found = find_cases(root)
     sub = pick_subset(found, subset, root)
     specs = build_specs(found[sub])
-    refuse_brats2024(specs)
+    year, why = release_year(root, found[sub])
+    if year == 2024:
+        raise ConversionError(f"{root} is a BraTS 2024 release ({why}), whose labels mean other things: convert "
+                              f"it with 'nnUNetv2_mmpretrain_convert brats2024' instead of brats2023.")
+    if year is None:
+        refuse_brats2024(specs)
     return Plan(specs, title=f"{KIND} {sub}", dataset_id=DEFAULT_IDS.get(sub), name=f"BraTS2023_{sub}",
                 empty=f"no {KIND} {sub} cases under {root}.", channels=[display(m) for m in BRATS_CHANNELS],
                 description=f"BraTS 2023 {sub} ({DESCRIPTIONS.get(sub, sub)}). Labels as released: 1 "
                             f"non-enhancing core/necrosis, 2 edema, 3 enhancing tumour.",
-                conversion={"subset": sub})
+                conversion={"subset": sub, "release": "BraTS 2023" + (f" ({why})" if why else "")})
 
 
 RELEASE = Release(

@@ -20,6 +20,10 @@ Label conventions per sub-challenge (:mod:`nnunet_mmpretrain.labels`):
   that convention is not in the registry and the sub-challenge is refused. MEN-RT ships a
   T1c and a GTV mask under other names and is not read.
 
+A tree recognised as BraTS 2023 (folder names) is refused, pointing to :mod:`brats2023`. Patients
+and timepoints (``BraTS-GLI-00005-100``, ``-101``: patient ``BraTS-GLI-00005``) are recorded as in
+2023, with patient-grouped folds (``splits_final.json``).
+
 Default dataset ids: GLI 534, MET 535, SSA 536 (names ``BraTS2024_<SUBSET>``). Channels: 0 T1
 (t1n), 1 T1ce (t1c), 2 T2 (t2w), 3 FLAIR (t2f).
 """
@@ -28,7 +32,7 @@ from __future__ import annotations
 from typing import Optional
 
 from nnunet_mmpretrain import labels
-from nnunet_mmpretrain.conversion.brats2023 import build_specs, find_cases, pick_subset
+from nnunet_mmpretrain.conversion.brats2023 import build_specs, find_cases, pick_subset, release_year
 from nnunet_mmpretrain.conversion.common import (
     BRATS_CHANNELS, SEGMENTATION, ConversionError, Plan, Release, Setting, display)
 
@@ -68,6 +72,10 @@ def plan(root: str, subset: Optional[str] = None, resection_cavity: str = "keep"
     """Discovery and dataset.json content of one sub-challenge of a BraTS 2024 release."""
     found = find_cases(root)
     sub = pick_subset(found, subset, root, KIND)
+    year, why = release_year(root, found[sub])
+    if year == 2023:
+        raise ConversionError(f"{root} is a BraTS 2023 release ({why}): convert it with "
+                              f"'nnUNetv2_mmpretrain_convert brats2023' instead of brats2024.")
     conv = convention(sub, resection_cavity)
     rc = RC_WORDS[resection_cavity] if sub == "GLI" else ""
     return Plan(
@@ -76,7 +84,8 @@ def plan(root: str, subset: Optional[str] = None, resection_cavity: str = "keep"
         description=f"BraTS 2024 {sub} ({DESCRIPTIONS[sub]}). Labels: 1 non-enhancing tumour core, 2 "
                     f"surrounding FLAIR hyperintensity / edema, 3 enhancing tissue" + (f"; {rc}" if rc else "") + ".",
         extra={"evaluation_regions": {k: list(v) for k, v in conv.evaluation_regions.items()}},
-        conversion={"subset": sub, **({"resection_cavity": resection_cavity} if sub == "GLI" else {})})
+        conversion={"subset": sub, "release": "BraTS 2024" + (f" ({why})" if why else ""),
+                    **({"resection_cavity": resection_cavity} if sub == "GLI" else {})})
 
 
 RELEASE = Release(

@@ -1,9 +1,16 @@
-"""Pretraining corpora: ``images/`` and ``manifest.json``, several sources in one folder."""
+"""Pretraining corpora: ``images/`` and ``manifest.json``, several sources in one folder.
+
+The same scan twice -- a case whose image has the voxels of an image of another case (content
+hash, :mod:`nnunet_mmpretrain.content_hash`), across sources and releases (BraTS 2023 GLI training
+is BraTS 2021 renamed) -- is kept once: the case already in the corpus, or the first one, stays;
+the later one is left out with its reason and a summary line (``allow_duplicates`` keeps both).
+Hashes are remembered in ``.content_hashes.json`` in the corpus folder."""
 from __future__ import annotations
 
 import os
 from typing import Dict, List, Sequence
 
+from nnunet_mmpretrain.content_hash import HashCache, first_owner
 from nnunet_mmpretrain.conversion.execute import run_cases
 from nnunet_mmpretrain.conversion.imageio import image_grid
 from nnunet_mmpretrain.conversion.options import ConvertOptions
@@ -15,7 +22,8 @@ from nnunet_mmpretrain.corpus.manifest import (CorpusCase, CorpusManifest, Manif
 
 
 def convert_corpus(kind: str, specs: Sequence[CaseSpec], folder: str, sources: Dict[str, dict], *,
-                   options: ConvertOptions, atlas_registered: "str | bool" = "auto") -> ConversionSummary:
+                   options: ConvertOptions, atlas_registered: "str | bool" = "auto",
+                   allow_duplicates: bool = False) -> ConversionSummary:
     """Write (or extend) a pretraining corpus folder: ``images/`` and ``manifest.json``.
 
     A corpus folder may hold several sources: cases of other sources already in its manifest are
@@ -65,10 +73,53 @@ def convert_corpus(kind: str, specs: Sequence[CaseSpec], folder: str, sources: D
             link_tree(folder, stage.build, skip=mine_files + [mpath])
         finished = run_cases(specs, stage.build, summary, options, desc=os.path.basename(folder))
         if not dry_run:
+            finished = _drop_duplicates(stage.build, finished, kept, summary, allow_duplicates)
             _write_manifest(stage, folder, finished, kept, old, sources, atlas_registered, summary)
     except BaseException as e:
         raise stage.fail(e) from None
     return summary
+
+
+HASHES_NAME = ".content_hashes.json"
+
+
+def _drop_duplicates(build: str, finished: Sequence[CaseSpec], kept: Sequence[CorpusCase],
+                     summary: ConversionSummary, allow: bool) -> List[CaseSpec]:
+    """``finished`` without the cases repeating a scan of a kept case or of an earlier finished
+    one (their files in ``build`` removed); every repeat is named in ``summary``."""
+    if not finished:  # nothing new: nothing to compare, nothing written
+        return []
+    cache = HashCache(os.path.join(build, HASHES_NAME), root=build)
+    items = [(c.case_id, [(m, os.path.join(build, p)) for m, p in c.images.items()]) for c in kept]
+    items += [(s.case_id, [(m, os.path.join(build, corpus_image_dst(s.case_id, m))) for m in s.info["modalities"]])
+              for s in finished]
+    hashes = {p: cache.get(p) for _, images in items for _, p in images if os.path.isfile(p)}
+    cache.save()
+    dups = first_owner(items, hashes)
+    if not dups:
+        return list(finished)
+    first, (_, other, _) = next(iter(dups.items()))
+    head = (f"{len(dups)} case(s) repeat a scan already in the corpus under another id (same voxels), "
+            f"e.g. {first} = {other}")
+    if allow:
+        summary.notes.append(f"{head}: both kept (--allow-duplicates)")
+        return list(finished)
+    summary.notes.append(f"{head}: kept the first only (--allow-duplicates keeps both)")
+    for cid, (path, other, other_path) in dups.items():
+        summary.skipped[cid] = (f"same scan as case {other} ({os.path.relpath(other_path, build)} has the "
+                                f"voxels of {os.path.relpath(path, build)}): kept {other} only")
+        if cid in summary.converted:
+            summary.converted.remove(cid)
+    out = []
+    for s in finished:
+        if s.case_id in dups:
+            for m in s.info["modalities"]:
+                p = os.path.join(build, corpus_image_dst(s.case_id, m))
+                if os.path.isfile(p):
+                    os.remove(p)
+        else:
+            out.append(s)
+    return out
 
 
 def _write_manifest(stage: Staging, folder: str, finished: Sequence[CaseSpec], kept: List[CorpusCase],

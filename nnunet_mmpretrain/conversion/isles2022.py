@@ -1,11 +1,20 @@
 """ISLES 2022 (ischemic stroke lesion segmentation) -> nnU-Net raw dataset.
 
-Release layout (BIDS; subject folders directly in ``RELEASE_ROOT`` or in ``RELEASE_ROOT/rawdata``)::
+Release layouts (BIDS; subject folders directly in ``RELEASE_ROOT`` or in ``RELEASE_ROOT/rawdata``).
+The Zenodo archive::
 
     sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_dwi.nii.gz   (b=1000 trace)
     sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_adc.nii.gz
     sub-strokecaseXXXX/ses-0001/anat/sub-strokecaseXXXX_ses-0001_FLAIR.nii.gz
     derivatives/sub-strokecaseXXXX/ses-0001/sub-strokecaseXXXX_ses-0001_msk.nii.gz
+
+and the flat layout of the organisers' README (no ``dwi/`` / ``anat/`` folders, lower-case
+``flair``)::
+
+    rawdata/sub-strokecaseXXXX/ses-0001/sub-strokecaseXXXX_ses-0001_{dwi,adc,flair}.nii.gz
+
+File suffixes are matched without regard to case, in the BIDS sub-folder first, then in the
+session folder itself.
 
 The lesion masks live on the DWI grid, so DWI is the reference. The FLAIR was acquired on its own
 grid and, as the organisers state, must be *registered* to the DWI before the masks apply to it:
@@ -18,7 +27,8 @@ resamples the FLAIR by scanner coordinates only. An ADC (computed from the DWI a
 is not on the DWI grid is resampled by scanner coordinates.
 Channels (default): 0 DWI, 1 ADC, 2 FLAIR. Labels: 0 background, 1 lesion.
 Case ids are the subject ids (``sub-strokecase0001``), with ``_ses-XXXX`` appended only when a
-subject has several sessions.
+subject has several sessions (those are grouped by subject in ``patients.json`` and the folds of
+``splits_final.json``, :mod:`nnunet_mmpretrain.subjects`).
 """
 from __future__ import annotations
 
@@ -45,6 +55,19 @@ DEFAULT_CHANNELS = ("dwi", "adc", "flair")
 def _one(pattern: str) -> Optional[str]:
     hits = sorted(p for p in glob.glob(pattern) if visible(os.path.basename(p)))
     return hits[0] if hits else None
+
+
+def modality_file(session_dir: str, sub_folder: str, suffix: str) -> Optional[str]:
+    """The ``*_<suffix>.nii[.gz]`` file (suffix in any case) in ``session_dir/sub_folder`` (Zenodo
+    layout) or, failing that, in ``session_dir`` itself (the README's flat layout)."""
+    want = re.compile(rf".*_{re.escape(suffix)}\.nii(\.gz)?", re.IGNORECASE)
+    for d in (os.path.join(session_dir, sub_folder), session_dir):
+        if os.path.isdir(d):
+            hits = sorted(f for f in os.listdir(d) if visible(f) and want.fullmatch(f)
+                          and os.path.isfile(os.path.join(d, f)))
+            if hits:
+                return os.path.join(d, hits[0])
+    return None
 
 
 def subject_root(root: str) -> str:
@@ -85,11 +108,11 @@ def build_specs(root: str, channels: Sequence[str] = DEFAULT_CHANNELS,
         for ses in sessions:
             cid = sub if len(sessions) == 1 else f"{sub}_{ses}"
             files = {}
-            spec = CaseSpec(case_id=cid, info={"subject": sub, "session": ses})
+            spec = CaseSpec(case_id=cid, info={"subject": sub, "session": ses, "patient": sub, "timepoint": ses})
             for i, m in enumerate(channels):
                 sub_folder, suffix = FILES[m]
                 expected = os.path.join(sdir, ses, sub_folder, f"{sub}_{ses}_{suffix}.nii.gz")
-                found = _one(os.path.join(sdir, ses, sub_folder, f"*_{suffix}.nii*"))
+                found = modality_file(os.path.join(sdir, ses), sub_folder, suffix)
                 files[f"{display(m)} image"] = (found, expected)
                 spec.images.append(ImageSpec(src=found or expected, dst=seg_image_dst(cid, i),
                                              on_mismatch="skip" if i == 0 else "resample",

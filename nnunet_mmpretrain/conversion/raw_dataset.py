@@ -1,5 +1,6 @@
-"""nnU-Net raw datasets: dataset.json, classes.csv, :func:`convert_segmentation`, and nnU-Net's
-own integrity check."""
+"""nnU-Net raw datasets: dataset.json, classes.csv, patients.json and patient-grouped folds
+(:mod:`nnunet_mmpretrain.subjects`), :func:`convert_segmentation`, and nnU-Net's own integrity
+check."""
 from __future__ import annotations
 
 import csv
@@ -8,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from nnunet_mmpretrain import subjects
 from nnunet_mmpretrain.conversion.execute import run_cases
 from nnunet_mmpretrain.conversion.options import ConvertOptions
 from nnunet_mmpretrain.conversion.paths import FILE_ENDING
@@ -91,7 +93,12 @@ def convert_segmentation(kind: str, specs: Sequence[CaseSpec], folder: str, info
                 if classes is not None:
                     header, row = classes
                     write_csv(os.path.join(stage.build, "classes.csv"), header, (row(s) for s in finished))
+                patients = {s.case_id: {"patient": s.info["patient"], "timepoint": s.info.get("timepoint", "")}
+                            for s in finished if s.info.get("patient")}
+                grouped = subjects.write_patient_files(stage.build, patients) if patients else None
                 stage.commit()
+                if grouped:
+                    summary.notes.append(_place_splits(folder, patients))
             else:
                 summary.notes.append("no case could be converted: dataset.json was not written"
                                      + ("; the previous dataset is unchanged." if stage.staged else "."))
@@ -99,6 +106,24 @@ def convert_segmentation(kind: str, specs: Sequence[CaseSpec], folder: str, info
     except BaseException as e:
         raise stage.fail(e) from None
     return summary
+
+
+def _place_splits(folder: str, patients: Dict[str, Dict[str, str]]) -> str:
+    """Put the patient-grouped folds where plain nnU-Net reads them when the dataset lies in
+    ``$nnUNet_raw`` and ``$nnUNet_preprocessed`` is set; otherwise say how (one line)."""
+    n_pat = len({v["patient"] for v in patients.values()})
+    head = (f"{len(patients)} case(s) of {n_pat} patient(s): patient-grouped folds in "
+            f"{os.path.join(folder, subjects.SPLITS_FILE)}")
+    raw, pre = os.environ.get("nnUNet_raw"), os.environ.get("nnUNet_preprocessed")
+    target = os.path.join(pre, os.path.basename(folder)) if pre else None
+    if target and raw and os.path.realpath(os.path.dirname(folder)) == os.path.realpath(raw):
+        try:
+            return f"{head}; {subjects.place_splits(folder, target)}"
+        except OSError as e:
+            return f"{head}; could not copy them to {target} ({e.strerror}): copy the file there before nnUNetv2_train"
+    where = target or "$nnUNet_preprocessed/" + os.path.basename(folder)
+    return (f"{head}; before nnUNetv2_train: mkdir -p {where} && cp {os.path.join(folder, subjects.SPLITS_FILE)} "
+            f"{where}/ (nnU-Net's own folds would split patients)")
 
 
 def _note_stale_cases(folder: str, expected: set, summary: ConversionSummary) -> None:

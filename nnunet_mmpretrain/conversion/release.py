@@ -57,6 +57,9 @@ CORPUS_SETTINGS = (
             "manifest flag: all scans on one atlas grid (auto: checked on the headers)",
             cli={"choices": ("auto", "yes", "no")},
             parse=lambda v: {"auto": "auto", "yes": True, "no": False}[v]),
+    Setting("allow_duplicates", False, ("--allow-duplicates",),
+            "keep a case whose scan (voxels) is already in the corpus under another id (default: keep the first)",
+            cli={"action": "store_true"}),
 )
 
 
@@ -148,6 +151,7 @@ def run_release(release: Release, release_root: str, out_dir: Optional[str], dat
     raw dataset or corpus, then complete and report the summary."""
     values = resolve_settings(release, settings)
     atlas_registered = values.pop("atlas_registered", "auto")
+    allow_duplicates = values.pop("allow_duplicates", False)
     root = require_root(release_root, release.root_word or release.title)
     plan = release.plan(root, **values)
     title = plan.title or release.title
@@ -161,7 +165,7 @@ def run_release(release: Release, release_root: str, out_dir: Optional[str], dat
     log.debug("%s: %d case(s) found under %s -> %s", title, len(plan.specs), root, folder)
     if release.output == CORPUS:
         summary = convert_corpus(title, plan.specs, folder, plan.sources, atlas_registered=atlas_registered,
-                                 options=options)
+                                 allow_duplicates=allow_duplicates, options=options)
     else:
         summary = convert_segmentation(title, plan.specs, folder, dataset_info(release, plan, root),
                                        options=options, classes=plan.classes)

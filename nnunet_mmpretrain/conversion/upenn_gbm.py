@@ -9,7 +9,8 @@ Release layout (NIfTI package; ``RELEASE_ROOT`` is any folder above ``images_str
 Only cases with a manual segmentation are converted unless ``use_automated`` is set, which
 falls back to the automated one. Follow-up exams (``UPENN-GBM-00001_21``: ``_11`` is the first
 exam, ``_21`` the follow-up) come without any segmentation, manual or automated, and are skipped
-with that reason. Images are in SRI24 space (240x240x155), skull-stripped.
+with that reason; every exam's patient goes into ``patients.json`` (:mod:`nnunet_mmpretrain.subjects`).
+Images are in SRI24 space (240x240x155), skull-stripped.
 Labels in the release: 1 necrosis, 2 edema, 4 enhancing tumour -> our BraTS-2023 convention
 1, 2, 3 (4 -> 3). Channels: 0 T1, 1 T1ce (T1GD), 2 T2, 3 FLAIR.
 """
@@ -58,6 +59,8 @@ def build_specs(root: str, use_automated: bool = False) -> List[CaseSpec]:
         if seg is None and use_automated:
             seg = automated
         spec = multimodal_seg_case(cid, chans, (seg, expected), LABELS)
+        patient, _, exam = cid.rpartition("_")
+        spec.info.update(patient=patient or cid, timepoint=exam if patient else "")
         if seg is None and spec.problem and spec.problem.startswith("missing segmentation"):
             spec.problem = _no_segmentation(cid, expected, automated, use_automated, auto or structural)
         specs.append(spec)

@@ -15,7 +15,8 @@
    nnU-Net's ``bbox_used_for_cropping`` / ``shape_before_cropping`` (the atlas position of a patch
    follows from them). ``corpus_cases.json`` beside the plans lists case -> modalities, source.
 
-Re-running skips finished cases; files are written in the ``.partial/`` subfolder and renamed
+Two runs on one corpus at once are refused (a lock in the preprocessed folder: they would share
+and remove the same ``.partial/``). Re-running skips finished cases; files are written in the ``.partial/`` subfolder and renamed
 into place, the properties file last, so a killed run never leaves a case that looks finished
 (nor a stray ``.b2nd`` that nnU-Net would list as a case).
 """
@@ -32,10 +33,9 @@ from nnunet_mmpretrain.corpus.fingerprint import corpus_fingerprint, load_case_a
 from nnunet_mmpretrain.corpus.manifest import CorpusManifest, load_manifest
 from nnunet_mmpretrain.corpus.means import means_for_configuration
 from nnunet_mmpretrain.corpus.validate import filtered_manifest, validate_corpus
-from nnunet_mmpretrain.io_utils import atomic_write_json
+from nnunet_mmpretrain.io_utils import atomic_write_json, exclusive_lock
 from nnunet_mmpretrain.parallel import map_with_progress
 from nnunet_mmpretrain.planning.pretrain_planner import PLANS_NAME, PRESETS
-
 
 CONFIGURATION = "3d_fullres"
 PARTIAL = ".partial"   # subfolder of the data folder for files being written
@@ -116,7 +116,7 @@ class CorpusPlanResult:
 def plan_and_preprocess_corpus(dataset_id: int, preset: str = "ResEncM", like: Optional[dict] = None,
                                resample: bool = False, skip_bad: bool = False, num_processes: int = 2,
                                plan_only: bool = False, gpu_memory_target_in_gb: Optional[float] = None,
-                               samples_per_scan: int = 10000) -> CorpusPlanResult:
+                               samples_per_scan: int = 10000, allow_duplicates: bool = False) -> CorpusPlanResult:
     import time
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
@@ -125,49 +125,50 @@ def plan_and_preprocess_corpus(dataset_id: int, preset: str = "ResEncM", like: O
     raw = os.path.join(str(nnUNet_raw), name)
     manifest = load_manifest(raw)
     report = validate_corpus(manifest, resample_to_first=resample, on_error="skip" if skip_bad else "stop",
-                             num_processes=num_processes)
+                             num_processes=num_processes, allow_duplicates=allow_duplicates)
     if not skip_bad:
         report.raise_if_bad()
     manifest = filtered_manifest(manifest, report)
     resample_ids = {cid for cid, ms in report.resample.items() if ms}
     pre_dir = os.path.join(str(nnUNet_preprocessed), name)
     os.makedirs(pre_dir, exist_ok=True)
-    fp = corpus_fingerprint(manifest, resample_ids, num_processes, samples_per_scan)
-    atomic_write_json(fp, os.path.join(pre_dir, "dataset_fingerprint.json"))
-    dj = corpus_dataset_json(manifest)
-    atomic_write_json(dj, os.path.join(raw, "dataset.json"))
-    atomic_write_json({k: v for k, v in dj.items() if k != "dataset"}, os.path.join(pre_dir, "dataset.json"))
+    with exclusive_lock(pre_dir, "nnUNetv2_mmpretrain_plan_and_preprocess"):  # one run per corpus at a time
+        fp = corpus_fingerprint(manifest, resample_ids, num_processes, samples_per_scan)
+        atomic_write_json(fp, os.path.join(pre_dir, "dataset_fingerprint.json"))
+        dj = corpus_dataset_json(manifest)
+        atomic_write_json(dj, os.path.join(raw, "dataset.json"))
+        atomic_write_json({k: v for k, v in dj.items() if k != "dataset"}, os.path.join(pre_dir, "dataset.json"))
 
-    if preset not in PRESETS:
-        raise ValueError(f"unknown planner preset {preset!r}; choose one of {', '.join(PRESETS)} or --like PLANS")
-    planner = PRESETS[preset](dataset_id, gpu_memory_target_in_gb=gpu_memory_target_in_gb)
-    planner.like_plans = like
-    planner.corpus_block = {
-        "name": manifest.name, "atlas_registered": manifest.atlas_registered, "sources": manifest.sources,
-        "counts": manifest.counts(), "modalities": manifest.modalities,
-        "intensity_per_modality": fp["mmpretrain"]["intensity_per_modality"],
-        "left_out_cases": {cid: [r for _, r in reasons] for cid, reasons in report.bad.items()},
-        "resampled_cases": sorted(resample_ids),
-    }
-    planner.plan_experiment()
-    plans_file = os.path.join(pre_dir, PLANS_NAME + ".json")
-    cases_index = {c.case_id: {"modalities": c.modalities, "source": c.source, "subject": c.subject,
-                               "session": c.session} for c in manifest.cases}
-    atomic_write_json(cases_index, os.path.join(pre_dir, "corpus_cases.json"))
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    data_folder = os.path.join(pre_dir, PlansManager(plans_file).get_configuration(CONFIGURATION).data_identifier)
-    if plan_only:
-        return CorpusPlanResult(plans_file, data_folder, 0, 0, 0.0, planner.corpus_block["left_out_cases"])
-    import shutil
-    shutil.rmtree(os.path.join(data_folder, PARTIAL), ignore_errors=True)   # debris of a killed run
-    os.makedirs(os.path.join(data_folder, PARTIAL), exist_ok=True)
-    jobs = [(manifest, c, c.case_id in resample_ids, plans_file, data_folder) for c in manifest.cases]
-    t = time.time()
-    res = map_with_progress(_preprocess_one, jobs, num_processes, "preprocessing corpus", unordered=True)
-    secs = time.time() - t
-    shutil.rmtree(os.path.join(data_folder, PARTIAL), ignore_errors=True)
-    done = sum(r == "done" for _, r in res)
-    if manifest.atlas_registered and done:   # starting values of the modality templates
-        means_for_configuration(plans_file, CONFIGURATION)
-    return CorpusPlanResult(plans_file, data_folder, done, len(res) - done, secs,
-                            planner.corpus_block["left_out_cases"])
+        if preset not in PRESETS:
+            raise ValueError(f"unknown planner preset {preset!r}; choose one of {', '.join(PRESETS)} or --like PLANS")
+        planner = PRESETS[preset](dataset_id, gpu_memory_target_in_gb=gpu_memory_target_in_gb)
+        planner.like_plans = like
+        planner.corpus_block = {
+            "name": manifest.name, "atlas_registered": manifest.atlas_registered, "sources": manifest.sources,
+            "counts": manifest.counts(), "modalities": manifest.modalities,
+            "intensity_per_modality": fp["mmpretrain"]["intensity_per_modality"],
+            "left_out_cases": {cid: [r for _, r in reasons] for cid, reasons in report.bad.items()},
+            "resampled_cases": sorted(resample_ids),
+        }
+        planner.plan_experiment()
+        plans_file = os.path.join(pre_dir, PLANS_NAME + ".json")
+        cases_index = {c.case_id: {"modalities": c.modalities, "source": c.source, "subject": c.subject,
+                                   "session": c.session} for c in manifest.cases}
+        atomic_write_json(cases_index, os.path.join(pre_dir, "corpus_cases.json"))
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+        data_folder = os.path.join(pre_dir, PlansManager(plans_file).get_configuration(CONFIGURATION).data_identifier)
+        if plan_only:
+            return CorpusPlanResult(plans_file, data_folder, 0, 0, 0.0, planner.corpus_block["left_out_cases"])
+        import shutil
+        shutil.rmtree(os.path.join(data_folder, PARTIAL), ignore_errors=True)   # debris of a killed run
+        os.makedirs(os.path.join(data_folder, PARTIAL), exist_ok=True)
+        jobs = [(manifest, c, c.case_id in resample_ids, plans_file, data_folder) for c in manifest.cases]
+        t = time.time()
+        res = map_with_progress(_preprocess_one, jobs, num_processes, "preprocessing corpus", unordered=True)
+        secs = time.time() - t
+        shutil.rmtree(os.path.join(data_folder, PARTIAL), ignore_errors=True)
+        done = sum(r == "done" for _, r in res)
+        if manifest.atlas_registered and done:   # starting values of the modality templates
+            means_for_configuration(plans_file, CONFIGURATION)
+        return CorpusPlanResult(plans_file, data_folder, done, len(res) - done, secs,
+                                planner.corpus_block["left_out_cases"])

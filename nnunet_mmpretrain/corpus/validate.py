@@ -22,14 +22,11 @@ modalities must be resampled onto the reference grid and :func:`nnunet_mmpretrai
 (linear interpolation by physical coordinates, 0 outside the moving image) for the preprocessing
 stage. Images that do not overlap the reference grid at all are still an error.
 
-Tolerances (loose compared with nnU-Net's ``np.allclose`` defaults, so that float32 NIfTI header
-round-off never trips them, tight enough that any real mismatch does): sizes must be equal,
-spacings agree within :data:`SPACING_RTOL` (relative), origins within :data:`ORIGIN_RTOL` relative
-plus :data:`ORIGIN_ATOL_MM` mm, direction cosines within :data:`DIRECTION_ATOL` (absolute).
-
-Cases with a single modality are valid; they are counted in
-:attr:`ValidationReport.single_modality_cases` because the pretraining stage decides what to do
-with them (they cannot serve cross-modal objectives).
+Tolerances (loose enough for float32 header round-off): equal sizes, spacings within
+:data:`SPACING_RTOL` (relative), origins within :data:`ORIGIN_RTOL` + :data:`ORIGIN_ATOL_MM` mm,
+direction cosines within :data:`DIRECTION_ATOL`. Checks across cases (the same scan under two ids,
+spacing outliers, scans off an atlas grid): :mod:`~nnunet_mmpretrain.corpus.consistency`.
+Single-modality cases are valid (counted in :attr:`ValidationReport.single_modality_cases`).
 """
 from __future__ import annotations
 
@@ -42,6 +39,8 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_mmpretrain import modalities as mod
+from nnunet_mmpretrain.content_hash import array_hash
+from nnunet_mmpretrain.corpus import consistency
 from nnunet_mmpretrain.corpus.manifest import CorpusManifest
 from nnunet_mmpretrain.geometry import Grid
 from nnunet_mmpretrain.io_utils import nifti_damage
@@ -163,8 +162,6 @@ def reference_modality(modalities: Iterable[str]) -> str:
     return "t1" if "t1" in ms else ms[0]
 
 
-
-
 def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
 
@@ -246,8 +243,9 @@ def _nifti_nonfinite(path: str) -> Optional[Tuple[int, int]]:
     return n_nan, n_inf
 
 
-def inspect_image(path: str) -> Tuple[Optional[Grid], List[str]]:
-    """Check one image file; returns its grid (None when unusable) and the problems found."""
+def inspect_image(path: str, hashes: Optional[dict] = None) -> Tuple[Optional[Grid], List[str]]:
+    """Check one image file; returns its grid (None when unusable) and the problems found;
+    ``hashes[path]`` receives the content hash of a readable image."""
     import SimpleITK as sitk
     if not os.path.exists(path):
         return None, ["file not found"]
@@ -272,6 +270,8 @@ def inspect_image(path: str) -> Tuple[Optional[Grid], List[str]]:
     grid = Grid.of(img)
     problems = []
     arr = sitk.GetArrayViewFromImage(img)
+    if hashes is not None:
+        hashes[path] = array_hash(arr.T)
     n_vox = int(arr.size)
     nonfinite: Optional[Tuple[int, int]] = None
     vals = arr
@@ -304,13 +304,14 @@ def _check_case(job) -> dict:
     grids: Dict[str, Grid] = {}
     paths = dict(items)
     seen: Dict[str, str] = {}
+    hashes: Dict[str, str] = {}
     for m, p in items:
         key = os.path.normcase(os.path.realpath(p))
         if key in seen:
             problems.append((p, f"{m} is the same file as {seen[key]}; each modality needs its own image"))
             continue
         seen[key] = m
-        grid, probs = inspect_image(p)
+        grid, probs = inspect_image(p, hashes)
         problems += [(p, f"{m}: {r}") for r in probs]
         if grid is not None:
             grids[m] = grid
@@ -333,15 +334,15 @@ def _check_case(job) -> dict:
                                  f"an empty image; check the files' origin / direction"))
             else:
                 resample.append(m)
-    return {"case_id": case_id, "problems": problems, "resample": mod.sort_modalities(resample)}
+    return {"case_id": case_id, "problems": problems, "resample": mod.sort_modalities(resample),
+            "images": [(m, p, hashes[p]) for m, p in items if p in hashes], "grids": grids}
 
 
-# --------------------------------------------------------------------------------------------
-# public entry points
-# --------------------------------------------------------------------------------------------
+# ---- public entry points -------------------------------------------------------------------
 def validate_corpus(manifest: CorpusManifest, resample_to_first: bool = False, on_error: str = "stop",
-                    num_processes: int = 1, progress: bool = True) -> ValidationReport:
-    """Check every case of ``manifest``; see the module docstring for what is checked.
+                    num_processes: int = 1, progress: bool = True, allow_duplicates: bool = False) -> ValidationReport:
+    """Check every case of ``manifest`` (module docstring; ``allow_duplicates``: one scan under two
+    ids is not a problem).
 
     All cases are always checked, so every problem is reported at once. ``on_error="stop"`` then
     raises :class:`CorpusValidationError` listing every bad file; ``"skip"`` prints a warning
@@ -375,6 +376,7 @@ def validate_corpus(manifest: CorpusManifest, resample_to_first: bool = False, o
             results = list(tqdm(pool.imap(_check_case, jobs), total=len(jobs), desc=desc,
                                 disable=not progress))
 
+    consistency.add_problems(manifest, results, report.reference, allow_duplicates)
     for res in results:
         cid = res["case_id"]
         if res["problems"]:

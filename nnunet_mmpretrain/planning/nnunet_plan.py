@@ -1,16 +1,22 @@
 """Plan and preprocess a labelled nnU-Net dataset through nnU-Net's own API, sized for small
 machines: the fingerprint samples fewer foreground voxels (nnU-Net samples 1e8 per channel
 whatever the dataset size: ~5 GB and 30-45 s even for tiny data), worker pools stay small, and an
-optional tiny configuration is added beside ``3d_fullres``.
+optional tiny configuration is added beside ``3d_fullres``. A patient-grouped ``splits_final.json``
+written by the converter beside the raw dataset is placed where nnU-Net reads it
+(:func:`nnunet_mmpretrain.subjects.place_splits`).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Iterator, Optional, Sequence, Type, Union
 
+from nnunet_mmpretrain import subjects
 from nnunet_mmpretrain.io_utils import damaged_files
 from nnunet_mmpretrain.planning.tiny import add_tiny_configuration, check_tiny
+
+log = logging.getLogger(__name__)
 
 
 def n_proc_da() -> Optional[int]:
@@ -94,7 +100,7 @@ def plan_and_preprocess(dataset_id: int, planner: Union[str, Type] = "Experiment
     "patch_size": (32, 32, 32)}``) to add a small configuration that reuses 3d_fullres data.
     """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset, preprocess_dataset
-    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
     if tiny is not None:  # before any work: a tiny configuration nnU-Net could not train
         check_tiny(tiny.get("patch_size", (32, 32, 32)), tiny.get("features", (8, 16, 32)), tiny.get("batch_size", 2))
@@ -103,7 +109,11 @@ def plan_and_preprocess(dataset_id: int, planner: Union[str, Type] = "Experiment
         _, ident = plan_experiment_dataset(dataset_id, _planner_class(planner), overwrite_plans_name=plans_name)
     preprocess_dataset(dataset_id, ident, tuple(configurations), [num_processes] * len(configurations),
                        show_progress_bar=False)
-    plans_file = os.path.join(str(nnUNet_preprocessed), convert_id_to_dataset_name(dataset_id), ident + ".json")
+    name = convert_id_to_dataset_name(dataset_id)
+    plans_file = os.path.join(str(nnUNet_preprocessed), name, ident + ".json")
+    placed = subjects.place_splits(os.path.join(str(nnUNet_raw), name), os.path.dirname(plans_file))
+    if placed:
+        log.info(placed)
     if tiny is not None:
         add_tiny_configuration(plans_file, **tiny)
     return plans_file

@@ -35,7 +35,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mmpretrain.corpus.means import load_or_compute_means
 from nnunet_mmpretrain.geometry import GridGeometry, template_grid_shape
-from nnunet_mmpretrain.io_utils import atomic_path
+from nnunet_mmpretrain.io_utils import atomic_path, is_write_failure
 from nnunet_mmpretrain.pretrain.objectives import ObjectiveConfig
 from nnunet_mmpretrain.pretrain.step import MaskSpec, PretrainBatch, brainmvp_forward
 from nnunet_mmpretrain.training.errors import PretrainingError
@@ -281,8 +281,27 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0 or self.disable_checkpointing:
             return
-        with atomic_path(filename) as tmp:
-            torch.save(checkpoint_dict(self), tmp)
+        try:
+            with atomic_path(filename) as tmp:
+                torch.save(checkpoint_dict(self), tmp)
+        except (OSError, RuntimeError) as e:
+            if not is_write_failure(e):
+                raise
+            # the augmentation workers would keep the process waiting on their pipes: stop them first
+            self._stop_loaders()
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
+            raise PretrainingError(f"writing the checkpoint {filename} failed ({reason}): the disk is full or "
+                                   f"refuses the write; the previous {os.path.basename(filename)} is unchanged. Free "
+                                   f"space, then resume with nnUNetv2_train ... --c.") from None
+
+    def _stop_loaders(self) -> None:
+        """Shut the background data loaders down as nnU-Net's on_train_end does."""
+        for dl in (getattr(self, "dataloader_train", None), getattr(self, "dataloader_val", None)):
+            if dl is not None and hasattr(dl, "_finish"):
+                try:
+                    dl._finish()
+                except Exception:  # noqa: BLE001 - best effort while reporting the real error
+                    pass
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not self.was_initialized:

@@ -43,9 +43,13 @@ class PretrainedEncoder:
         return path
 
     def on_train_start(self):
-        super().on_train_start()
+        # the bundle is loaded and injected before nnU-Net starts its data loader workers: a refusal
+        # (FinetuneError, BundleError) is then the last line, not "background workers are no longer alive"
+        if not self.was_initialized:
+            self.initialize()
         if self.current_epoch == 0:
             self.load_pretrained_encoder()
+        super().on_train_start()
 
     def load_pretrained_encoder(self):
         path = self.bundle_path()

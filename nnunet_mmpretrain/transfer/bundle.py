@@ -14,7 +14,14 @@ A bundle is a folder::
 A folder is written whole: it is built in a sibling temporary folder and swapped in when complete
 (an existing bundle is moved aside, not deleted, until the new one is in place), so a re-export
 never mixes old and new files and a failed one leaves the old bundle as it was. Files get the
-modes of the process umask.
+modes of the process umask. The temporary folder's name carries the writer's process id
+(``.NAME.partial-PID-*``): a later export removes those left by a killed one.
+
+Whenever a bundle folder is loaded (:func:`load_bundle`: fine-tuning, transfer, export) its
+weights file, and whenever the fill uses a template (:func:`check_recorded_sha256`), that file is
+compared with the SHA-256 recorded in ``bundle.json``: a changed or damaged file is refused with
+one line. At export the encoder and stem tensors are checked key by key *and shape by shape*
+against the network the plans build.
 
 ``encoder_bundle.pt`` holds:
 
@@ -49,7 +56,8 @@ from nnunet_mmpretrain.io_utils import normal_modes, sha256_file, swap_folder
 from nnunet_mmpretrain.planning.compat import resolved_configuration
 from nnunet_mmpretrain.pretrain.templates import ModalityTemplates
 from nnunet_mmpretrain.transfer.bundle_format import (BUNDLE_FILE, BUNDLE_FORMAT, BundleError, architecture_fields,  # noqa: F401,E501
-                                                      load_weights_only, package_versions)
+                                                      check_recorded_sha256, check_shapes, load_weights_only,
+                                                      package_versions)
 from nnunet_mmpretrain.transfer import model_card
 from nnunet_mmpretrain.transfer.model_card import CARD_FILE, META_FILE, REQUIRED
 from nnunet_mmpretrain.transfer.nnssl import NnsslError, nnssl_to_bundle
@@ -109,11 +117,15 @@ def _bundle_from_checkpoint_dict(ck: dict, checkpoint_path: str, settings_of=Non
         bank = ModalityTemplates(tuple(t.shape[1:]), modalities=vocab, init=t, value_space=space)
         with torch.no_grad():
             templates = {m: bank.volume(m).detach().clone() for m in vocab if m in trained}
-    # the reference network tells which keys the encoder (minus stem) must have
-    expected = {k for k in ref.state_dict() if k.startswith("encoder.") and not k.startswith(key_to_stem + ".")}
+    # the reference network tells which keys (and shapes) the encoder (minus stem) must have
+    ref_sd = ref.state_dict()
+    expected = {k for k in ref_sd if k.startswith("encoder.") and not k.startswith(key_to_stem + ".")}
     missing = sorted(expected - set(encoder))
     if missing:
         raise BundleError(f"{checkpoint_path}: encoder keys missing for this architecture: {missing[:5]}")
+    check_shapes(checkpoint_path, {k: encoder[k] for k in expected}, ref_sd)
+    for m in trained:
+        check_shapes(checkpoint_path, stems.get(m, {}), ref_sd, f"stem of {m}: ")
     return {
         "format": BUNDLE_FORMAT,
         "encoder": {k: encoder[k] for k in sorted(expected)},
@@ -131,6 +143,27 @@ def _bundle_from_checkpoint_dict(ck: dict, checkpoint_path: str, settings_of=Non
         "stem_origin": "per-modality",
         "card": _card(ck, checkpoint_path, settings_of),
     }
+
+
+def _remove_stale_partials(parent: str, name: str) -> None:
+    """Remove ``.NAME.partial-PID-*`` folders of exports whose process is gone (killed)."""
+    prefix = f".{name}.partial-"
+    for d in os.listdir(parent):
+        if not d.startswith(prefix):
+            continue
+        pid = d[len(prefix):].split("-", 1)[0]
+        alive = True
+        try:
+            os.kill(int(pid), 0)
+        except ValueError:   # an older unnamed partial folder: its writer is long gone
+            alive = False
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            pass
+        if not alive:
+            shutil.rmtree(os.path.join(parent, d), ignore_errors=True)
+            log.info("removed %s, left by an interrupted export", os.path.join(parent, d))
 
 
 def _card(ck: dict, checkpoint_path: str, settings_of=None) -> dict:
@@ -171,7 +204,8 @@ def save_bundle(bundle: dict, folder: str, license: Optional[str] = None, comman
                               f"a new output folder (or empty this one).")
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.partial-", dir=parent)
+    _remove_stale_partials(parent, os.path.basename(folder))
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.partial-{os.getpid()}-", dir=parent)
     try:
         weights = _write_files(bundle, tmp)
         meta = model_card.bundle_metadata(bundle, tmp, weights, license=license, command=command)
@@ -193,6 +227,7 @@ def load_bundle(path: str) -> dict:
     for a missing, truncated, pickled or foreign file."""
     if os.path.isdir(path):
         path = os.path.join(path, BUNDLE_FILE)
+    check_recorded_sha256(path)
     b = load_weights_only(path, "encoder bundle")
     if b.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path} is not an encoder bundle (format {b.get('format')!r}, expected "

@@ -1,6 +1,7 @@
-"""What every bundle module shares: the format tag, the file name, the error and the
-weights-only loader. No imports of the package's own modules, so the bundle writer
-(:mod:`~nnunet_mmpretrain.transfer.bundle`), the model card and the nnssl converter all build on it.
+"""What every bundle module shares: the format tag, the file names, the error, the weights-only
+loader and the integrity checks (tensor shapes at export, the recorded SHA-256 at every use).
+It imports only ground modules, so the bundle writer (:mod:`~nnunet_mmpretrain.transfer.bundle`),
+the model card, the nnssl converter and the inference fill all build on it.
 """
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from typing import Dict
 import numpy as np
 import torch
 
+from nnunet_mmpretrain.io_utils import sha256_file
+
 #: what a weights-only load also accepts: the training log of nnU-Net's own checkpoints holds numpy
 #: floats (scalars and their dtypes), no code
 NUMPY_SCALARS = [np._core.multiarray.scalar, np.dtype, type(np.dtype(np.float32)), type(np.dtype(np.float64))]
 
 BUNDLE_FORMAT = "nnunet_mmpretrain.bundle/1"
 BUNDLE_FILE = "encoder_bundle.pt"
+META_FILE = "bundle.json"
 
 
 class BundleError(ValueError):
@@ -64,3 +68,41 @@ def architecture_fields(ref, arch: dict, plans: dict, configuration: str) -> dic
             "network_class_name": arch["network_class_name"],
             "arch_kwargs": json.dumps(arch["arch_kwargs"], sort_keys=True),
             "plans": json.dumps(plans), "configuration": configuration}
+
+
+def check_shapes(where: str, tensors: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor],
+                 what: str = "") -> None:
+    """BundleError naming the first tensor whose shape differs from ``reference``'s (same key)."""
+    for k in sorted(tensors):
+        want = reference.get(k)
+        if want is not None and tuple(tensors[k].shape) != tuple(want.shape):
+            raise BundleError(f"{where}: {what}{k} has shape {tuple(tensors[k].shape)} but the architecture of its "
+                              f"plans needs {tuple(want.shape)}: the checkpoint does not match its plans; export "
+                              f"the checkpoint its pretraining run wrote.")
+
+
+def check_recorded_sha256(path: str) -> None:
+    """BundleError when ``path`` (a file of a bundle folder) differs from the SHA-256 its
+    ``bundle.json`` records; nothing when the folder has no bundle.json or does not list it."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    for _ in range(2):  # the bundle folder, or the one above templates/
+        meta_file = os.path.join(folder, META_FILE)
+        if os.path.isfile(meta_file):
+            break
+        folder = os.path.dirname(folder)
+    else:
+        return
+    try:
+        with open(meta_file) as f:
+            meta = json.load(f)
+        rel = os.path.relpath(path, folder)
+        want = (meta.get("files") or {}).get(rel) or (meta.get("weights_sha256") if rel == meta.get("weights_file")
+                                                      else None)
+    except (OSError, ValueError, AttributeError):
+        raise BundleError(f"{meta_file} cannot be read: the bundle is damaged; copy it again or re-export it "
+                          f"with nnUNetv2_mmpretrain_export.") from None
+    if want and os.path.isfile(path) and sha256_file(path) != want:
+        raise BundleError(f"{path}: SHA-256 differs from the one {meta_file} records (the file is truncated or "
+                          f"damaged, or was changed after export): copy the bundle again or re-export it "
+                          f"(nnUNetv2_mmpretrain_export --verify {folder} lists every difference).")

@@ -1,6 +1,7 @@
 """The inference-time fill of a missing channel with its modality template (nnU-Net needs every
 channel): the template NIfTI is placed on the case by physical coordinates, or, for templates
-with no place in the world, by fitting its brain box onto the case's foreground box.
+with no place in the world, by fitting its brain box onto the case's foreground box. A template of
+a bundle folder is compared with the SHA-256 its ``bundle.json`` records before use.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from scipy import ndimage
 
 from nnunet_mmpretrain.modalities import canonical, is_known
 from nnunet_mmpretrain.pretrain.templates import minmax
+from nnunet_mmpretrain.transfer.bundle_format import check_recorded_sha256
 from nnunet_mmpretrain.transfer.substitution import brain_mask
 
 
@@ -145,6 +147,7 @@ def fill_missing_channel(case_images: Mapping[int, "object"], channel_modalities
                              f"{'' if mod is None or mod == name else ' = ' + mod}) is missing and has no "
                              f"template in {folder}; templates available: {sorted(available) or 'none'}")
         plan[c] = (mod, available[mod])
+        check_recorded_sha256(available[mod])  # a template replaced after export is refused
 
     ref = case_images[present[0]]
     ref_arr = sitk.GetArrayFromImage(ref)
@@ -161,6 +164,9 @@ def fill_missing_channel(case_images: Mapping[int, "object"], channel_modalities
     for c in missing:
         mod, path = plan[c]
         tmpl = sitk.ReadImage(path, sitk.sitkFloat32)
+        if tmpl.GetDimension() != 3 or tmpl.GetNumberOfComponentsPerPixel() != 1:
+            raise ValueError(f"template {path} is not one 3D volume (size {tmpl.GetSize()}): it cannot fill "
+                             f"channel {c}; re-export the bundle with nnUNetv2_mmpretrain_export")
         t_arr = minmax(sitk.GetArrayFromImage(tmpl).astype(np.float64))
         t_mask = brain_mask(t_arr, mask_tolerance)
         t_img = sitk.GetImageFromArray(t_arr.astype(np.float32))

@@ -22,7 +22,7 @@ from typing import List, Optional
 
 from nnunet_mmpretrain.io_utils import sha256_file
 from nnunet_mmpretrain.planning.compat import resolved_configuration
-from nnunet_mmpretrain.transfer.bundle_format import BUNDLE_FORMAT
+from nnunet_mmpretrain.transfer.bundle_format import BUNDLE_FORMAT, META_FILE
 
 #: top-level bundle.json keys that --verify requires
 REQUIRED = ("format", "weights_file", "weights_sha256", "files", "corpus", "method", "schedule", "proxy_task",
@@ -30,7 +30,6 @@ REQUIRED = ("format", "weights_file", "weights_sha256", "files", "corpus", "meth
             "command", "license", "stem_origin")
 DEFAULT_LICENSE = "unspecified (set it with nnUNetv2_mmpretrain_export --license)"
 CARD_FILE = "MODEL_CARD.md"
-META_FILE = "bundle.json"
 
 
 def _json_path(*cands: str) -> Optional[str]:

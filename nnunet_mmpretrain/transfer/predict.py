@@ -1,6 +1,7 @@
 """Predict cases that lack a channel: the missing channel is filled with the pretrained template
 of its modality (resampled onto the case), then nnU-Net's own predictor runs unchanged.
 
+Every channel of a case must lie on the grid of its first channel (checked before nnU-Net starts).
 nnU-Net needs every channel at inference; BrainMVP's templates are the stand-in it was trained to
 accept (template-substitution augmentation). Every substitution is printed and written to
 ``template_substitutions.json`` in the output folder.
@@ -15,6 +16,7 @@ import shutil
 import tempfile
 from typing import Dict, Optional, Sequence, Union
 
+from nnunet_mmpretrain.geometry import Grid
 from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json
 from nnunet_mmpretrain.modalities import channels_to_modalities
 from nnunet_mmpretrain.transfer.fill import fill_missing_channel
@@ -39,6 +41,27 @@ def scan_cases(folder: str, file_ending: str, num_channels: int) -> Dict[str, Di
     return cases
 
 
+def check_grids(case: str, files: Dict[int, str]) -> None:
+    """ValueError naming the file when a channel of ``case`` is not on the grid of its first
+    channel (nnU-Net stacks the channels voxel by voxel; its workers would die with a shape error)."""
+    import SimpleITK as sitk
+    grids = {}
+    for c in sorted(files):
+        r = sitk.ImageFileReader()
+        r.SetFileName(files[c])
+        try:
+            r.ReadImageInformation()
+        except RuntimeError:
+            raise ValueError(f"{files[c]} cannot be read as an image (damaged or not an image file).") from None
+        grids[c] = Grid(tuple(r.GetSize()), tuple(r.GetSpacing()), tuple(r.GetOrigin()), tuple(r.GetDirection()))
+    first = min(grids)
+    for c, g in grids.items():
+        diff = g.mismatch(grids[first]) if len(g.size) == len(grids[first].size) else "dimension differs"
+        if diff:
+            raise ValueError(f"{files[c]}: channel {c} of case {case} is not on the grid of channel {first} "
+                             f"({files[first]}; {diff}): resample it onto that grid before prediction.")
+
+
 def complete_cases(input_folder: str, work_folder: str, dataset_json: dict, bundle_folder: Optional[str]) -> dict:
     """Link complete cases into ``work_folder`` and write template-filled copies of incomplete ones.
     Returns {case: {"channels": [...], "modalities": [...], "notes": [...]}} for filled cases."""
@@ -48,6 +71,7 @@ def complete_cases(input_folder: str, work_folder: str, dataset_json: dict, bund
     mods = channels_to_modalities(dataset_json["channel_names"])
     subs = {}
     for case, files in scan_cases(input_folder, fe, n).items():
+        check_grids(case, files)
         missing = [c for c in range(n) if c not in files]
         if missing and bundle_folder is None:
             raise ValueError(f"case {case} lacks channel(s) {missing} "
@@ -80,9 +104,9 @@ def predict_with_templates(input_folder: str, output_folder: str, model_folder: 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     with open(os.path.join(model_folder, "dataset.json")) as f:
         dj = json.load(f)
-    os.makedirs(output_folder, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mmpretrain_predict_") as work:
-        subs = complete_cases(input_folder, work, dj, bundle_folder)
+        subs = complete_cases(input_folder, work, dj, bundle_folder)   # every input checked first
+        os.makedirs(output_folder, exist_ok=True)
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
                                     device=torch.device(device), verbose=False, allow_tqdm=True)
         predictor.initialize_from_trained_model_folder(model_folder, tuple(folds), checkpoint_name=checkpoint)
