@@ -8,8 +8,9 @@ A *cell* is one (dataset, label budget, fold, seed, method). Its folder ``OUT/ce
     train.log           output of the commands
     done.json           written last: the cell is finished and is never run or overwritten again
 
-A cell runs ``nnUNetv2_train DATASET CONFIG FOLD -tr TRAINER -p PLANS [--c]`` with the cell's
-split, seed and schedule in the environment (:mod:`.trainers`); nnU-Net's own validation writes
+A cell runs ``nnUNetv2_train DATASET CONFIG FOLD -tr TRAINER -p PLANS [--c]`` after writing its
+split, seed, schedule, bundle, stem and freezing into the fold folder (``mmpretrain_cell.json``,
+:mod:`.cell_settings`), where the trainers (:mod:`.trainers`) read them; nnU-Net's own validation writes
 ``fold_K/validation/summary.json`` (per-case Dice). A crashed cell resumes from its latest
 checkpoint (``--c``) on the next run. Paired cells (same dataset, budget, fold and seed, different
 methods) share one split file ``OUT/splits/DXXX/foldK_BUDGET_seedS.json``.
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from nnunet_mmpretrain.benchmark import cell_settings
 from nnunet_mmpretrain.benchmark import prepare as prep
 from nnunet_mmpretrain.benchmark.prepare import BenchmarkError, Folders, StepFailed
 from nnunet_mmpretrain.benchmark.model import DatasetSpec, LabelBudget, Method, Suite
@@ -72,6 +74,9 @@ def select(cells: List[Cell], patterns: Optional[List[str]], suite: Suite) -> Li
     return out
 
 
+#: environment variables that would override a cell's recorded settings: never passed to a cell
+OVERRIDES = (cell_settings.ENV_SCHEDULE, cell_settings.ENV_SPLIT, cell_settings.ENV_SEED, cell_settings.ENV_BUNDLE,
+             cell_settings.ENV_STEM)
 #: the file nnU-Net (segmentation) / the classifier trainer writes when a fold is validated
 RESULT_FILES = {"segmentation": os.path.join("validation", "summary.json"), "classification": "summary.json"}
 
@@ -87,6 +92,17 @@ def _score(task: str, path: str) -> str:
 def fold_dir(f: Folders, cell: Cell, ds_name: str, suite: Suite) -> str:
     return os.path.join(f.cells, cell.name, "nnUNet_results", ds_name,
                         f"{cell.trainer}__{suite.plans}__{suite.configuration}", f"fold_{cell.fold}")
+
+
+def write_cell_settings(fd: str, cell: Cell, settings: dict, split_file: str) -> None:
+    """Record the cell's run settings in its fold folder (:mod:`.cell_settings`), where the
+    benchmark trainers read them, also when the cell is resumed by hand."""
+    try:
+        cell_settings.write(fd, cell_settings.make(
+            cell.name, cell.trainer, settings["schedule"], split_file,
+            cell.seed, settings["bundle"], settings["stem"], cell.method.kind.endswith("_frozen")))
+    except cell_settings.CellSettingsError as e:
+        raise BenchmarkError(str(e)) from None
 
 
 class Runner:
@@ -207,7 +223,6 @@ class Runner:
 
     def run_cell(self, cell: Cell, split_file: str, bundle: Optional[str], tag: str) -> Optional[float]:
         """Run one cell (train + nnU-Net validation [+ test]); returns seconds, None when skipped."""
-        from nnunet_mmpretrain.benchmark.trainers import ENV_SCHEDULE, ENV_SEED, ENV_SPLIT
         s, folder = self.suite, os.path.join(self.f.cells, cell.name)
         if os.path.isfile(os.path.join(folder, "done.json")):
             log.info("%s %s: finished earlier, skipped", tag, cell.name)
@@ -226,18 +241,14 @@ class Runner:
         elif settings:
             atomic_write_json(settings, meta)
         results = os.path.join(folder, "nnUNet_results")
-        extra = {"nnUNet_results": results, ENV_SPLIT: split_file, ENV_SEED: str(cell.seed),
-                 ENV_SCHEDULE: json.dumps(s.schedule_for(cell.method), separators=(",", ":"))}
-        if bundle:
-            extra["nnUNet_mmpretrain_bundle"] = bundle
-        if cell.method.stem:
-            extra["nnUNet_mmpretrain_stem"] = cell.method.stem
-        env = dict(prep.train_env(s, self.env), **extra)
-        if not bundle:
-            env.pop("nnUNet_mmpretrain_bundle", None)
+        fd = fold_dir(self.f, cell, ds_name, s)
+        if settings:
+            write_cell_settings(fd, cell, settings, split_file)
+        # the trainer reads the cell's settings from its fold folder; no override from the caller's shell
+        extra = {"nnUNet_results": results}
+        env = {k: v for k, v in dict(prep.train_env(s, self.env), **extra).items() if k not in OVERRIDES}
         t0 = time.time()
         logf = os.path.join(folder, "train.log")
-        fd = fold_dir(self.f, cell, ds_name, s)
         summ = os.path.join(fd, RESULT_FILES[cell.dataset.task])
         if not os.path.isfile(summ):
             cmd = ["nnUNetv2_train", cell.dataset.id, s.configuration, cell.fold, "-tr", cell.trainer, "-p", s.plans,

@@ -284,7 +284,9 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
               "trainer_name": type(self).__name__,
               "init_args": {"plans": json.dumps(self.plans_manager.plans), "configuration": self.configuration_name,
                             "fold": str(self.fold), "dataset_json": json.dumps(self.dataset_json),
-                            "device": str(self.device)},
+                            "device": str(self.device),
+                            # settings a subclass records with the run (the benchmark cells'), kept as they are
+                            **{k: v for k, v in self.my_init_kwargs.items() if k.startswith("mmpretrain_")}},
               "inference_allowed_mirroring_axes": list(self.inference_allowed_mirroring_axes or [])}
         with atomic_path(filename) as tmp:
             torch.save(ck, tmp)
@@ -306,6 +308,7 @@ class MMClassifierBase(PretrainedEncoder, nnUNetTrainer):
             raise FinetuneError(f"{filename_or_checkpoint} was written for other plans or classes ({', '.join(diff)} "
                                 f"differ): continue with the same -p/-c and classes.csv, or train in a new folder.")
         restore_training_state(self, ck)
+        self.my_init_kwargs.update({k: v for k, v in (ck.get("init_args") or {}).items() if k.startswith("mmpretrain_")})
         self.logger.load_checkpoint(ck["logging"])
         self._best_ema = ck.get("_best_ema")
         self._weights_from = os.path.basename(filename_or_checkpoint)

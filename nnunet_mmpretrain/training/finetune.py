@@ -15,6 +15,7 @@ the bundle.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -55,6 +56,12 @@ class PretrainedEncoder:
         transfer = self.plans_manager.plans.get("mmpretrain_transfer", {})
         strategy = os.environ.get(ENV_STEM) or transfer.get("stem_strategy") or "modality"
         if os.environ.get(ENV_BUNDLE):
+            if transfer.get("bundle"):
+                msg = (f"OVERRIDE: ${ENV_BUNDLE} = {os.environ[ENV_BUNDLE]} is used instead of the plans' bundle "
+                       f"{transfer['bundle']} (mmpretrain_transfer.bundle); unset it to use the plans' bundle")
+                logging.getLogger(__name__).warning("%s", msg)
+                if hasattr(self, "print_to_log_file"):
+                    self.print_to_log_file("WARNING " + msg)
             return os.environ[ENV_BUNDLE], strategy
         path, recorded = resolve_bundle(transfer)
         if path and not os.path.exists(path):
