@@ -94,7 +94,10 @@ class BenchmarkCell(ShortSchedule):
             log.warning("%s", note)
         if self.cell["schedule"]:
             d = self.cell["schedule"]
-            self.apply_schedule(Schedule(**{k: d[k] for k in Schedule.__dataclass_fields__ if k in d}))
+            try:
+                self.apply_schedule(Schedule(**{k: d[k] for k in Schedule.__dataclass_fields__ if k in d}))
+            except TypeError as e:
+                _die(f"the cell's schedule {d} is incomplete ({e}); give epochs, iterations and val_iterations")
         self.cell["schedule"] = {k: getattr(self.schedule, k) for k in Schedule.__dataclass_fields__}
         if self.cell["seed"] is not None:
             s = int(self.cell["seed"])
