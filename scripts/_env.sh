@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Shared set-up for scripts/demo.sh and scripts/test.sh (sourced, not run).
-# Creates .venv in the repository (once), installs the package with its pinned dependencies
-# (only when setup.cfg changed since the last install), and exports the nnU-Net folders.
+# Creates .venv in the repository (once), installs the package with the exact tested versions of
+# its dependencies (scripts/constraints.txt; setup.cfg holds the ranges), only when setup.cfg,
+# pyproject.toml or the constraints changed since the last install, and exports the nnU-Net folders.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MMPRETRAIN_VENV:-$REPO/.venv}"
@@ -12,12 +13,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY_BOOT" -m venv "$VENV"
 fi
 STAMP="$VENV/.mmpretrain-installed"
-WANT="$(cat "$REPO/setup.cfg" "$REPO/pyproject.toml" | sha256sum | cut -c1-16)"
+CONSTRAINTS="$REPO/scripts/constraints.txt"
+WANT="$(cat "$REPO/setup.cfg" "$REPO/pyproject.toml" "$CONSTRAINTS" | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ] || ! "$VENV/bin/python" -c "import nnunet_mmpretrain" 2>/dev/null; then
-  echo "[setup] installing nnunet-mmpretrain and its pinned dependencies (first run: a few minutes, ~6 GB)"
-  # torch and torchvision first, as the matching pair pinned in setup.cfg
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "is ignored: it is neither" || true
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO[test]" 2>&1 | grep -v "is ignored: it is neither" || true
+  echo "[setup] installing nnunet-mmpretrain with the tested dependency versions (first run: a few minutes, ~6 GB)"
+  # torch and torchvision first, as the matching pair of the constraints file
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" torch torchvision 2>&1 | grep -v "is ignored: it is neither" || true
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" -e "$REPO[test]" 2>&1 | grep -v "is ignored: it is neither" || true
   "$VENV/bin/python" -c "import torch, torchvision, nnunetv2, nnunet_mmpretrain; import torchvision.ops; print('[setup] torch', torch.__version__, 'torchvision', torchvision.__version__)"
   echo "$WANT" > "$STAMP"
 else

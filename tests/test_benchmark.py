@@ -276,6 +276,56 @@ def test_smoke_cells_use_their_own_results_and_the_frozen_encoders(smoke):
     assert "encoder frozen: " in log and "benchmark cell: seed 0" in log
 
 
+def test_a_cell_resumed_by_hand_with_plain_nnunet_continues_with_its_recorded_settings(smoke, tmp_path):
+    """The cell's settings live in its fold folder and its checkpoint: ``nnUNetv2_train ... --c``
+    with no environment variables continues with them; other settings are refused in one line."""
+    import glob
+    import torch
+    from nnunet_mmpretrain.benchmark import cell_settings as cs
+    out, cell = smoke["out"], "D990_frac100_fold0_seed1_pretrained_frozen"
+    trainer = "nnUNetTrainerMMBench_pretrainedFrozen"
+    results = str(tmp_path / "results")
+    shutil.copytree(os.path.join(out, "cells", cell, "nnUNet_results"), results)
+    fold = os.path.join(results, SEG, f"{trainer}__mmPretrainPlans__3d_bench", "fold_0")
+    rec = json.load(open(os.path.join(fold, cs.FILE)))
+    assert rec["schedule"]["epochs"] == 1 and rec["schedule"]["iterations"] == 3 and rec["seed"] == 1
+    assert len(rec["split"]["train"]) == 4 and len(rec["split"]["val"]) == 2 and rec["freeze_encoder"] is True
+    assert rec["stem"] == "modality" and rec["bundle"].endswith(os.path.join("pretraining", "cpu-smoke", "bundle"))
+    ck = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert ck["init_args"][cs.CHECKPOINT_KEY]["seed"] == 1
+    assert ck["init_args"][cs.CHECKPOINT_KEY]["split_sha256"] == rec["split_sha256"]
+    env = {k: v for k, v in os.environ.items() if k not in (cs.ENV_SCHEDULE, cs.ENV_SPLIT, cs.ENV_SEED, cs.ENV_BUNDLE,
+                                                            cs.ENV_STEM)}
+    env.update(nnUNet_results=results, nnUNet_raw=os.path.join(out, "nnUNet_raw"), nnUNet_n_proc_DA="0",
+               nnUNet_preprocessed=os.path.join(out, "nnUNet_preprocessed"))
+    cmd = ["nnUNetv2_train", "990", "3d_bench", "0", "-tr", trainer, "-p", "mmPretrainPlans", "-device", "cpu", "--c"]
+
+    def resume(extra=None):
+        logs = set(glob.glob(os.path.join(fold, "training_log_*.txt")))
+        r = run_cli(cmd, env=dict(env, **(extra or {})), check=False, timeout=600)
+        new = sorted(set(glob.glob(os.path.join(fold, "training_log_*.txt"))) - logs)
+        return r, "".join(open(f).read() for f in new)
+
+    os.remove(os.path.join(fold, "validation", "summary.json"))
+    r, log = resume()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "benchmark cell: seed 1, schedule Schedule(epochs=1, iterations=3" in log, log[-2000:]
+    assert "4 training and 2 validation cases" in log and "encoder frozen" in log and "Epoch 1" not in log
+    assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
+    # an override that changes the schedule: a warning naming it, then one line and exit 2
+    r, _ = resume({cs.ENV_SCHEDULE: json.dumps({"epochs": 5, "iterations": 3, "val_iterations": 1})})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"OVERRIDE: ${cs.ENV_SCHEDULE}" in r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "checkpoint_final.pth" in err[0] and "schedule" in err[0], r.stderr[-2000:]
+    # without the settings file the trainer would fall back to nnU-Net's 1000 epochs and split: refused
+    os.remove(os.path.join(fold, cs.FILE))
+    r, _ = resume()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and all(k in err[0] for k in ("schedule", "split_sha256", "seed")), err
+
+
 def test_smoke_rerun_skips_finished_cells_resumes_one_and_regenerates_the_leaderboard(smoke):
     out = smoke["out"]
     done = {c: os.path.getmtime(os.path.join(out, "cells", c, "done.json")) for c in os.listdir(os.path.join(out, "cells"))}

@@ -43,7 +43,9 @@ def write_documented_checkpoint(path, prefix="encoder", **plan_overrides):
         "key_to_lpe": None,
     }
     plan.update(plan_overrides)
-    torch.save({"network_weights": sd, "nnssl_adaptation_plan": plan, "citations": ["a test checkpoint"]}, path)
+    cits = [{"type": "Pretraining method", "name": "a test checkpoint",
+             "apa_citations": ["Someone, A. (2025). A test checkpoint."]}]
+    torch.save({"network_weights": sd, "nnssl_adaptation_plan": plan, "citations": cits}, path)
     return sd
 
 
@@ -114,6 +116,65 @@ def test_bundle_to_nnssl_to_bundle_keeps_every_tensor(bundle, tmp_path, capsys):
     assert meta["stem_origin"] == "shared" and meta["imported_from"]["format"] == "nnssl"
 
 
+#: The nnssl schema as documented in docs/WEIGHTS.md (nnssl 7044864: experiment_planners/plan.py,
+#: adaptation_planning/adaptation_plan.py; nnU-Net master 0e495086: PretrainedTrainer.print_citations).
+#: Written out here on purpose, not imported: the export must match what nnssl's dataclasses take.
+PLAN = ["dataset_name", "plans_name", "original_median_spacing_after_transp", "image_reader_writer",
+        "transpose_forward", "transpose_backward", "configurations", "experiment_planner_used"]
+CONFIGURATION = ["data_identifier", "preprocessor_name", "spacing_style", "normalization_schemes", "use_mask_for_norm",
+                 "resampling_fn_data", "resampling_fn_data_kwargs", "resampling_fn_mask", "resampling_fn_mask_kwargs",
+                 "spacing", "patch_size"]
+DYNAMIC_ARCH = ["n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_blocks_per_stage",
+                "n_conv_per_stage_decoder", "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op", "dropout_op_kwargs",
+                "nonlin", "nonlin_kwargs"]
+
+
+def test_export_matches_the_documented_nnssl_schema_field_by_field(bundle, tmp_path, capsys):
+    import dataclasses
+    from nnunet_mmpretrain.cli.export import main as export
+    from nnunet_mmpretrain.planning.transfer import resolved_configuration
+    from nnunet_mmpretrain.transfer import nnssl
+    from nnunet_mmpretrain.transfer.bundle import load_bundle
+    assert (list(nnssl.NNSSL_PLAN_FIELDS), list(nnssl.NNSSL_CONFIGURATION_FIELDS),
+            list(nnssl.NNSSL_DYNAMIC_ARCH_FIELDS)) == (PLAN, CONFIGURATION, DYNAMIC_ARCH)
+    pth = str(tmp_path / "enc.pth")
+    rc, out, err = _cli(export, [bundle, "--format", "nnssl", "-o", pth], capsys)
+    assert rc == 0, err
+    ck = torch.load(pth, map_location="cpu", weights_only=True)
+    ap = ck["nnssl_adaptation_plan"]
+    # as nnssl parses it: Plan(**d) and ConfigurationPlan(**c) reject missing and unknown keys
+    Plan = dataclasses.make_dataclass("Plan", PLAN)
+    Conf = dataclasses.make_dataclass("ConfigurationPlan", CONFIGURATION[:9] + [(f, object, None) for f in
+                                                                                 CONFIGURATION[9:]])
+    Arch = dataclasses.make_dataclass("DynamicArchitecturePlans", DYNAMIC_ARCH)
+    pp = dict(ap["pretrain_plan"])
+    assert list(pp) == PLAN
+    confs = {k: Conf(**v) for k, v in pp.pop("configurations").items()}
+    Plan(configurations=confs, **pp)
+    Arch(**ap["architecture_plans"]["arch_kwargs"])
+    for f in ("architecture_plans", "pretrain_plan", "pretrain_num_input_channels", "recommended_downstream_patchsize",
+              "key_to_encoder", "key_to_stem"):          # what AdaptationPlan.from_dict reads
+        assert f in ap, f
+    # field values: the pretraining configuration of the bundle, as nnssl names it
+    b = load_bundle(bundle)
+    plans = json.loads(b["plans"])
+    conf = resolved_configuration(plans, b["configuration"])
+    (name, c), = ap["pretrain_plan"]["configurations"].items()
+    assert name == b["configuration"] and list(c) == CONFIGURATION
+    assert c["spacing_style"] in ("onemmiso", "median", "noresample") and c["spacing_style"] == "median"
+    assert c["spacing"] == [float(x) for x in conf["spacing"]] and c["patch_size"] == list(conf["patch_size"])
+    assert c["resampling_fn_mask"] == conf["resampling_fn_seg"]
+    assert c["resampling_fn_mask_kwargs"] == conf["resampling_fn_seg_kwargs"]
+    assert c["normalization_schemes"] == conf["normalization_schemes"]
+    assert ap["pretrain_plan"]["dataset_name"] == plans["dataset_name"]
+    # citations as nnU-Net master prints them: sorted by .get("type"), each with a name and its references
+    cits = ck["citations"]
+    assert cits and all(isinstance(x, dict) for x in cits)
+    for cit in sorted(cits, key=lambda x: x.get("type", "")):
+        assert cit["type"] and cit["name"]
+        assert cit["apa_citations"] and all(isinstance(t, str) and len(t) > 40 for t in cit["apa_citations"])
+
+
 def test_documented_checkpoint_imports_and_finetunes_through_nnunet(planned_seg, tmp_path, capsys):
     from nnunet_mmpretrain.cli.import_nnssl import main as import_nnssl
     from nnunet_mmpretrain.transfer.bundle import load_bundle
@@ -122,7 +183,13 @@ def test_documented_checkpoint_imports_and_finetunes_through_nnunet(planned_seg,
     bdir = str(tmp_path / "imported")
     rc, out, err = _cli(import_nnssl, [ckpt, "-o", bdir, "--license", "CC-BY-4.0"], capsys)
     assert rc == 0, err
+    n_dec = sum(not k.startswith("encoder.") for k in sd)
+    assert n_dec > 0 and f"dropped {n_dec} tensors outside the encoder and stem (decoder.*: {n_dec})" in out
     b = load_bundle(bdir)
+    card = json.load(open(os.path.join(bdir, "bundle.json")))["imported_from"]
+    assert card["citations"] == [{"type": "Pretraining method", "name": "a test checkpoint",
+                                  "apa_citations": ["Someone, A. (2025). A test checkpoint."]}]
+    assert card["dropped_tensors"] == {"decoder": n_dec}
     stem_w = "encoder.stem.convs.0.conv.weight"
     assert b["stem_origin"] == "shared" and set(b["stems"]) == set(b["vocabulary"])
     assert all(torch.equal(b["stems"][m][stem_w], sd[stem_w]) for m in b["stems"])

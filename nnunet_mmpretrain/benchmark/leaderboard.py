@@ -316,7 +316,8 @@ def _budget_x(tag: str) -> float:
 
 def plot(rows: List[dict], path: str) -> None:
     """label_efficiency.png: per (dataset, evaluation) mean score vs budget with std error bars,
-    one line per method; last panel: regions at each dataset's largest budget."""
+    one line per method (with a single budget: one point per method with its std, no budget
+    axis); last panel: regions at each dataset's largest budget."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -325,13 +326,21 @@ def plot(rows: List[dict], path: str) -> None:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for ax, (name, ev) in zip(axes[0], panels):
         sel = [r for r in rows if r["dataset_name"] == name and r["evaluation"] == ev and r["region"] in ("mean", "accuracy")]
+        one = len({r["budget"] for r in sel}) == 1
         for j, m in enumerate(methods):
             pts = sorted((_budget_x(r["budget"]), r["mean"], 0 if math.isnan(r["std"]) else r["std"])
                          for r in sel if r["method"] == m)
-            if pts:
+            if pts and one:       # one label budget: a point per method with its std, no budget axis
+                ax.errorbar([j], [pts[0][1]], yerr=[pts[0][2]], marker="o", capsize=6, linestyle="none", label=m)
+            elif pts:
                 x, y, e = map(np.asarray, zip(*pts))
                 ax.errorbar(x * (1 + 0.015 * (j - len(methods) / 2)), y, yerr=e, marker="o", capsize=4, label=m)
-        ax.set_xlabel("labelled training data (% of the fold, or cases)")
+        if one:
+            ax.set_xticks(range(len(methods)), methods, fontsize=7, rotation=20)
+            ax.set_xlim(-0.6, len(methods) - 0.4)
+            ax.set_xlabel(f"method (one label budget: {sel[0]['labels']})")
+        else:
+            ax.set_xlabel("labelled training data (% of the fold, or cases)")
         ax.set_ylabel("score % (mean ± std over runs)")
         ax.set_title(f"{name}\n{ev}", fontsize=9)
         ax.grid(alpha=0.3)

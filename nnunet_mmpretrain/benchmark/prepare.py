@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from nnunet_mmpretrain.benchmark import cell_settings
 from nnunet_mmpretrain.benchmark.model import Suite
 from nnunet_mmpretrain.training.lookup import ext_trainer_folder, ext_trainer_value
 
@@ -186,17 +187,18 @@ def pretrain(suite: Suite, f: Folders, env: Dict[str, str], preset_name: str, de
     if os.path.isfile(os.path.join(bundle, "encoder_bundle.pt")):
         return bundle
     results = os.path.join(f.pretraining(preset_name), "nnUNet_results")
-    e = dict(train_env(suite, env), nnUNet_results=results)
+    e = {k: v for k, v in dict(train_env(suite, env), nnUNet_results=results).items()
+         if k not in cell_settings.OVERRIDES}
+    data_id = p.supervised["dataset"] if p.supervised else suite.corpus["dataset"]
     if p.supervised:
-        data_id = p.supervised["dataset"]
         transfer(suite, f, env, data_id, dry_run)
-        e.update(supervised_env(p.supervised))
-        show_env = {"nnUNet_results": results, **supervised_env(p.supervised)}
-    else:
-        data_id = suite.corpus["dataset"]
-        show_env = {"nnUNet_results": results}
     name = dataset_folder(f.raw, data_id) or f"Dataset{data_id:03d}_NAME"
     fold = os.path.join(results, name, f"{p.trainer}__{p.plans}__{p.configuration}", "fold_all")
+    if p.supervised and not dry_run:   # schedule and seed recorded with the run, read by the benchmark trainer
+        cell_settings.write(fold, cell_settings.make(f"{preset_name} (positive control)", p.trainer,
+                                                     p.supervised["schedule"], None, p.supervised.get("seed", 0),
+                                                     None, None, False))
+    show_env = {"nnUNet_results": results}
     logf = os.path.join(f.pretraining(preset_name), "pretraining.log")
     final = os.path.join(fold, "checkpoint_final.pth")
     if not os.path.isfile(final):
@@ -207,13 +209,6 @@ def pretrain(suite: Suite, f: Folders, env: Dict[str, str], preset_name: str, de
         run_step(f"pretraining {preset_name}", cmd, e, logf, dry_run, show_env)
     run_step(f"export {preset_name}", ["nnUNetv2_mmpretrain_export", final, "-o", bundle], e, logf, dry_run)
     return bundle
-
-
-def supervised_env(sup: dict) -> Dict[str, str]:
-    """Schedule and seed of a supervised (positive-control) encoder's training, as a benchmark cell
-    passes them to the benchmark trainers."""
-    return {"nnUNet_mmpretrain_bench_schedule": json.dumps(sup["schedule"], separators=(",", ":")),
-            "nnUNet_mmpretrain_bench_seed": str(sup.get("seed", 0))}
 
 
 def transfer(suite: Suite, f: Folders, env: Dict[str, str], dataset_id: int, dry_run: bool) -> None:

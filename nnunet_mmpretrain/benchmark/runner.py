@@ -8,8 +8,9 @@ A *cell* is one (dataset, label budget, fold, seed, method). Its folder ``OUT/ce
     train.log           output of the commands
     done.json           written last: the cell is finished and is never run or overwritten again
 
-A cell runs ``nnUNetv2_train DATASET CONFIG FOLD -tr TRAINER -p PLANS [--c]`` with the cell's
-split, seed and schedule in the environment (:mod:`.trainers`); nnU-Net's own validation writes
+A cell runs ``nnUNetv2_train DATASET CONFIG FOLD -tr TRAINER -p PLANS [--c]`` after writing its
+split, seed, schedule, bundle, stem and freezing into the fold folder (``mmpretrain_cell.json``,
+:mod:`.cell_settings`), where the trainers (:mod:`.trainers`) read them; nnU-Net's own validation writes
 ``fold_K/validation/summary.json`` (per-case Dice). A crashed cell resumes from its latest
 checkpoint (``--c``) on the next run. Paired cells (same dataset, budget, fold and seed, different
 methods) share one split file ``OUT/splits/DXXX/foldK_BUDGET_seedS.json``.
@@ -25,10 +26,11 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from nnunet_mmpretrain.benchmark import cell_settings
 from nnunet_mmpretrain.benchmark import prepare as prep
 from nnunet_mmpretrain.benchmark.prepare import BenchmarkError, Folders, StepFailed
 from nnunet_mmpretrain.benchmark.model import DatasetSpec, LabelBudget, Method, Suite
-from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json
+from nnunet_mmpretrain.io_utils import atomic_path, atomic_write_json, sha256_file
 
 log = logging.getLogger("nnunet_mmpretrain.benchmark")
 
@@ -231,7 +233,6 @@ class Runner:
 
     # ----------------------------------------------------------------------------- running
     def cell_settings(self, cell: Cell, split_file: str, bundle: Optional[str]) -> dict:
-        from nnunet_mmpretrain.io_utils import sha256_file as file_sha256
         s = self.suite
         pre = s.presets[cell.method.pretraining] if cell.method.pretraining else None
         return {"name": cell.name, "suite": s.name, "dataset": cell.dataset.id, "dataset_name": self.dataset_name(cell.dataset),
@@ -240,13 +241,12 @@ class Runner:
                 "fold": cell.fold, "seed": cell.seed, "method": cell.method.name, "kind": cell.method.kind,
                 "trainer": cell.trainer, "plans": s.plans, "configuration": s.configuration,
                 "schedule": s.schedule_for(cell.method),
-                "split_file": os.path.relpath(split_file, self.f.out), "split_sha256": file_sha256(split_file),
+                "split_file": os.path.relpath(split_file, self.f.out), "split_sha256": sha256_file(split_file),
                 "pretraining": None if pre is None else {"preset": pre.name, "trainer": pre.trainer},
                 "bundle": bundle, "stem": cell.method.stem, "device": self.device}
 
     def run_cell(self, cell: Cell, split_file: str, bundle: Optional[str], tag: str) -> Optional[float]:
         """Run one cell (train + nnU-Net validation [+ test]); returns seconds, None when skipped."""
-        from nnunet_mmpretrain.benchmark.trainers import ENV_SCHEDULE, ENV_SEED, ENV_SPLIT
         s, folder = self.suite, os.path.join(self.f.cells, cell.name)
         if os.path.isfile(os.path.join(folder, "done.json")):
             log.info("%s %s: finished earlier, skipped", tag, cell.name)
@@ -265,18 +265,17 @@ class Runner:
         elif settings:
             atomic_write_json(settings, meta)
         results = os.path.join(folder, "nnUNet_results")
-        extra = {"nnUNet_results": results, ENV_SPLIT: split_file, ENV_SEED: str(cell.seed),
-                 ENV_SCHEDULE: json.dumps(s.schedule_for(cell.method), separators=(",", ":"))}
-        if bundle:
-            extra["nnUNet_mmpretrain_bundle"] = bundle
-        if cell.method.stem:
-            extra["nnUNet_mmpretrain_stem"] = cell.method.stem
-        env = dict(prep.train_env(s, self.env), **extra)
-        if not bundle:
-            env.pop("nnUNet_mmpretrain_bundle", None)
+        fd = fold_dir(self.f, cell, ds_name, s)
+        try:
+            if settings:
+                cell_settings.write_for_cell(fd, cell, settings["schedule"], split_file, bundle)
+        except cell_settings.CellSettingsError as e:
+            raise BenchmarkError(str(e)) from None
+        # the trainer reads the cell's settings from its fold folder; no override from the caller's shell
+        extra = {"nnUNet_results": results}
+        env = {k: v for k, v in dict(prep.train_env(s, self.env), **extra).items() if k not in cell_settings.OVERRIDES}
         t0 = time.time()
         logf = os.path.join(folder, "train.log")
-        fd = fold_dir(self.f, cell, ds_name, s)
         summ = os.path.join(fd, RESULT_FILES[cell.dataset.task])
         if not os.path.isfile(summ):
             cmd = ["nnUNetv2_train", cell.dataset.id, s.configuration, cell.fold, "-tr", cell.trainer, "-p", s.plans,
@@ -326,7 +325,6 @@ class Runner:
     def missing(self, cell: Cell, split_file: str, bundle: Optional[str], tag: str) -> None:
         """Missing-modality evaluations of a finished cell (:mod:`.missing`)."""
         from nnunet_mmpretrain.benchmark.missing import run_missing
-        from nnunet_mmpretrain.benchmark.trainers import ENV_SPLIT
         if os.path.isfile(split_file):
             with open(split_file) as fh:
                 split = json.load(fh)
@@ -336,7 +334,7 @@ class Runner:
             raise StepFailed(f"{tag} {cell.name}: no split file {split_file}")
         env = dict(prep.train_env(self.suite, self.env), nnUNet_results=os.path.join(self.f.cells, cell.name,
                                                                                       "nnUNet_results"))
-        env[ENV_SPLIT] = split_file
+        env[cell_settings.ENV_SPLIT] = split_file
         run_missing(self, cell, self.dataset_name(cell.dataset), split, env,
                     os.path.join(self.f.cells, cell.name, "missing.log"), tag, bundle)
 

@@ -36,6 +36,7 @@ Every problem raises :class:`SuiteError` with one line ``FILE: KEY: problem; fix
 """
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import re
@@ -47,10 +48,23 @@ from nnunet_mmpretrain.synthetic.sites import SITES
 
 SUITE_FORMAT = "nnunet_mmpretrain.suite/1"
 PRESET_FORMAT = "nnunet_mmpretrain.preset/1"
-PLANS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "plans")
+
+
+def _plans_dir() -> str:
+    """The shipped suites and presets: package data ``nnunet_mmpretrain/plans`` (in a checkout a
+    link to the top-level ``plans/`` folder, in a wheel a copy), read through importlib.resources."""
+    folder = importlib.resources.files("nnunet_mmpretrain") / "plans"
+    if folder.is_dir():
+        return str(folder)
+    # a checkout whose link became a plain file (e.g. git on Windows without symlinks)
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "plans")
+
+
+PLANS_DIR = _plans_dir()
+
 
 def resolve_suite_path(name_or_path: str) -> str:
-    """``phantom-smoke`` -> ``<repo>/plans/phantom-smoke.json``; a path is returned as given."""
+    """``phantom-smoke`` -> ``PLANS_DIR/phantom-smoke.json``; a path is returned as given."""
     if os.path.isfile(name_or_path):
         return os.path.abspath(name_or_path)
     cand = os.path.join(PLANS_DIR, name_or_path if name_or_path.endswith(".json") else name_or_path + ".json")

@@ -74,7 +74,8 @@ def main(argv=None) -> int:
             path = _write_nnssl(b, a.output)
             print(f"nnssl checkpoint: {path}")
             print(f"  encoder tensors: {len(b['encoder'])}, stem: mean of {', '.join(b['modalities_trained'])}; "
-                  f"fine-tune with nnU-Net's nnUNetv2_preprocess_like_nnssl / nnUNetv2_train_pretrained -pc {path}")
+                  f"fine-tune with nnU-Net master: nnUNetv2_preprocess_like_nnssl -pc {os.path.abspath(path)} (an "
+                  f"absolute path: nnU-Net stores it verbatim), then nnUNetv2_train_pretrained (docs/WEIGHTS.md)")
             return 0
         path = save_bundle(b, a.output, license=a.license,
                            command=current_command(sys.argv[1:] if argv is None else list(argv)))

@@ -3,6 +3,8 @@ nnssl and of nnU-Net's pretrained fine-tuning path, e.g. the OpenMind weights) i
 bundle, usable by ``nnUNetTrainerMMFinetune`` and ``nnUNetv2_mmpretrain_transfer_plans --bundle``.
 
 The checkpoint's one stem becomes every modality's stem (``stem_origin: shared`` in bundle.json).
+Only the encoder and stem are kept: the command says how many tensors it dropped (e.g. an MAE
+decoder), and the model card keeps the checkpoint's citations as they were.
 A topology our plans cannot express (a transformer, several input channels, a 2D network) is
 refused with the differing fields named.
 """
@@ -27,7 +29,7 @@ def main(argv=None) -> int:
     # imported here, not at the top: it loads torch / nnU-Net, which --help and argument errors do not need
     from nnunet_mmpretrain.transfer.bundle import BundleError, load_weights_only, save_bundle
     from nnunet_mmpretrain.transfer.model_card import current_command
-    from nnunet_mmpretrain.transfer.nnssl import NnsslError, nnssl_to_bundle
+    from nnunet_mmpretrain.transfer.nnssl import NnsslError, dropped_tensors, nnssl_to_bundle
     try:
         ck = load_weights_only(a.checkpoint, "nnssl checkpoint")
         b = nnssl_to_bundle(ck, a.checkpoint)
@@ -43,6 +45,9 @@ def main(argv=None) -> int:
              "per modality (restored from an nnunet_mmpretrain export)")
     print(f"  encoder tensors: {len(b['encoder'])}, stems: {stems}, "
           f"architecture {b['network_class_name'].rsplit('.', 1)[-1]}")
+    dropped = dropped_tensors(ck)
+    print(f"  dropped {sum(dropped.values())} tensors outside the encoder and stem" +
+          (" (" + ", ".join(f"{k}.*: {n}" for k, n in sorted(dropped.items())) + ")" if dropped else ""))
     print(f"  next: nnUNetv2_mmpretrain_transfer_plans -t DATASET_ID --bundle {a.output} -tp nnsslPlans --preprocess")
     return 0
 

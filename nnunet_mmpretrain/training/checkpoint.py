@@ -16,9 +16,12 @@ def plans_identity(trainer, **extra) -> dict:
 
 
 def init_args(trainer) -> dict:
-    """nnU-Net's ``init_args`` of a checkpoint (JSON strings: loadable with ``weights_only=True``)."""
+    """nnU-Net's ``init_args`` of a checkpoint (JSON strings: loadable with ``weights_only=True``),
+    plus the ``mmpretrain_*`` settings a subclass records with the run (the benchmark cells'), as
+    they are."""
     return {"plans": json.dumps(trainer.plans_manager.plans), "configuration": trainer.configuration_name,
-            "fold": str(trainer.fold), "dataset_json": json.dumps(trainer.dataset_json), "device": str(trainer.device)}
+            "fold": str(trainer.fold), "dataset_json": json.dumps(trainer.dataset_json), "device": str(trainer.device),
+            **{k: v for k, v in getattr(trainer, "my_init_kwargs", {}).items() if k.startswith("mmpretrain_")}}
 
 
 def restore_training_state(trainer, ck: dict) -> None:
@@ -29,3 +32,6 @@ def restore_training_state(trainer, ck: dict) -> None:
     if trainer.grad_scaler is not None and ck.get("grad_scaler_state") is not None:
         trainer.grad_scaler.load_state_dict(ck["grad_scaler_state"])
     trainer.current_epoch = int(ck["current_epoch"])
+    if hasattr(trainer, "my_init_kwargs"):   # the run's recorded settings travel on with it
+        trainer.my_init_kwargs.update({k: v for k, v in (ck.get("init_args") or {}).items()
+                                       if k.startswith("mmpretrain_")})

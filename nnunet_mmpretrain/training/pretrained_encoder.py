@@ -3,6 +3,7 @@ classification, benchmark cells): where the bundle and the stem strategy come fr
 injection when a fresh training starts (see :mod:`nnunet_mmpretrain.training.finetune`)."""
 from __future__ import annotations
 
+import logging
 import os
 
 from nnunet_mmpretrain.io_utils import atomic_write_json
@@ -14,6 +15,7 @@ from nnunet_mmpretrain.transfer.stem import channel_modalities_from_dataset_json
 
 ENV_BUNDLE = "nnUNet_mmpretrain_bundle"
 ENV_STEM = "nnUNet_mmpretrain_stem"
+log = logging.getLogger(__name__)
 
 
 class PretrainedEncoder:
@@ -26,6 +28,12 @@ class PretrainedEncoder:
         transfer = self.plans_manager.plans.get("mmpretrain_transfer", {})
         strategy = os.environ.get(ENV_STEM) or transfer.get("stem_strategy") or "modality"
         if os.environ.get(ENV_BUNDLE):
+            if transfer.get("bundle"):
+                msg = (f"OVERRIDE: ${ENV_BUNDLE} = {os.environ[ENV_BUNDLE]} is used instead of the plans' bundle "
+                       f"{transfer['bundle']} (mmpretrain_transfer.bundle); unset it to use the plans' bundle")
+                log.warning("%s", msg)
+                if hasattr(self, "print_to_log_file"):
+                    self.print_to_log_file("WARNING " + msg)
             return os.environ[ENV_BUNDLE], strategy
         path, recorded = resolve_bundle(transfer)
         if path and not os.path.exists(path):

@@ -35,7 +35,11 @@ class ShortSchedule:
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        s = self.schedule
+        self.apply_schedule(self.schedule)
+
+    def apply_schedule(self, s: Schedule) -> None:
+        """Set nnU-Net's epoch, iteration, checkpoint and learning-rate attributes from ``s``."""
+        self.schedule = s
         self.num_epochs = s.epochs
         self.num_iterations_per_epoch = s.iterations
         self.num_val_iterations_per_epoch = s.val_iterations

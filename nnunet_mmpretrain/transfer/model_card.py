@@ -173,6 +173,14 @@ def _fmt(x) -> str:
     return "n/a" if x is None else (f"{x:.4g}" if isinstance(x, float) else str(x))
 
 
+def _citation(c) -> str:
+    """One line of an nnssl citation entry ({type, name, apa_citations / bibtex_citations}) or a plain string."""
+    if not isinstance(c, dict):
+        return str(c)
+    refs = c.get("apa_citations") or c.get("bibtex_citations") or []
+    return f"{c.get('type', '?')} '{c.get('name', '?')}': " + " ".join(map(str, refs if isinstance(refs, list) else [refs]))
+
+
 def render_model_card(meta: dict) -> str:
     """MODEL_CARD.md text from bundle.json metadata."""
     c, m, s, p, pf = (meta.get(k) or {} for k in ("corpus", "method", "schedule", "proxy_task",
@@ -187,7 +195,9 @@ def render_model_card(meta: dict) -> str:
         imp = meta["imported_from"]
         lines += ["## Origin", f"- imported from an {imp.get('format')} checkpoint `{imp.get('file')}` "
                                f"({imp.get('arch_class_name')}); its one stem is every modality's stem",
-                  *[f"- cite: {x}" for x in imp.get("citations") or []], ""]
+                  *[f"- cite: {_citation(x)}" for x in imp.get("citations") or []],
+                  *([f"- not kept: {sum(imp['dropped_tensors'].values())} tensors outside the encoder and stem "
+                     f"({', '.join(imp['dropped_tensors'])})"] if imp.get("dropped_tensors") else []), ""]
     lines += ["## Corpus", f"- name: {_fmt(c.get('name'))} (dataset {_fmt(c.get('dataset'))})",
               f"- sources: {', '.join(c.get('sources') or {}) or 'n/a'}",
               f"- cases: {_fmt(c.get('case_count'))}; scans per modality: {_fmt(c.get('scans_per_modality'))}",

@@ -6,10 +6,11 @@ An nnssl checkpoint is a ``.pth`` dict (loadable with ``torch.load(weights_only=
     network_weights          state dict of the pretraining network; the loader keeps the keys under
                              key_to_encoder and key_to_stem (nothing else)
     nnssl_adaptation_plan    architecture_plans {arch_class_name, arch_kwargs,
-                             arch_kwargs_requiring_import}, pretrain_plan (nnssl Plan as a dict),
+                             arch_kwargs_requiring_import}, pretrain_plan (nnssl Plan as a dict:
+                             exactly the fields of NNSSL_PLAN_FIELDS / NNSSL_CONFIGURATION_FIELDS),
                              pretrain_num_input_channels, recommended_downstream_patchsize,
                              key_to_encoder, key_to_stem, keys_to_in_proj, key_to_lpe
-    citations                optional list of references
+    citations                list of {type, name, apa_citations: [text]} (what nnU-Net prints)
 
 Export (:func:`bundle_to_nnssl`): the encoder stages are written as they are; the per-modality
 1-channel stems collapse to the single stem that format expects, as the **mean over the trained
@@ -57,8 +58,38 @@ RESENC_L = {
     "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
 }
 
-CITATION = ("nnunet-mmpretrain: multi-modal self-supervised pretraining for nnU-Net (BrainMVP-style objective); "
-            "Isensee et al., nnU-Net, Nature Methods 2021")
+#: The documented nnssl schema the export follows field by field (read from nnssl's
+#: ``experiment_planners/plan.py`` and ``adaptation_planning/adaptation_plan.py``, the state checked
+#: against nnssl commit 7044864 and nnU-Net master 0e495086; docs/WEIGHTS.md). nnssl's
+#: ``Plan.from_dict`` builds ``Plan(**d)`` and ``ConfigurationPlan(**c)``, so a missing or extra
+#: key is an error there.
+NNSSL_PLAN_FIELDS = ("dataset_name", "plans_name", "original_median_spacing_after_transp", "image_reader_writer",
+                     "transpose_forward", "transpose_backward", "configurations", "experiment_planner_used")
+NNSSL_CONFIGURATION_FIELDS = ("data_identifier", "preprocessor_name", "spacing_style", "normalization_schemes",
+                              "use_mask_for_norm", "resampling_fn_data", "resampling_fn_data_kwargs",
+                              "resampling_fn_mask", "resampling_fn_mask_kwargs", "spacing", "patch_size")
+NNSSL_SPACING_STYLES = ("onemmiso", "median", "noresample")
+#: ``DynamicArchitecturePlans(**arch_kwargs)`` in nnssl
+NNSSL_DYNAMIC_ARCH_FIELDS = ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides",
+                             "n_blocks_per_stage", "n_conv_per_stage_decoder", "conv_bias", "norm_op", "norm_op_kwargs",
+                             "dropout_op", "dropout_op_kwargs", "nonlin", "nonlin_kwargs")
+#: what nnssl's AdaptationPlan.from_dict reads, plus the keys nnU-Net master's loader reads
+NNSSL_ADAPTATION_FIELDS = ("architecture_plans", "pretrain_plan", "pretrain_num_input_channels",
+                           "recommended_downstream_patchsize", "key_to_encoder", "key_to_stem", "keys_to_in_proj",
+                           "key_to_lpe")
+
+#: ``citations`` as nnU-Net master prints them: a list of dicts with ``type``, ``name`` and the
+#: references as text (``apa_citations``)
+CITATIONS = [
+    {"type": "Pretraining method", "name": "BrainMVP (nnunet-mmpretrain)",
+     "apa_citations": ["Rui, S., Chen, L., Tang, Z., Wang, L., Liu, M., Zhang, S., & Wang, X. (2025). Multi-modal "
+                       "vision pre-training for medical image analysis. In Proceedings of the IEEE/CVF Conference on "
+                       "Computer Vision and Pattern Recognition (CVPR)."]},
+    {"type": "Framework", "name": "nnU-Net",
+     "apa_citations": ["Isensee, F., Jaeger, P. F., Kohl, S. A. A., Petersen, J., & Maier-Hein, K. H. (2021). nnU-Net: "
+                       "a self-configuring method for deep learning-based biomedical image segmentation. Nature "
+                       "Methods, 18(2), 203-211."]},
+]
 
 
 class NnsslError(ValueError):
@@ -80,30 +111,22 @@ def mean_stem(bundle: dict) -> Dict[str, torch.Tensor]:
 
 
 def _pretrain_plan(plans: dict, configuration: str) -> dict:
-    """An nnssl ``Plan`` dict holding the pretraining configuration (spacing, patch size, ...)."""
+    """nnssl's ``Plan`` (exactly :data:`NNSSL_PLAN_FIELDS`) holding the pretraining configuration as a
+    ``ConfigurationPlan`` (exactly :data:`NNSSL_CONFIGURATION_FIELDS`). ``spacing_style`` is
+    ``median``: nnU-Net's planner derived the spacing from the corpus' median spacing."""
     conf = resolved_configuration(plans, configuration)
-    ak = conf["architecture"]["arch_kwargs"]
     cfg = {
         "data_identifier": conf.get("data_identifier"), "preprocessor_name": conf.get("preprocessor_name"),
-        "batch_size": conf.get("batch_size"), "batch_dice": conf.get("batch_dice", True),
-        "patch_size": list(conf["patch_size"]), "median_image_size_in_voxels": conf.get("median_image_size_in_voxels"),
-        "spacing": list(conf["spacing"]), "normalization_schemes": conf.get("normalization_schemes"),
-        "use_mask_for_norm": conf.get("use_mask_for_norm"),
-        "UNet_class_name": conf["architecture"]["network_class_name"].rsplit(".", 1)[-1],
-        "UNet_base_num_features": ak["features_per_stage"][0],
-        "n_conv_per_stage_encoder": ak.get("n_blocks_per_stage", ak.get("n_conv_per_stage")),
-        "n_conv_per_stage_decoder": ak.get("n_conv_per_stage_decoder"),
-        "num_pool_per_axis": [sum(1 for s in ak["strides"] if s[i] > 1) for i in range(len(conf["patch_size"]))],
-        "pool_op_kernel_sizes": ak["strides"], "conv_kernel_sizes": ak["kernel_sizes"],
-        "unet_max_num_features": max(ak["features_per_stage"]),
-        "resampling_fn_data": conf.get("resampling_fn_data"), "resampling_fn_data_kwargs": conf.get(
-            "resampling_fn_data_kwargs"),
+        "spacing_style": "median", "normalization_schemes": list(conf.get("normalization_schemes") or []),
+        "use_mask_for_norm": list(conf.get("use_mask_for_norm") or []),
+        "resampling_fn_data": conf.get("resampling_fn_data"),
+        "resampling_fn_data_kwargs": conf.get("resampling_fn_data_kwargs"),
         "resampling_fn_mask": conf.get("resampling_fn_seg"), "resampling_fn_mask_kwargs": conf.get(
             "resampling_fn_seg_kwargs"),
+        "spacing": [float(x) for x in conf["spacing"]], "patch_size": [int(x) for x in conf["patch_size"]],
     }
     return {"dataset_name": plans.get("dataset_name"), "plans_name": plans.get("plans_name"),
             "original_median_spacing_after_transp": plans.get("original_median_spacing_after_transp"),
-            "original_median_shape_after_transp": plans.get("original_median_shape_after_transp"),
             "image_reader_writer": plans.get("image_reader_writer"),
             "transpose_forward": plans.get("transpose_forward"), "transpose_backward": plans.get("transpose_backward"),
             "configurations": {configuration: cfg},
@@ -137,7 +160,7 @@ def bundle_to_nnssl(bundle: dict) -> dict:
             "key_to_encoder": bundle["key_to_encoder"], "key_to_stem": bundle["key_to_stem"],
             "keys_to_in_proj": list(bundle["keys_to_in_proj"]), "key_to_lpe": None,
         },
-        "citations": [CITATION],
+        "citations": deepcopy(CITATIONS),
         "mmpretrain_bundle": extras,
     }
 
@@ -206,6 +229,27 @@ def downstream_plans(ap: dict, cls: str, kwargs: dict, req: list, patch: List[in
         "foreground_intensity_properties_per_channel": {},
         "mmpretrain": {"imported_from": "nnssl", "encoder_input_channels": 1},
     }
+
+
+def dropped_tensors(ck: dict) -> Dict[str, int]:
+    """Tensors of an nnssl checkpoint the import does not keep (everything outside ``key_to_encoder``
+    and ``key_to_stem``, e.g. an MAE decoder): count per top-level prefix."""
+    ap = ck.get("nnssl_adaptation_plan") or {}
+    keep = [p for p in (ap.get("key_to_encoder"), ap.get("key_to_stem")) if isinstance(p, str) and p]
+    out: Dict[str, int] = {}
+    for k in ck.get("network_weights") or {}:
+        if not any(k == p or k.startswith(p + ".") for p in keep):
+            out[k.split(".", 1)[0]] = out.get(k.split(".", 1)[0], 0) + 1
+    return out
+
+
+def structured_citations(ck: dict) -> list:
+    """The checkpoint's ``citations`` kept as they are (dicts with type, name, apa_citations / bibtex_citations,
+    or plain strings from older files), made JSON-safe."""
+    cits = ck.get("citations") or []
+    if not isinstance(cits, (list, tuple)):
+        cits = [cits]
+    return json.loads(json.dumps([c if isinstance(c, (dict, str)) else str(c) for c in cits], default=str))
 
 
 def _remap(sd: Dict[str, torch.Tensor], src: str, dst: str) -> Dict[str, torch.Tensor]:
@@ -284,7 +328,8 @@ def nnssl_to_bundle(ck: dict, path: str) -> dict:
              "stem_origin": "shared",
              "card": {"imported_from": {"format": "nnssl", "file": os.path.abspath(path),
                                         "arch_class_name": ap["architecture_plans"].get("arch_class_name"),
-                                        "citations": [str(c) for c in ck.get("citations") or []],
+                                        "citations": structured_citations(ck),
+                                        "dropped_tensors": dropped_tensors(ck),
                                         "spacing_assumed_1mm": assumed}}}
         if assumed:
             log.warning("%s: pretrain_plan has no spacing; 1 mm isotropic assumed (nnssl's default)", path)
