@@ -15,6 +15,7 @@ from conftest import run_cli
 
 from nnunet_mmpretrain.benchmark import splits as sp
 from nnunet_mmpretrain.io_utils import sha256_file
+from nnunet_mmpretrain.transfer.bundle_format import load_weights_only
 
 SEG = "Dataset990_PhantomBraTS"
 BRATS = [f"BraTS-GLI-{p:05d}-{t:03d}" for p in range(1, 13) for t in range(2 if p % 3 == 0 else 1)]
@@ -251,7 +252,7 @@ def test_smoke_cells_use_their_own_results_and_the_frozen_encoders(smoke):
         fold = os.path.join(out, "cells", cell, "nnUNet_results", SEG, f"{cj['trainer']}__mmPretrainPlans__3d_bench",
                             "fold_0")
         assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
-        return torch.load(os.path.join(fold, "checkpoint_final.pth"), weights_only=False)["network_weights"], fold
+        return load_weights_only(os.path.join(fold, "checkpoint_final.pth"), "checkpoint")["network_weights"], fold
     stage_keys = [k for k in bundle["encoder"] if k.startswith("encoder.stages.") and k.endswith(".weight")]
     assert len(stage_keys) > 10
     frozen, fold = final("D990_frac100_fold0_seed0_pretrained_frozen")
@@ -262,7 +263,7 @@ def test_smoke_cells_use_their_own_results_and_the_frozen_encoders(smoke):
     # the positive control: the stages of the nnU-Net model trained with labels on the pool, kept fixed
     pool_ck = os.path.join(out, "pretraining", "supervised-smoke", "nnUNet_results", "Dataset989_PhantomPool",
                            "nnUNetTrainerMMBench__mmPretrainPlans__3d_bench", "fold_all", "checkpoint_final.pth")
-    pool = torch.load(pool_ck, weights_only=False)["network_weights"]
+    pool = load_weights_only(pool_ck, "checkpoint")["network_weights"]
     sup = load_bundle(os.path.join(out, "pretraining", "supervised-smoke", "bundle"))
     assert sup["stem_origin"] == "supervised" and sup["modalities_trained"] == ["t1", "t1c", "t2", "flair"]
     assert all(torch.equal(sup["encoder"][k], pool[k]) for k in stage_keys)
@@ -291,7 +292,7 @@ def test_a_cell_resumed_by_hand_with_plain_nnunet_continues_with_its_recorded_se
     assert rec["schedule"]["epochs"] == 1 and rec["schedule"]["iterations"] == 3 and rec["seed"] == 1
     assert len(rec["split"]["train"]) == 4 and len(rec["split"]["val"]) == 2 and rec["freeze_encoder"] is True
     assert rec["stem"] == "modality" and rec["bundle"].endswith(os.path.join("pretraining", "cpu-smoke", "bundle"))
-    ck = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    ck = load_weights_only(os.path.join(fold, "checkpoint_final.pth"), "checkpoint")
     assert ck["init_args"][cs.CHECKPOINT_KEY]["seed"] == 1
     assert ck["init_args"][cs.CHECKPOINT_KEY]["split_sha256"] == rec["split_sha256"]
     env = {k: v for k, v in os.environ.items() if k not in (cs.ENV_SCHEDULE, cs.ENV_SPLIT, cs.ENV_SEED, cs.ENV_BUNDLE,

@@ -7,7 +7,7 @@ settings (schedule, split, seed, bundle, stem, encoder freezing) into the fold f
 ``nnUNetv2_train ... --c`` and no environment variables continues with its own settings. The
 settings used are logged, kept in the checkpoint (``init_args["mmpretrain_cell"]``) and compared on
 every resume: a checkpoint trained with another schedule, split, seed, stem or freezing is refused
-with one line (exit code 2). Environment variables override the recorded values, each with a
+with one line (exit code 2 through the ``nnUNet_extTrainer`` shim). Environment variables override the recorded values, each with a
 warning (:func:`.cell_settings.resolve`):
 
 ================================  ==========================================================
@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import sys
 
 import numpy as np
 import torch
@@ -45,7 +44,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mmpretrain.benchmark import cell_settings
-from nnunet_mmpretrain.benchmark.cell_settings import ENV_SCHEDULE, ENV_SEED, ENV_SPLIT  # noqa: F401
+from nnunet_mmpretrain.benchmark.cell_settings import ENV_SCHEDULE, ENV_SEED, ENV_SPLIT, CellSettingsError  # noqa: F401
 from nnunet_mmpretrain.classification.trainer import MMClassifierBase
 from nnunet_mmpretrain.training.finetune import PretrainedEncoder, TemplateSubstitution
 from nnunet_mmpretrain.training.freezing import FrozenEncoderStages
@@ -57,11 +56,6 @@ __all__ = ["nnUNetTrainerMMBench", "nnUNetTrainerMMBench_pretrained", "nnUNetTra
            "nnUNetTrainerMMBench_randomFrozen", "nnUNetTrainerMMBench_pretrainedTemplateAug",
            "nnUNetTrainerMMBenchClassifier", "nnUNetTrainerMMBenchClassifier_pretrained",
            "nnUNetTrainerMMBenchClassifier_pretrainedFrozen", "nnUNetTrainerMMBenchClassifier_randomFrozen"]
-
-
-def _die(msg: str):
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 class BenchmarkCell(ShortSchedule, FrozenEncoderStages):
@@ -76,16 +70,13 @@ class BenchmarkCell(ShortSchedule, FrozenEncoderStages):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        try:
-            recorded = cell_settings.read(self.output_folder)
-            self.cell, self._cell_notes = cell_settings.resolve(recorded, os.environ)
-        except cell_settings.CellSettingsError as e:
-            _die(str(e))
+        recorded = cell_settings.read(self.output_folder)
+        self.cell, self._cell_notes = cell_settings.resolve(recorded, os.environ)
         if recorded is None:
             self._cell_notes.insert(0, f"no {cell_settings.FILE} in {self.output_folder}: not a benchmark cell's "
                                        f"folder, nnU-Net's defaults apply where no variable is set")
         if recorded is not None and bool(recorded.get("freeze_encoder")) != self.freezes_encoder():
-            _die(f"{os.path.join(self.output_folder, cell_settings.FILE)} records freeze_encoder = "
+            raise CellSettingsError(f"{os.path.join(self.output_folder, cell_settings.FILE)} records freeze_encoder = "
                  f"{recorded.get('freeze_encoder')}, but {type(self).__name__} "
                  f"{'freezes' if self.freezes_encoder() else 'trains'} the encoder; use the cell's own trainer "
                  f"({recorded.get('trainer')})")
@@ -97,7 +88,7 @@ class BenchmarkCell(ShortSchedule, FrozenEncoderStages):
             try:
                 self.apply_schedule(Schedule(**{k: d[k] for k in Schedule.__dataclass_fields__ if k in d}))
             except TypeError as e:
-                _die(f"the cell's schedule {d} is incomplete ({e}); give epochs, iterations and val_iterations")
+                raise CellSettingsError(f"the cell's schedule {d} is incomplete ({e}); give epochs, iterations and val_iterations") from None
         self.cell["schedule"] = {k: getattr(self.schedule, k) for k in Schedule.__dataclass_fields__}
         if self.cell["seed"] is not None:
             s = int(self.cell["seed"])
@@ -137,7 +128,7 @@ class BenchmarkCell(ShortSchedule, FrozenEncoderStages):
             return
         diff = cell_settings.differences(recorded, current)
         if diff:
-            _die(f"{name} was trained with other cell settings ({'; '.join(f'{k}: {recorded.get(k)} vs now {current.get(k)}' for k in diff)}); "
+            raise CellSettingsError(f"{name} was trained with other cell settings ({'; '.join(f'{k}: {recorded.get(k)} vs now {current.get(k)}' for k in diff)}); "
                  f"unset the overriding variables or train in a new folder")
 
     def on_train_start(self):

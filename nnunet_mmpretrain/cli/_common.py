@@ -3,6 +3,7 @@ output folders that cannot be written."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from typing import Iterable, Iterator, NoReturn, Optional
@@ -18,27 +19,33 @@ def die(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
-def exit_2_on_bad_input(cls: type, errors: tuple) -> type:
-    """Make constructing ``cls`` (and its subclasses) end with :func:`die` on one of ``errors``.
+def exit_2_on_bad_input(cls: type, errors: tuple, methods: tuple = ("__init__",)) -> type:
+    """Make ``methods`` of ``cls`` (and its subclasses; constructing by default) end with :func:`die`
+    on one of ``errors``.
 
-    For trainers that ``nnUNetv2_train`` constructs: that command is nnU-Net's, so this plugin's
-    only place between it and the trainer is the ``nnUNet_extTrainer`` shim, which applies this to
-    the trainer classes whose bad input (e.g. a class table) is known before any work starts. The
-    library raises its own error; this turns it into one ``error:`` line and exit code 2."""
-    init = cls.__init__
-    if getattr(init, "_exits_2_on", None) == errors:
-        return cls
+    For trainers that ``nnUNetv2_train`` constructs and resumes: that command is nnU-Net's, so this
+    plugin's only place between it and the trainer is the ``nnUNet_extTrainer`` shim, which applies
+    this to the trainer classes whose bad input (a class table, a benchmark cell's settings, a
+    checkpoint of another cell) is known before any work starts. The library raises its own error;
+    this turns it into one ``error:`` line and exit code 2."""
+    for name in methods:
+        fn = getattr(cls, name)
+        if getattr(fn, "_exits_2_on", None) == errors:
+            continue
+        setattr(cls, name, _exiting_2(fn, errors))
+    return cls
 
-    def __init__(self, *args, **kwargs):
+
+def _exiting_2(fn, errors: tuple):
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
         try:
-            init(self, *args, **kwargs)
+            return fn(self, *args, **kwargs)
         except errors as e:
             die(str(e))
 
-    __init__._exits_2_on = errors
-    __init__.__doc__ = init.__doc__
-    cls.__init__ = __init__
-    return cls
+    wrapper._exits_2_on = errors
+    return wrapper
 
 
 def require_env(*names: str) -> None:

@@ -110,32 +110,21 @@ def main(argv=None) -> int:
     from nnunet_mmpretrain.synthetic import datasets as ds
 
     t0 = time.time()
-    made = []
     try:
         with disk_errors(a.raw_dir):
-            if "seg" in a.what:
-                made.append(ds.make_segmentation_dataset(a.raw_dir, a.seg_id, a.num_train, a.num_test,
-                                                         a.spacing, a.seed, a.num_processes, a.overwrite))
-            if "corpus" in a.what:
-                made.append(ds.make_corpus(a.raw_dir, a.corpus_id, a.corpus_cases, a.spacing, a.seed,
-                                           a.num_processes, a.overwrite))
-            if "pool" in a.what:
-                made.append(ds.make_segmentation_dataset(a.raw_dir, a.pool_id, a.pool_train, 0, a.spacing, a.seed,
-                                                         a.num_processes, a.overwrite, name="PhantomPool", kind=5,
-                                                         prefix="pool"))
-            if "sites" in a.what:
-                made.append(ds.make_site_dataset(a.raw_dir, a.seg_id, a.site_cases, a.spacing, a.seed,
-                                                 a.num_processes, a.overwrite))
-            if "sites-pool" in a.what:
-                made.append(ds.make_site_dataset(a.raw_dir, a.pool_id, a.pool_cases, a.spacing, a.seed,
-                                                 a.num_processes, a.overwrite, name="PhantomSitesPool", kind=40,
-                                                 prefix="pool_"))
-            if "sites-corpus" in a.what:
-                made.append(ds.make_site_corpus(a.raw_dir, a.corpus_id, a.site_corpus, a.spacing, a.seed,
-                                                a.num_processes, a.overwrite))
-            if "cls" in a.what:
-                made.append(ds.make_classification_dataset(a.raw_dir, a.cls_id, a.cls_cases, a.spacing,
-                                                           a.seed, a.num_processes, a.overwrite))
+            common = (a.spacing, a.seed, a.num_processes, a.overwrite)
+            makers = {   # in the order they are written; each a dataset (id, ...) the generator makes
+                "seg": lambda: ds.make_segmentation_dataset(a.raw_dir, a.seg_id, a.num_train, a.num_test, *common),
+                "corpus": lambda: ds.make_corpus(a.raw_dir, a.corpus_id, a.corpus_cases, *common),
+                "pool": lambda: ds.make_segmentation_dataset(a.raw_dir, a.pool_id, a.pool_train, 0, *common,
+                                                             name="PhantomPool", kind=5, prefix="pool"),
+                "sites": lambda: ds.make_site_dataset(a.raw_dir, a.seg_id, a.site_cases, *common),
+                "sites-pool": lambda: ds.make_site_dataset(a.raw_dir, a.pool_id, a.pool_cases, *common,
+                                                           name="PhantomSitesPool", kind=40, prefix="pool_"),
+                "sites-corpus": lambda: ds.make_site_corpus(a.raw_dir, a.corpus_id, a.site_corpus, *common),
+                "cls": lambda: ds.make_classification_dataset(a.raw_dir, a.cls_id, a.cls_cases, *common),
+            }
+            made = [make() for what, make in makers.items() if what in a.what]
     except (FileExistsError, ValueError) as e:
         die(str(e))
     for m in made:
