@@ -81,9 +81,10 @@ def measure(kind: str, config: str, workers: int, batches: int) -> dict:
     return r
 
 
-def profile(kind: str, config: str, batches: int, top: int = 15) -> dict:
-    """cProfile of ``batches`` batches produced in the main process (0 workers)."""
-    dl, dl_val, bs = build(kind, config, 0)
+def profile(kind: str, config: str, batches: int, top: int = 15, workers: int = 0) -> dict:
+    """cProfile of the main process over ``batches`` batches: produced there (0 workers), or
+    received from ``workers`` worker processes (what the training loop waits on)."""
+    dl, dl_val, bs = build(kind, config, workers)
     next(dl)
     pr = cProfile.Profile()
     pr.enable()
@@ -98,7 +99,7 @@ def profile(kind: str, config: str, batches: int, top: int = 15) -> dict:
     for (fn, line, name), (cc, nc, tt, ct, _) in st.stats.items():
         rows.append({"function": f"{os.path.basename(fn)}:{line}({name})", "tottime_s": tt, "cumtime_s": ct})
     rows.sort(key=lambda r: -r["tottime_s"])
-    return {"loader": kind, "batches": batches, "batch": bs, "total_s": round(total, 2),
+    return {"loader": kind, "workers": workers, "batches": batches, "batch": bs, "total_s": round(total, 2),
             "top_by_own_time": [dict(r, tottime_s=round(r["tottime_s"], 3), cumtime_s=round(r["cumtime_s"], 3),
                                      share=round(r["tottime_s"] / total, 3)) for r in rows[:top]]}
 
@@ -111,6 +112,8 @@ def main():
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--loaders", nargs="+", choices=["pretrain", "finetune"], default=["pretrain", "finetune"])
     ap.add_argument("--profile-batches", type=int, default=3)
+    ap.add_argument("--profile-workers", type=int, default=1,
+                    help="also profile the main process receiving --batches batches from this many workers (0: no)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     root = os.path.abspath(a.root)
@@ -129,6 +132,8 @@ def main():
             print(r, flush=True)
             res["runs"].append(r)
         res["profiles"].append(profile(kind, a.c, a.profile_batches))
+        if a.profile_workers:
+            res["profiles"].append(profile(kind, a.c, a.batches, workers=a.profile_workers))
     rows = []
     for kind in a.loaders:
         single = [r for r in res["runs"] if r["loader"] == kind and r["workers"] in (0, 1)]
@@ -150,7 +155,8 @@ def main():
               f"{'met' if v['meets_with_nnunet_default'] else 'NOT met'}); per CPU-second {v['samples_per_cpu_s']} "
               f"samples -> {v['workers_for_target_on_idle_cores']} workers on idle cores")
     for p in res["profiles"]:
-        print(f"\nprofile {p['loader']} ({p['batches']} batches of {p['batch']}, {p['total_s']} s):")
+        print(f"\nprofile {p['loader']}, main process with {p['workers']} workers ({p['batches']} batches of "
+              f"{p['batch']}, {p['total_s']} s):")
         for r in p["top_by_own_time"][:10]:
             print(f"  {r['share'] * 100:5.1f} %  {r['tottime_s']:7.2f} s  {r['function']}")
     write_result(a.out, "bench_loader", res)

@@ -72,7 +72,8 @@ def _loader(ld: dict) -> str:
                  f"{v.get('samples_per_cpu_s')} samples per CPU-second of one process -> "
                  f"{v.get('workers_for_target_on_idle_cores')} workers where each has a core to itself.")
     for p in ld.get("profiles", []):
-        text += f"\n\nProfile, {p['loader']} loader ({p['batches']} batches of {p['batch']} in one process, {p['total_s']} s):\n\n"
+        text += (f"\n\nProfile of the main process, {p['loader']} loader, {p.get('workers', 0)} workers ({p['batches']} "
+                 f"batches of {p['batch']}, {p['total_s']} s):\n\n")
         text += _md([[f"{r['share'] * 100:.1f} %", r["tottime_s"], r["function"]] for r in p["top_by_own_time"][:8]],
                     ["share", "own s", "function"])
     return text + "\n"
@@ -122,7 +123,7 @@ def projection(res: dict, step: dict) -> str:
              f"linearly with cores (on this 2-core VM it did not: see section 2); no resampling (the data are at "
              f"1 mm already; resampling anisotropic scans costs more).\n")
     if step:
-        b = step["config"]["batch"]
+        b = res.get("plans", {}).get("corpus_mmPretrainPlans", {}).get("batch", step["config"]["batch"])   # planned
         gpu_iter = A100_RESENC_M_S_PER_ITER * step["ratio_median"] * 2
         text += (f"\nPretraining on one GPU (estimate, not measured): nnU-Net states ~{A100_RESENC_M_S_PER_ITER:.3f} s per "
                  f"ResEnc-M training iteration on an A100 (1,000 x 250 iterations in ~12 h). A BrainMVP step puts 2B "
@@ -131,7 +132,8 @@ def projection(res: dict, step: dict) -> str:
                  f"One nnU-Net epoch (250 iterations) is then ~{250 * gpu_iter / 60:.1f} min; the plans' 1,500 epochs "
                  f"~{1500 * 250 * gpu_iter / 3600:.0f} h. One pass with one patch per subject at batch {b}: "
                  f"1,000 subjects ~{1000 / b * gpu_iter / 60:.0f} min, 10,000 ~{10000 / b * gpu_iter / 3600:.1f} h. "
-                 f"The loader must then deliver {b / gpu_iter:.1f} samples/s.\n")
+                 f"The pretraining loader must then deliver {b / gpu_iter:.1f} samples/s (each sample gives both "
+                 f"views); the ratio was measured at batch {step['config']['batch']} on the CPU.\n")
     return text
 
 

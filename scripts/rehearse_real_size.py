@@ -25,11 +25,10 @@ of the main process, of the largest child (data-loader workers, DDP ranks) and o
 process tree. A stage with a process above ``--mem-limit-gib`` (or a tree above ``--tree-limit-gib``) is stopped and recorded as such; the
 training stages are then retried at batch 1 (a configuration ``<config>_b1`` added to the plans)
 and the report says so. Results: ``OUT/rehearsal.json`` and ``OUT/rehearsal.md``; logs in
-``OUT/logs``. ``--resume`` skips the stages that already succeeded in ``OUT/rehearsal.json``.
+``OUT/logs``. ``--resume`` keeps ``OUT/rehearsal.json`` and runs the stages that did not succeed
+(or those named by ``--stages``). Not for CI: about 40 minutes on 2 busy cores (scripts/BENCHMARKS.md).
 
-    python scripts/rehearse_real_size.py [--out bench_output/real_size] [--stages ...] [--resume]
-
-Not for CI: on 2 cores it takes about an hour (see scripts/BENCHMARKS.md).
+    python scripts/rehearse_real_size.py [--out bench_output/real_size] [--stages ...] [--resume] [--ddp-patch 64]
 """
 from __future__ import annotations
 
@@ -62,23 +61,18 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _children(pid: int) -> list:
-    out = []
-    for task in glob.glob(f"/proc/{pid}/task/*/children"):
-        try:
-            with open(task) as f:
-                out += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return out
-
-
 def _tree(pid: int) -> list:
+    """``pid`` and all its descendants (from /proc/PID/task/*/children)."""
     todo, seen = [pid], []
     while todo:
         p = todo.pop()
         seen.append(p)
-        todo += _children(p)
+        for task in glob.glob(f"/proc/{p}/task/*/children"):
+            try:
+                with open(task) as f:
+                    todo += [int(c) for c in f.read().split()]
+            except OSError:
+                pass
     return seen
 
 
@@ -358,15 +352,16 @@ class Rehearsal:
 
     def loader(self):
         self.stage("loader", [sys.executable, os.path.join(REPO, "scripts", "bench_loader.py"), "--root", self.work,
-                              "-c", self.config, "--batches", self.a.loader_batches, "--workers", "0", "1", "2",
+                              "-c", self.config, "--batches", self.a.loader_batches, "--workers", 0, 1, 2,
                               "--out", os.path.join(self.out, "loader.json")])
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(REPO, "bench_output", "real_size"))
-    ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
-    ap.add_argument("--resume", action="store_true", help="skip stages that succeeded in OUT/rehearsal.json")
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=None, help="run these (default: all)")
+    ap.add_argument("--resume", action="store_true", help="keep OUT/rehearsal.json; without --stages, skip the "
+                                                          "stages that succeeded there")
     ap.add_argument("--num-train", type=int, default=8)
     ap.add_argument("--corpus-cases", type=int, default=8, help="corpus cases per source (2 sources)")
     ap.add_argument("-c", "--config", default="3d_fullres")
@@ -375,7 +370,7 @@ def main():
     ap.add_argument("-np", type=int, default=2, help="processes for phantoms and preprocessing")
     ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of the training processes")
     ap.add_argument("--iters", type=int, default=2, help="timed iterations of the step benchmark")
-    ap.add_argument("--loader-batches", type=int, default=6)
+    ap.add_argument("--loader-batches", type=int, default=12)
     ap.add_argument("--ddp-patch", type=int, default=None,
                     help="DDP stage at this cubic patch (batch 2, 1 per rank) instead of the planned one")
     ap.add_argument("--mem-limit-gib", type=float, default=14.0, help="per process")
@@ -384,7 +379,7 @@ def main():
     r = Rehearsal(a)
     t0 = time.perf_counter()
     for name in STAGES:
-        if name not in a.stages or (a.resume and r.ok(name)):
+        if name not in (a.stages or STAGES) or (a.resume and not a.stages and r.ok(name)):
             continue
         getattr(r, name)()
         if not r.ok(name):
