@@ -24,7 +24,7 @@
 # chain (pretraining with BrainMVP's defaults and the CPU recipe, the BrainMVP step against two MAE
 # steps, DDP, export, transfer with preprocessing, fine-tuning, nnUNetv2_predict of a full case, the
 # missing-channel fill, the loaders' samples/s) with wall time and peak RSS per process. On the CPU
-# (no CUDA, or with --dry-run) it is the CPU rehearsal of scripts/BENCHMARKS.md (about an hour on
+# (no CUDA, or with --dry-run) it is the CPU rehearsal of scripts/BENCHMARKS.md (about 40 minutes on
 # 2 cores); with a GPU the same stages run on it (--device cuda), so the figures compare stage by
 # stage. Report: DIR/real_size/rehearsal.md.
 set -euo pipefail
