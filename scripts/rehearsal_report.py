@@ -8,6 +8,7 @@ printed with it.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
@@ -17,6 +18,35 @@ from bench_common import REPO, _md  # noqa: E402
 
 #: nnU-Net's statement for ResEnc-M: 1,000 epochs x 250 iterations in about 12 h on one A100
 A100_RESENC_M_S_PER_ITER = 12 * 3600 / (1000 * 250)
+
+
+# ---------------------------------------------------------------- readers shared with rehearse_real_size.py
+def folder_bytes(folder: str, pattern: str = "*") -> tuple:
+    files = glob.glob(os.path.join(folder, pattern))
+    return sum(os.path.getsize(f) for f in files if os.path.isfile(f)), len(files)
+
+
+def config_summary(plans_file: str, config: str) -> dict:
+    with open(plans_file) as f:
+        cfgs = json.load(f)["configurations"]
+    c = dict(cfgs[config])
+    while c.get("inherits_from"):
+        parent = dict(cfgs[c.pop("inherits_from")])
+        parent.update(c)
+        c = parent
+    a = c["architecture"]["arch_kwargs"]
+    return {"patch": c["patch_size"], "batch": c["batch_size"], "spacing": c["spacing"], "stages": a["n_stages"],
+            "features": a["features_per_stage"], "blocks": a.get("n_blocks_per_stage"),
+            "network": c["architecture"]["network_class_name"].rsplit(".", 1)[-1],
+            "median_image_size": c.get("median_image_size_in_voxels"), "data_identifier": c.get("data_identifier")}
+
+
+def epoch_times(log: str) -> list:
+    """Epoch wall times from the trainer's output ("Epoch time: X s"; nnU-Net's stock checkpoints hold
+    numpy scalars that torch.load(weights_only=True) refuses, so the log is read instead)."""
+    import re
+    with open(log, errors="replace") as f:
+        return [float(x) for x in re.findall(r"Epoch time: ([0-9.]+) s", f.read())]
 
 
 def _load(path):

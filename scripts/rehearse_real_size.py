@@ -22,7 +22,8 @@ Stages (``--stages``; default all, in this order)::
 
 Every stage runs as its own process; a sampler reads /proc every 0.25 s and records the peak RSS
 of the main process, of the largest child (data-loader workers, DDP ranks) and of the whole
-process tree. A stage with a process above ``--mem-limit-gib`` (or a tree above ``--tree-limit-gib``) is stopped and recorded as such; the
+process tree. A stage with a process above ``--mem-limit-gib`` (or a tree above
+``--tree-limit-gib``) is stopped and recorded as such; the
 training stages are then retried at batch 1 (a configuration ``<config>_b1`` added to the plans)
 and the report says so. Results: ``OUT/rehearsal.json`` and ``OUT/rehearsal.md``; logs in
 ``OUT/logs``. ``--resume`` keeps ``OUT/rehearsal.json`` and runs the stages that did not succeed
@@ -43,6 +44,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import REPO, load_average, machine_info  # noqa: E402
+from rehearsal_report import config_summary, epoch_times, folder_bytes, write_report  # noqa: E402
 
 STAGES = ("phantoms", "plan_corpus", "plan_nnunet", "step", "pretrain", "pretrain_cpu", "ddp", "export",
           "transfer", "finetune", "predict", "predict_fill", "loader")
@@ -97,7 +99,8 @@ def run_stage(name: str, cmd: list, log_dir: str, env: dict, mem_limit_gib: floa
             n_children = max(n_children, len(kids))
             peak_child = max([peak_child] + kids)
             peak_tree = max(peak_tree, sum(rss.values()))
-            if (max(rss.values()) > mem_limit_gib * 2 ** 20 or sum(rss.values()) > tree_limit_gib * 2 ** 20) and not killed:
+            over = max(rss.values()) > mem_limit_gib * 2 ** 20 or sum(rss.values()) > tree_limit_gib * 2 ** 20
+            if over and not killed:
                 killed = True
                 print(f"[rehearse] {name}: a process above {mem_limit_gib} GiB or the tree above {tree_limit_gib} GiB; "
                       f"stopping it", flush=True)
@@ -119,26 +122,6 @@ def run_stage(name: str, cmd: list, log_dir: str, env: dict, mem_limit_gib: floa
     return rec
 
 
-def folder_bytes(folder: str, pattern: str = "*") -> tuple:
-    files = glob.glob(os.path.join(folder, pattern))
-    return sum(os.path.getsize(f) for f in files if os.path.isfile(f)), len(files)
-
-
-def config_summary(plans_file: str, config: str) -> dict:
-    with open(plans_file) as f:
-        cfgs = json.load(f)["configurations"]
-    c = dict(cfgs[config])
-    while c.get("inherits_from"):
-        parent = dict(cfgs[c.pop("inherits_from")])
-        parent.update(c)
-        c = parent
-    a = c["architecture"]["arch_kwargs"]
-    return {"patch": c["patch_size"], "batch": c["batch_size"], "spacing": c["spacing"], "stages": a["n_stages"],
-            "features": a["features_per_stage"], "blocks": a.get("n_blocks_per_stage"),
-            "network": c["architecture"]["network_class_name"].rsplit(".", 1)[-1],
-            "median_image_size": c.get("median_image_size_in_voxels"), "data_identifier": c.get("data_identifier")}
-
-
 def add_batch_config(plans_file: str, config: str, batch: int, patch=None) -> str:
     """Add ``<config>_b<batch>`` (inherits ``config``, only the batch differs; with ``patch`` also the
     patch: ``<config>_b<batch>_p<patch>``) to a plans file."""
@@ -153,14 +136,6 @@ def add_batch_config(plans_file: str, config: str, batch: int, patch=None) -> st
     return name
 
 
-def epoch_times(log: str) -> list:
-    """Epoch wall times from the trainer's output ("Epoch time: X s"; nnU-Net's stock checkpoints hold
-    numpy scalars that torch.load(weights_only=True) refuses, so the log is read instead)."""
-    import re
-    with open(log, errors="replace") as f:
-        return [float(x) for x in re.findall(r"Epoch time: ([0-9.]+) s", f.read())]
-
-
 class Rehearsal:
     def __init__(self, a):
         self.a = a
@@ -169,7 +144,7 @@ class Rehearsal:
         self.logs = os.path.join(self.out, "logs")
         os.makedirs(self.logs, exist_ok=True)
         self.res_file = os.path.join(self.out, "rehearsal.json")
-        self.res = {"machine": machine_info(), "stages": {}, "plans": {}, "disk": {}, "args": vars(a)}
+        self.res = {"machine": machine_info(), "stages": {}, "plans": {}, "disk": {}, "derived": {}, "args": vars(a)}
         if a.resume and os.path.isfile(self.res_file):
             with open(self.res_file) as f:
                 old = json.load(f)
@@ -204,7 +179,10 @@ class Rehearsal:
         return bool(r) and r["rc"] == 0
 
     def fold(self, trainer, dataset=CORPUS_NAME, fold="fold_all", results=None, plans="mmPretrainPlans"):
-        return os.path.join(results or self.results, dataset, f"{trainer}__{plans}__{self.train_config}", fold)
+        config = self.train_config
+        if dataset == CORPUS_NAME:   # fine-tuning tries the planned batch again: the pretraining's own
+            config = self.res["derived"].get("pretrain_config", config)
+        return os.path.join(results or self.results, dataset, f"{trainer}__{plans}__{config}", fold)
 
     def train(self, name, cmd_fn):
         """A training stage; stopped for memory -> batch 1 configuration, once."""
@@ -292,7 +270,8 @@ class Rehearsal:
         self.res["derived"]["ddp_config"] = config
         rec = self.stage("ddp", ["nnUNetv2_mmpretrain_train_ddp", CORPUS, config, "all", "-tr",
                                  "nnUNetTrainerMMPretrain_oneStep", "-p", "mmPretrainPlans", "-nproc",
-                                 2 if self.a.device == "cpu" else 1, "--threads", 1, "--device", self.a.device], env=env)
+                                 2 if self.a.device == "cpu" else 1, "--threads", 1, "--device", self.a.device],
+                         env=env)
         if rec["rc"] == 0:
             self._epoch("ddp", 1)
 
@@ -301,9 +280,8 @@ class Rehearsal:
         shutil.rmtree(os.path.join(self.work, "bundle"), ignore_errors=True)
         rec = self.stage("export", ["nnUNetv2_mmpretrain_export", ck, "-o", os.path.join(self.work, "bundle")])
         if rec["rc"] == 0:
-            b, _ = folder_bytes(os.path.join(self.work, "bundle"), "**")
-            self.res["disk"]["bundle_MiB"] = round(sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
-                                                       os.walk(os.path.join(self.work, "bundle")) for f in fs) / 2 ** 20, 1)
+            files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(self.work, "bundle")) for f in fs]
+            self.res["disk"]["bundle_MiB"] = round(sum(map(os.path.getsize, files)) / 2 ** 20, 1)
 
     def transfer(self):
         rec = self.stage("transfer", ["nnUNetv2_mmpretrain_transfer_plans", "-s", CORPUS, "-t", SEG, "-c", self.config,
@@ -321,6 +299,8 @@ class Rehearsal:
 
     def finetune(self):
         tr = "nnUNetTrainerMMFinetune_rehearsal"
+        self.res["derived"].setdefault("pretrain_config", self.train_config)
+        self.train_config = self.config   # the planned batch first here too; batch 1 when it does not fit
         self.train("finetune", lambda: ["nnUNetv2_train", SEG, self.train_config, 0, "-tr", tr, "-p", "mmPretrainPlans",
                                         "-device", self.a.device])
         self._epoch("finetune", 2)
@@ -391,7 +371,6 @@ def main():
             r._epoch(name, iters)
     r.res.setdefault("derived", {})["this_invocation_wall_s"] = round(time.perf_counter() - t0, 1)
     r.save()
-    from rehearsal_report import write_report
     print(write_report(r.out))
 
 
