@@ -9,7 +9,8 @@ from nnunet_mmpretrain.training.pretrain_variants import *  # noqa: F401,F403
 from nnunet_mmpretrain.training.finetune import (  # noqa: F401
     nnUNetTrainerMMFinetune, nnUNetTrainerMMFinetune_dad, nnUNetTrainerMMFinetune_frozen,
     nnUNetTrainerMMFinetune_templateAug, nnUNetTrainerMMFinetune_templateAugConsistency,
-    nnUNetTrainerMMFinetune_templateAugRandom, nnUNetTrainerMMFinetune_warmup)
+    nnUNetTrainerMMFinetune_templateAugRandom, nnUNetTrainerMMFinetune_warmup,
+    nnUNetTrainerMMFinetune_rehearsal)
 from nnunet_mmpretrain.benchmark.trainers import *  # noqa
 from nnunet_mmpretrain.benchmark.cell_settings import CellSettingsError
 from nnunet_mmpretrain.benchmark.trainers import BenchmarkCell

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check (issue 12): one prepared command, meant to take under 8 minutes on one GPU.
 #
-#   bash scripts/gpu_check.sh [--dry-run] [--out DIR]
+#   bash scripts/gpu_check.sh [--dry-run] [--real-size] [--out DIR]
 #
 # On phantoms at 1 mm planned with the ResEnc-M preset (the corpus's 3d_fullres configuration):
 #   1. pretraining, 5 epochs x 3 iterations, twice: nnUNetv2_train -num_gpus 1 (AMP) and
@@ -18,27 +18,43 @@
 #
 # --dry-run, or a machine without CUDA: the same steps on the CPU at a tiny patch (3 mm phantoms,
 # a 32^3 configuration); its report says that the GPU figures are unmeasured.
+#
+# --real-size: the rehearsal at the size users run (scripts/rehearse_real_size.py, issue 24): 1 mm
+# phantoms (8 labelled cases, 16 corpus subjects), the ResEnc-M plans as planned, every step of the
+# chain (pretraining with BrainMVP's defaults and the CPU recipe, the BrainMVP step against two MAE
+# steps, DDP, export, transfer with preprocessing, fine-tuning, nnUNetv2_predict of a full case, the
+# missing-channel fill, the loaders' samples/s) with wall time and peak RSS per process. On the CPU
+# (no CUDA, or with --dry-run) it is the CPU rehearsal of scripts/BENCHMARKS.md (about 40 minutes on
+# 2 cores); with a GPU the same stages run on it (--device cuda), so the figures compare stage by
+# stage. Report: DIR/real_size/rehearsal.md.
 set -euo pipefail
-source "$(dirname "$0")/_env.sh"
-cd "$REPO"
-
 DRY=0
-OUT="$REPO/bench_output/gpu_check"
+REAL=0
+OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
+    --real-size) REAL=1 ;;
     --out) [ $# -ge 2 ] || { echo "error: --out needs a folder" >&2; exit 2; }; OUT="$2"; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "error: unknown option '$1' (use --dry-run, --out DIR)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "error: unknown option '$1' (use --dry-run, --real-size, --out DIR)" >&2; exit 2 ;;
   esac
   shift
 done
+source "$(dirname "$0")/_env.sh"   # after the options: --help and a bad option need no environment
+cd "$REPO"
+OUT="${OUT:-$REPO/bench_output/gpu_check}"
 if [ "$DRY" = 0 ] && ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "[gpu_check] torch sees no CUDA device: running the CPU dry run (the GPU figures stay unmeasured)"
   DRY=1
 fi
 mkdir -p "$OUT" || { echo "error: cannot create --out $OUT" >&2; exit 2; }
 OUT="$(cd "$OUT" && pwd)"
+if [ "$REAL" = 1 ]; then
+  if [ "$DRY" = 1 ]; then RDEV=cpu; else RDEV=cuda; fi
+  echo "[gpu_check] real-size rehearsal on $RDEV (1 mm phantoms, ResEnc-M plans): $OUT/real_size"
+  exec python scripts/rehearse_real_size.py --device "$RDEV" --out "$OUT/real_size"
+fi
 WORK="$OUT/work"
 rm -rf "$WORK" "$OUT/logs" "$OUT/stages.txt" "$OUT/pretrain_step.json" "$OUT/finetune_step.json"
 mkdir -p "$WORK/nnUNet_raw" "$WORK/nnUNet_preprocessed" "$OUT/logs"

@@ -265,7 +265,17 @@ def test_gpu_check_refuses_unknown_options():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run(["bash", os.path.join(repo, "scripts", "gpu_check.sh"), "--gpus", "2"], capture_output=True,
                        text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip() == "error: unknown option '--gpus' (use --dry-run, --out DIR)", r.stderr
+    assert r.returncode == 2 and r.stderr.strip() == "error: unknown option '--gpus' (use --dry-run, --real-size, --out DIR)", r.stderr
+
+
+def test_gpu_check_help_needs_no_environment(tmp_path):
+    """--help and a bad option are answered before the environment set-up (which may build a venv)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, MMPRETRAIN_VENV=str(tmp_path / "venv"))
+    r = subprocess.run(["bash", os.path.join(repo, "scripts", "gpu_check.sh"), "--help"], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 0 and "--real-size" in r.stdout and "set -euo" not in r.stdout, r.stdout
+    assert not (tmp_path / "venv").exists()
 
 
 def _consistency_rank(rank: int, port: int, out_dir: str) -> None:

@@ -62,3 +62,30 @@ def test_patch_larger_than_case_is_centred_and_padded(planned_corpus):
         off = grid_geometry(props[k], planned_corpus["plans"]["transpose_forward"],
                             planned_corpus["plans"]["configurations"]["3d_fullres"]["spacing"])[0]
         assert (b["starts"][i] == off - pad).all()
+
+
+def _signature(batch):
+    return tuple(batch["keys"]), batch["starts"].tobytes(), batch["m_idx"].tobytes()
+
+
+def test_worker_processes_draw_different_batches(planned_corpus):
+    """nnU-Net's augmenter gives every worker a copy of the loader; each must draw its own batches
+    (issue 24: with one shared stream, 12 workers repeated every batch 12 times)."""
+    from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+    dl, _ = _loader(planned_corpus, (32, 32, 32), batch=2, seed=5)
+    aug = NonDetMultiThreadedAugmenter(dl, None, 2, num_cached=2, seeds=None, wait_time=0.002)
+    try:
+        sigs = [_signature(next(aug)) for _ in range(8)]
+    finally:
+        aug._finish()
+    assert len(set(sigs)) == len(sigs), "two worker processes returned the same batch"
+
+
+def test_worker_streams_are_reproducible_and_distinct(planned_corpus):
+    import copy
+    dl, _ = _loader(planned_corpus, (32, 32, 32), batch=2, seed=5)
+    copies = [copy.deepcopy(dl) for _ in range(3)]
+    for c, tid in zip(copies, (0, 1, 0)):
+        c.set_thread_id(tid)
+    a, b, a2 = ([_signature(c.generate_train_batch()) for _ in range(3)] for c in copies)
+    assert a == a2 and a != b

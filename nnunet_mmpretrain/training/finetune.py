@@ -22,7 +22,7 @@ from nnunet_mmpretrain.training.finetune_augment import (AlignedTemplateSubstitu
                                                          RandomTemplateSubstitution)
 from nnunet_mmpretrain.training.freezing import FrozenEncoderStages
 from nnunet_mmpretrain.training.pretrained_encoder import PretrainedEncoder
-from nnunet_mmpretrain.training.schedules import WarmupPoly
+from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule, WarmupPoly
 
 
 class LinearWarmup:
@@ -68,3 +68,13 @@ class nnUNetTrainerMMFinetune_templateAugRandom(RandomTemplateSubstitution, Pret
 
 class nnUNetTrainerMMFinetune_dad(DADAugmentation, PretrainedEncoder, nnUNetTrainer):
     """Pretrained encoder + domain adaptive denormalization of the input channels (p = 0.3)."""
+
+
+class nnUNetTrainerMMFinetune_rehearsal(ShortSchedule, PretrainedEncoder, nnUNetTrainer):
+    """The real-size rehearsal (scripts/rehearse_real_size.py): 1 epoch x 2 iterations + 1 validation
+    iteration at the planned patch, to measure time and memory per step. nnU-Net's final
+    sliding-window validation is skipped (the rehearsal times ``nnUNetv2_predict`` on its own)."""
+    schedule = Schedule(epochs=1, iterations=2, val_iterations=1, save_every=1)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("rehearsal: final validation skipped")

@@ -37,10 +37,21 @@ class CorpusPatchLoader(DataLoader):
         self.tf = list(transpose_forward)
         self.spacing = list(target_spacing)
         self.allow_single = allow_single
-        self.rng = np.random.default_rng(seed)
+        self._seed = seed
+        self._reseed(np.random.default_rng(seed))
+        self.offsets = {k: grid_geometry(self.props[k], self.tf, self.spacing)[0] for k in self.identifiers}
+
+    def _reseed(self, rng) -> None:
+        self.rng = rng
         self._gen_seed = int(self.rng.integers(2 ** 31))
         self._torch_gen = None   # made in the worker: a Generator pickles its state through shared memory
-        self.offsets = {k: grid_geometry(self.props[k], self.tf, self.spacing)[0] for k in self.identifiers}
+
+    def set_thread_id(self, thread_id: int) -> None:
+        """Called by nnU-Net's augmenter in each worker process, which all start from a copy of this
+        loader: without a stream of its own every worker would draw the same cases, patches and pairs,
+        so the trainer would see each batch once per worker."""
+        super().set_thread_id(thread_id)
+        self._reseed(np.random.default_rng(None if self._seed is None else [self._seed, 1 + int(thread_id)]))
 
     def generate_train_batch(self):
         keys = [self.identifiers[i] for i in self.rng.integers(len(self.identifiers), size=self.batch_size)]

@@ -88,6 +88,29 @@ class nnUNetTrainerMMPretrain_5epochs(nnUNetTrainerMMPretrain):
     warmup_epochs = 1
 
 
+# ---- the real-size rehearsal (scripts/rehearse_real_size.py): a few steps at the planned patch,
+# ---- to measure time and memory per step; says nothing about what pretraining is worth
+REHEARSAL = Schedule(epochs=1, iterations=2, val_iterations=1, save_every=1)
+
+
+class nnUNetTrainerMMPretrain_rehearsal(nnUNetTrainerMMPretrain):
+    """BrainMVP's defaults, 1 epoch x 2 iterations + 1 validation iteration."""
+    schedule = REHEARSAL
+    warmup_epochs = 0
+
+
+class nnUNetTrainerMMPretrain_cpuRehearsal(nnUNetTrainerMMPretrain_cpu):
+    """The CPU recipe, 1 epoch x 2 iterations + 1 validation iteration."""
+    schedule = REHEARSAL
+    warmup_epochs = 0
+
+
+class nnUNetTrainerMMPretrain_oneStep(nnUNetTrainerMMPretrain):
+    """BrainMVP's defaults, one training step and one validation step (the DDP rehearsal)."""
+    schedule = Schedule(epochs=1, iterations=1, val_iterations=1, save_every=1)
+    warmup_epochs = 0
+
+
 # ---- the ablation ladder of the phantom suite: the demo's schedule, mask, optimiser and readout,
 # ---- only the proxy tasks change (equal budgets: 20 epochs x 30 iterations of the same batches)
 class nnUNetTrainerMMPretrain_demoMAE(nnUNetTrainerMMPretrain_demo):
