@@ -132,7 +132,7 @@ DYNAMIC_ARCH = ["n_stages", "features_per_stage", "conv_op", "kernel_sizes", "st
 def test_export_matches_the_documented_nnssl_schema_field_by_field(bundle, tmp_path, capsys):
     import dataclasses
     from nnunet_mmpretrain.cli.export import main as export
-    from nnunet_mmpretrain.planning.transfer import resolved_configuration
+    from nnunet_mmpretrain.planning.compat import resolved_configuration
     from nnunet_mmpretrain.transfer import nnssl
     from nnunet_mmpretrain.transfer.bundle import load_bundle
     assert (list(nnssl.NNSSL_PLAN_FIELDS), list(nnssl.NNSSL_CONFIGURATION_FIELDS),
