@@ -209,18 +209,23 @@ class Rehearsal:
             n[ds] = {"raw_MiB": round(b / 2 ** 20, 1), "images": k}
         self.res["disk"]["raw"] = n
 
+    def record_preprocessed(self, what: str, dataset_name: str, plans_file: str, rec: dict) -> None:
+        """The plans chosen and the preprocessed data's size per case (``what``: corpus / labelled)."""
+        s = config_summary(plans_file, self.config)
+        self.res["plans"][f"{what}_mmPretrainPlans"] = s
+        data = os.path.join(self.pre, dataset_name, s["data_identifier"])
+        b, _ = folder_bytes(data, "*.b2nd")
+        k = len(glob.glob(os.path.join(data, "*.pkl")))
+        self.res["disk"][f"{what}_preprocessed"] = {"MiB": round(b / 2 ** 20, 1), "cases": k,
+                                                   "MiB_per_case": round(b / 2 ** 20 / max(k, 1), 2),
+                                                   "s_per_case": round(rec["wall_s"] / max(k, 1), 2)}
+
     def plan_corpus(self):
         shutil.rmtree(os.path.join(self.pre, CORPUS_NAME), ignore_errors=True)
         rec = self.stage("plan_corpus", ["nnUNetv2_mmpretrain_plan_and_preprocess", "-d", CORPUS, "-pl", "ResEncM",
                                          "-np", self.a.np])
         if rec["rc"] == 0:
-            s = config_summary(self.corpus_plans, self.config)
-            self.res["plans"]["corpus_mmPretrainPlans"] = s
-            b, _ = folder_bytes(os.path.join(self.pre, CORPUS_NAME, s["data_identifier"]), "*.b2nd")
-            k = len(glob.glob(os.path.join(self.pre, CORPUS_NAME, s["data_identifier"], "*.pkl")))
-            self.res["disk"]["corpus_preprocessed"] = {"MiB": round(b / 2 ** 20, 1), "cases": k,
-                                                      "MiB_per_case": round(b / 2 ** 20 / max(k, 1), 2),
-                                                      "s_per_case": round(rec["wall_s"] / max(k, 1), 2)}
+            self.record_preprocessed("corpus", CORPUS_NAME, self.corpus_plans, rec)
 
     def plan_nnunet(self):
         rec = self.stage("plan_nnunet", ["nnUNetv2_plan_and_preprocess", "-d", SEG, "-pl", "nnUNetPlannerResEncM",
@@ -287,13 +292,7 @@ class Rehearsal:
         rec = self.stage("transfer", ["nnUNetv2_mmpretrain_transfer_plans", "-s", CORPUS, "-t", SEG, "-c", self.config,
                                       "--bundle", os.path.join(self.work, "bundle"), "--preprocess", "-np", self.a.np])
         if rec["rc"] == 0:
-            s = config_summary(self.seg_plans, self.config)
-            self.res["plans"]["labelled_mmPretrainPlans"] = s
-            b, k = folder_bytes(os.path.join(self.pre, SEG_NAME, s["data_identifier"]), "*.b2nd")
-            k = len(glob.glob(os.path.join(self.pre, SEG_NAME, s["data_identifier"], "*.pkl")))
-            self.res["disk"]["labelled_preprocessed"] = {"MiB": round(b / 2 ** 20, 1), "cases": k,
-                                                        "MiB_per_case": round(b / 2 ** 20 / max(k, 1), 2),
-                                                        "s_per_case": round(rec["wall_s"] / max(k, 1), 2)}
+            self.record_preprocessed("labelled", SEG_NAME, self.seg_plans, rec)
             if self.train_config != self.config:
                 add_batch_config(self.seg_plans, self.config, 1)
 
