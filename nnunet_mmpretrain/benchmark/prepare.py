@@ -195,9 +195,12 @@ def pretrain(suite: Suite, f: Folders, env: Dict[str, str], preset_name: str, de
     name = dataset_folder(f.raw, data_id) or f"Dataset{data_id:03d}_NAME"
     fold = os.path.join(results, name, f"{p.trainer}__{p.plans}__{p.configuration}", "fold_all")
     if p.supervised and not dry_run:   # schedule and seed recorded with the run, read by the benchmark trainer
-        cell_settings.write(fold, cell_settings.make(f"{preset_name} (positive control)", p.trainer,
-                                                     p.supervised["schedule"], None, p.supervised.get("seed", 0),
-                                                     None, None, False))
+        try:
+            cell_settings.write(fold, cell_settings.make(f"{preset_name} (positive control)", p.trainer,
+                                                         p.supervised["schedule"], None, p.supervised.get("seed", 0),
+                                                         None, None, False))
+        except cell_settings.CellSettingsError as e:   # a finished pool run with other settings: one line
+            raise BenchmarkError(str(e)) from None
     show_env = {"nnUNet_results": results}
     logf = os.path.join(f.pretraining(preset_name), "pretraining.log")
     final = os.path.join(fold, "checkpoint_final.pth")
