@@ -12,7 +12,7 @@ Stages (``--stages``; default all, in this order)::
     pretrain        nnUNetv2_train 992 ... -tr nnUNetTrainerMMPretrain_rehearsal (BrainMVP defaults)
     pretrain_cpu    the same with nnUNetTrainerMMPretrain_cpuRehearsal (the CPU recipe)
     ddp             nnUNetv2_mmpretrain_train_ddp -nproc 2 (gloo; on --device cuda -nproc 1, NCCL), one step
-                    (nnUNetTrainerMMPretrain_oneStep)
+                    (nnUNetTrainerMMPretrain_oneStep; --ddp-objective mae: ..._oneStepMAE)
     export          nnUNetv2_mmpretrain_export of the BrainMVP rehearsal checkpoint
     transfer        nnUNetv2_mmpretrain_transfer_plans -s 992 -t 990 --preprocess (disk per case)
     finetune        nnUNetv2_train 990 ... 0 -tr nnUNetTrainerMMFinetune_rehearsal
@@ -46,6 +46,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import REPO, load_average, machine_info  # noqa: E402
 from rehearsal_report import config_summary, epoch_times, folder_bytes, write_report  # noqa: E402
 
+#: --ddp-objective: BrainMVP's defaults (two views per sample) or a plain masked autoencoder (one view)
+DDP_TRAINERS = {"brainmvp": "nnUNetTrainerMMPretrain_oneStep", "mae": "nnUNetTrainerMMPretrain_oneStepMAE"}
 STAGES = ("phantoms", "plan_corpus", "plan_nnunet", "step", "pretrain", "pretrain_cpu", "ddp", "export",
           "transfer", "finetune", "predict", "predict_fill", "loader")
 SEG, CORPUS = 990, 992
@@ -273,8 +275,10 @@ class Rehearsal:
         config = self.config if not self.a.ddp_patch else add_batch_config(self.corpus_plans, self.config, 2,
                                                                            self.a.ddp_patch)
         self.res["derived"]["ddp_config"] = config
+        trainer = DDP_TRAINERS[self.a.ddp_objective]
+        self.res["derived"]["ddp_trainer"] = trainer
         rec = self.stage("ddp", ["nnUNetv2_mmpretrain_train_ddp", CORPUS, config, "all", "-tr",
-                                 "nnUNetTrainerMMPretrain_oneStep", "-p", "mmPretrainPlans", "-nproc",
+                                 trainer, "-p", "mmPretrainPlans", "-nproc",
                                  2 if self.a.device == "cpu" else 1, "--threads", 1, "--device", self.a.device],
                          env=env)
         if rec["rc"] == 0:
@@ -350,6 +354,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of the training processes")
     ap.add_argument("--iters", type=int, default=2, help="timed iterations of the step benchmark")
     ap.add_argument("--loader-batches", type=int, default=12)
+    ap.add_argument("--ddp-objective", choices=sorted(DDP_TRAINERS), default="brainmvp",
+                    help="the DDP stage's trainer: BrainMVP's defaults or a plain MAE (one view per sample, about "
+                         "half the activations: two ranks at the real patch on a 24 GB machine)")
     ap.add_argument("--ddp-patch", type=int, default=None,
                     help="DDP stage at this cubic patch (batch 2, 1 per rank) instead of the planned one")
     ap.add_argument("--mem-limit-gib", type=float, default=14.0, help="per process")

@@ -111,6 +111,14 @@ class nnUNetTrainerMMPretrain_oneStep(nnUNetTrainerMMPretrain):
     warmup_epochs = 0
 
 
+class nnUNetTrainerMMPretrain_oneStepMAE(nnUNetTrainerMMPretrain_oneStep):
+    """A plain masked autoencoder (one view, no partner, no template fill, no contrastive term),
+    one training step and one validation step: the DDP rehearsal where two BrainMVP ranks do not
+    fit in memory."""
+    objective = ObjectiveConfig(w_md=1.0, w_cmr=0.0, w_mcl=0.0, recon_region="masked", template_warmup_fraction=0.0)
+    template_fill = False
+
+
 # ---- the ablation ladder of the phantom suite: the demo's schedule, mask, optimiser and readout,
 # ---- only the proxy tasks change (equal budgets: 20 epochs x 30 iterations of the same batches)
 class nnUNetTrainerMMPretrain_demoMAE(nnUNetTrainerMMPretrain_demo):
