@@ -13,9 +13,9 @@ Every step is the console command a user runs (printed before it runs), on nnU-N
 5. ``nnUNetv2_mmpretrain_transfer_plans``: the segmentation dataset gets the pretraining topology
 6. ``nnUNetv2_mmpretrain_benchmark demo``: the ``demo`` suite (``plans/demo.json``) fine-tunes
    from scratch and from the bundle on the same plans, splits and schedule (two folds of 6 x 16
-   iterations), evaluates
-   validation and held-out test cases with nnU-Net's evaluator and writes the leaderboard
-   (Markdown, CSV, plot), which the demo prints with its verdict on the proxy tasks.
+   iterations), evaluates the validation cases with nnU-Net's evaluator and writes the
+   leaderboard (Markdown, CSV, plot), which the demo prints with its verdict on the proxy tasks
+   and the ``nnUNetv2_predict`` command for the 2 held-out test cases.
 
 Steps 3-4 write where the benchmark looks for the suite's pretraining (``OUT/pretraining/cpu-demo``),
 so the benchmark only runs the fine-tuning cells.
@@ -68,14 +68,26 @@ def closing_lines() -> list:
     return [
         "",
         "What this shows: corpus planning, pretraining, export, transfer, fine-tuning, nnU-Net's validation and",
-        "test evaluation and the paired statistics run end to end on your machine.",
-        "What it cannot show: whether pretraining helps. Two folds give 4 paired validation cases (and 2 test",
-        "cases); with 4 pairs the smallest possible two-sided Wilcoxon p is 0.125, so no difference here can be",
-        "told from noise, and a sign that flips between runs is expected.",
-        "To measure it: nnUNetv2_mmpretrain_benchmark phantom (5 paired folds over 20 phantoms, ~4 h on 2 cores),",
-        "nnUNetv2_mmpretrain_benchmark brainmvp on your converted data (--dry-run lists the cells), and the",
-        "results so far in docs/results/.",
+        "the paired statistics run end to end on your machine.",
+        "What it cannot show: whether pretraining helps. Two folds give 4 paired validation cases; with 4 pairs",
+        "the smallest possible two-sided Wilcoxon p is 0.125, so no difference here can be told from noise, and",
+        "a sign that flips between runs is expected (6 x 16 fine-tuning iterations also favour any",
+        "initialisation that speeds up the start: scratch is far from converged).",
+        "To measure it: nnUNetv2_mmpretrain_benchmark multisite (six simulated sites, unseen-site scores, a",
+        "positive control; run it by parts with --cell), nnUNetv2_mmpretrain_benchmark phantom (5 paired folds,",
+        "~4 h on 2 cores), nnUNetv2_mmpretrain_benchmark brainmvp on your converted data (--dry-run lists the",
+        "cells), and the results so far in docs/results/.",
     ]
+
+
+def predict_command(out: str) -> list:
+    """``nnUNetv2_predict`` of the demo dataset's held-out test cases (``imagesTs``) with the fold-0
+    model fine-tuned from the bundle, as the user types it."""
+    cell = os.path.join(out, "cells", "D990_frac100_fold0_seed0_pretrained", "nnUNet_results")
+    return [f"nnUNet_results={cell}", f"nnUNet_extTrainer={ext_trainer_value(None)}", "nnUNetv2_predict", "-i",
+            os.path.join(out, "nnUNet_raw", "Dataset990_PhantomBraTS", "imagesTs"), "-o",
+            os.path.join(out, "predictions_test"), "-d", str(SEG_ID), "-c", CONFIG, "-f", "0", "-tr",
+            "nnUNetTrainerMMBench_pretrained", "-p", PLANS, "-device", "cpu"]
 
 
 def main(argv=None) -> int:
@@ -134,6 +146,9 @@ def main(argv=None) -> int:
     body = text[text.find("## "):text.find("## Split files")] if "## " in text else text
     print(body.rstrip())
     print(f"leaderboard: {lb} (leaderboard.md, leaderboard.csv, comparisons.csv, label_efficiency.png)")
+    print("\nto segment the 2 held-out test cases with the pretrained model of fold 0 (plain nnU-Net; the first")
+    print("variable says where that model lies, the second where nnU-Net finds our trainers):")
+    print("  " + " ".join(shlex.quote(c) for c in predict_command(out)))
     for line in closing_lines():
         print(line)
     print(f"demo finished in {time.time() - t0:.0f} s; outputs under {out}")
