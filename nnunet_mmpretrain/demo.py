@@ -30,6 +30,10 @@ import subprocess
 import sys
 import time
 
+from nnunet_mmpretrain.benchmark.prepare import folders_for
+from nnunet_mmpretrain.benchmark.runner import build_cells
+from nnunet_mmpretrain.benchmark.suite import load_suite
+from nnunet_mmpretrain.conversion.paths import dataset_folder_name
 from nnunet_mmpretrain.training.lookup import ext_trainer_value
 
 SEG_ID, CORPUS_ID = 990, 992
@@ -81,13 +85,16 @@ def closing_lines() -> list:
 
 
 def predict_command(out: str) -> list:
-    """``nnUNetv2_predict`` of the demo dataset's held-out test cases (``imagesTs``) with the fold-0
-    model fine-tuned from the bundle, as the user types it."""
-    cell = os.path.join(out, "cells", "D990_frac100_fold0_seed0_pretrained", "nnUNet_results")
-    return [f"nnUNet_results={cell}", f"nnUNet_extTrainer={ext_trainer_value(None)}", "nnUNetv2_predict", "-i",
-            os.path.join(out, "nnUNet_raw", "Dataset990_PhantomBraTS", "imagesTs"), "-o",
-            os.path.join(out, "predictions_test"), "-d", str(SEG_ID), "-c", CONFIG, "-f", "0", "-tr",
-            "nnUNetTrainerMMBench_pretrained", "-p", PLANS, "-device", "cpu"]
+    """``nnUNetv2_predict`` of the demo dataset's held-out test cases (``imagesTs``) with the model of
+    the demo suite's first pretrained cell (fold 0), as the user types it."""
+    suite = load_suite(SUITE)
+    cell = next(c for c in build_cells(suite) if c.method.name == "pretrained")
+    f = folders_for(suite, out)
+    ds = dataset_folder_name(cell.dataset.id, cell.dataset.name)
+    return [f"nnUNet_results={os.path.join(f.cells, cell.name, 'nnUNet_results')}",
+            f"nnUNet_extTrainer={ext_trainer_value(None)}", "nnUNetv2_predict", "-i",
+            os.path.join(f.raw, ds, "imagesTs"), "-o", os.path.join(out, "predictions_test"), "-d", str(cell.dataset.id),
+            "-c", suite.configuration, "-f", str(cell.fold), "-tr", cell.trainer, "-p", suite.plans, "-device", "cpu"]
 
 
 def main(argv=None) -> int:
