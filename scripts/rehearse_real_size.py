@@ -355,8 +355,8 @@ def main():
     ap.add_argument("--iters", type=int, default=2, help="timed iterations of the step benchmark")
     ap.add_argument("--loader-batches", type=int, default=12)
     ap.add_argument("--ddp-objective", choices=sorted(DDP_TRAINERS), default="brainmvp",
-                    help="the DDP stage's trainer: BrainMVP's defaults or a plain MAE (one view per sample, about "
-                         "half the activations: two ranks at the real patch on a 24 GB machine)")
+                    help="the DDP stage's trainer: BrainMVP's defaults or a plain MAE (one view per sample: two ranks "
+                         "at the real patch fit a 24 GB machine, 9.3 GiB each in scripts/BENCHMARKS.md)")
     ap.add_argument("--ddp-patch", type=int, default=None,
                     help="DDP stage at this cubic patch (batch 2, 1 per rank) instead of the planned one")
     ap.add_argument("--mem-limit-gib", type=float, default=14.0, help="per process")

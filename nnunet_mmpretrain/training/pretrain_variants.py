@@ -39,6 +39,11 @@ class nnUNetTrainerMMPretrain_brainmvpOriginal(nnUNetTrainerMMPretrain):
 CPU_OBJECTIVE = ObjectiveConfig(w_md=1.0, w_cmr=1.0, w_mcl=0.0, recon_region="masked", temperature=0.2, w_joint=1.0)
 
 
+#: A plain masked autoencoder's objective: the masked view rebuilt from itself, loss on the masked
+#: voxels, no cross-modal view, no contrastive term (the trainers also set ``template_fill = False``).
+MAE_OBJECTIVE = ObjectiveConfig(w_md=1.0, w_cmr=0.0, w_mcl=0.0, recon_region="masked", template_warmup_fraction=0.0)
+
+
 class nnUNetTrainerMMPretrain_cpu(nnUNetTrainerMMPretrain):
     """The CPU recipe (small patches, minutes of training; see docs/METHOD.md): 60 % of the 8^3
     blocks masked (0.875 of a 32^3 patch leaves 8 visible blocks), loss on the masked voxels, AdamW
@@ -115,7 +120,7 @@ class nnUNetTrainerMMPretrain_oneStepMAE(nnUNetTrainerMMPretrain_oneStep):
     """A plain masked autoencoder (one view, no partner, no template fill, no contrastive term),
     one training step and one validation step: the DDP rehearsal where two BrainMVP ranks do not
     fit in memory."""
-    objective = ObjectiveConfig(w_md=1.0, w_cmr=0.0, w_mcl=0.0, recon_region="masked", template_warmup_fraction=0.0)
+    objective = MAE_OBJECTIVE
     template_fill = False
 
 
@@ -124,7 +129,7 @@ class nnUNetTrainerMMPretrain_oneStepMAE(nnUNetTrainerMMPretrain_oneStep):
 class nnUNetTrainerMMPretrain_demoMAE(nnUNetTrainerMMPretrain_demo):
     """Plain single-view masked autoencoder: masked blocks zeroed, the modality rebuilt from
     itself (no partner, no templates, no contrastive term); the baseline OpenMind found strongest."""
-    objective = ObjectiveConfig(w_md=1.0, w_cmr=0.0, w_mcl=0.0, recon_region="masked", template_warmup_fraction=0.0)
+    objective = MAE_OBJECTIVE
     template_fill = False
 
 
