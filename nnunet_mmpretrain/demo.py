@@ -110,10 +110,11 @@ def main(argv=None) -> int:
     env = dict(os.environ)
     env.update(nnUNet_raw=os.path.join(out, "nnUNet_raw"), nnUNet_preprocessed=os.path.join(out, "nnUNet_preprocessed"),
                nnUNet_results=os.path.join(out, "pretraining", PRESET, "nnUNet_results"))
-    env.setdefault("nnUNet_def_n_proc", "2")
-    # augmentation in the training process: at the demo's 32^3 patches on 2 cores, worker processes cost more
-    # than they give (measured: 9.9 s against 12.3 s per pretraining epoch)
-    env.setdefault("nnUNet_n_proc_DA", "0")
+    # the demo's own pretraining runs with the demo suite's process settings (plans/demo.json "env": augmentation
+    # in the training process, as at 32^3 on 2 cores workers cost more than they give: 9.9 s against 12.3 s per
+    # pretraining epoch)
+    for k, v in load_suite(SUITE).env.items():
+        env.setdefault(k, v)
     env["nnUNet_extTrainer"] = ext_trainer_value(env.get("nnUNet_extTrainer"))
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
         os.makedirs(env[k], exist_ok=True) if k != "nnUNet_extTrainer" else None
