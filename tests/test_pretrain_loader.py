@@ -6,7 +6,7 @@ import numpy as np
 from nnunet_mmpretrain.modalities import MODALITIES
 
 
-def _loader(planned_corpus, patch, props_edit=None, batch=4, seed=0):
+def _loader(planned_corpus, patch, props_edit=None, batch=4, seed=0, all_modalities=False):
     from batchgenerators.utilities.file_and_folder_operations import load_pickle
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
     from nnunet_mmpretrain.training.pretrain_data import CorpusPatchLoader
@@ -18,7 +18,7 @@ def _loader(planned_corpus, patch, props_edit=None, batch=4, seed=0):
     ds = nnUNetDatasetBlosc2(folder, ids)
     conf = planned_corpus["plans"]["configurations"]["3d_fullres"]
     return CorpusPatchLoader(ds, ids, props, batch, patch, planned_corpus["plans"]["transpose_forward"],
-                             conf["spacing"], seed=seed), props
+                             conf["spacing"], seed=seed, all_modalities=all_modalities), props
 
 
 def test_pairs_come_from_the_case_and_patches_from_its_channels(planned_corpus):
@@ -29,6 +29,20 @@ def test_pairs_come_from_the_case_and_patches_from_its_channels(planned_corpus):
         for k, m, n in zip(b["keys"], b["m_idx"], b["n_idx"]):
             mods = props[k]["modalities"]
             assert MODALITIES[m] in mods and MODALITIES[n] in mods and m != n
+
+
+def test_stack_holds_every_modality_of_the_case_at_the_same_patch(planned_corpus):
+    dl, props = _loader(planned_corpus, (32, 32, 32), batch=6, seed=2, all_modalities=True)
+    K = max(len(p["modalities"]) for p in props.values())
+    b = dl.generate_train_batch()
+    assert b["stack"].shape == (6, K, 32, 32, 32) and b["stack_idx"].shape == (6, K)
+    for i, k in enumerate(b["keys"]):
+        mods = props[k]["modalities"]
+        assert [MODALITIES[j] for j in b["stack_idx"][i] if j >= 0] == list(mods)
+        assert (b["stack_idx"][i, len(mods):] == -1).all() and not b["stack"][i, len(mods):].any()
+        # the target is the stack's channel of modality m, at the same voxels
+        assert np.array_equal(b["stack"][i, list(mods).index(MODALITIES[b["m_idx"][i]])], b["target"][i, 0])
+    assert "stack" not in _loader(planned_corpus, (32, 32, 32))[0].generate_train_batch()
 
 
 def test_single_modality_case_gets_no_partner(planned_corpus):

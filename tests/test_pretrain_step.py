@@ -116,12 +116,12 @@ class JointEchoNet(EchoNet):
         out = super().forward(x, m)
         if joint is None:
             return out
-        x_m, m_idx, x_n, n_idx = joint
-        rec = torch.zeros(x_m.shape[0], 8, *x_m.shape[2:])
-        for i in range(x_m.shape[0]):
-            if n_idx[i] >= 0:
-                rec[i, n_idx[i]] = x_n[i, 0]
-            rec[i, m_idx[i]] = x_m[i, 0]
+        xs, idx = joint
+        rec = torch.zeros(xs.shape[0], 8, *xs.shape[2:])
+        for i in range(xs.shape[0]):
+            for k in reversed(range(xs.shape[1])):
+                if idx[i, k] >= 0:
+                    rec[i, idx[i, k]] = xs[i, k]
         return out + (rec * self.w,)
 
 
@@ -167,3 +167,74 @@ def test_joint_view_trains_both_stems_and_its_readout():
     assert grad(net.stems[0]) == 0
     with pytest.raises(ValueError, match="joint"):
         MMPretrainNetwork(base, None, [1, 2, 2], decoder="skipfree", joint=True)
+
+
+def _stack_batch():
+    """Three cases: four modalities, two (padded), one (padded)."""
+    batch = _batch()
+    g = torch.Generator().manual_seed(7)
+    batch.stack = torch.randn(3, 4, *P, generator=g)
+    batch.stack_idx = torch.tensor([[0, 1, 2, 3], [2, 4, -1, -1], [5, -1, -1, -1]])
+    batch.stack[1, 2:] = 0
+    batch.stack[2, 1:] = 0
+    return batch
+
+
+def test_joint_view_over_all_modalities_masks_each_on_its_own_and_skips_padding():
+    from nnunet_mmpretrain.pretrain.masking import apply_fill, block_mask
+    from nnunet_mmpretrain.pretrain.step import joint_inputs
+    batch = _stack_batch()
+    tm = ModalityTemplates((20, 20, 20), init=torch.randn(8, 20, 20, 20))
+    g = torch.Generator().manual_seed(1)
+    masks = tuple(block_mask(3, P, 4, 0.5, generator=g) for _ in range(2))
+    stack_mask = block_mask(12, P, 4, 0.5, generator=g).view(3, 4, *P)
+    obj = ObjectiveConfig(w_md=1.0, recon_region="masked", w_joint=0.5, joint_all=True)
+    loss, logs, _ = brainmvp_forward(JointEchoNet(), batch, objective=obj, epoch=5, num_epochs=10,
+                                     mask=MaskSpec(0.5, 4), templates=tm, masks=masks + (stack_mask,))
+    # every channel keeps its own mask: the masks of a case's modalities differ
+    assert not torch.equal(stack_mask[0, 0], stack_mask[0, 1])
+    with torch.no_grad():
+        xs, idx, targets, m = joint_inputs(batch, None, masks[0], masks[1], tm, True, stack_mask=stack_mask)
+        filled = apply_fill(batch.stack, stack_mask,
+                            tm(batch.stack_idx.reshape(-1).clamp(min=0), batch.starts.repeat_interleave(4, 0),
+                               P).view(3, 4, *P))
+    assert torch.equal(xs, filled) and torch.equal(idx, batch.stack_idx)
+    # a network that leaves the fill in place: per slot, the fill's masked error over the cases
+    # that have a modality there (slot 0: all three, slots 2 and 3: case 0 only), summed
+    expect = 0.0
+    for k, cases in ((0, [0, 1, 2]), (1, [0, 1]), (2, [0]), (3, [0])):
+        sel = stack_mask[cases, k]
+        expect += float(((filled[cases, k] - batch.stack[cases, k])[sel] ** 2).mean())
+    assert logs["l_joint"] == pytest.approx(expect, rel=1e-5)
+    assert logs["loss"] == pytest.approx(logs["l_md"] + logs["l_cmr"] + 0.5 * logs["l_joint"], rel=1e-5)
+    with pytest.raises(ValueError, match="stack"):
+        batch.stack = None
+        brainmvp_forward(JointEchoNet(), batch, objective=obj, epoch=5, num_epochs=10, mask=MaskSpec(0.5, 4),
+                         templates=tm, masks=masks)
+
+
+def test_joint_view_averages_the_stems_of_the_modalities_a_case_has():
+    from nnunet_mmpretrain.training.pretrain_network import MMPretrainNetwork
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+    torch.manual_seed(0)
+    base = ResidualEncoderUNet(1, 3, [4, 8, 16], torch.nn.Conv3d, 3, [1, 2, 2], [1, 1, 1], 2, [1, 1],
+                               conv_bias=True, norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"affine": True},
+                               nonlin=torch.nn.LeakyReLU)
+    net = MMPretrainNetwork(base, (20, 20, 20), [1, 2, 2], proj_dim=0, decoder="hypercolumn", joint=True).eval()
+    seen = []
+    net.encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    batch = _stack_batch()
+    x = torch.randn(1, 1, *P)
+    with torch.no_grad():
+        net(x, torch.tensor([0]), joint=(batch.stack, batch.stack_idx))
+        stems = [[net.stems[int(m)](batch.stack[i, k:k + 1].unsqueeze(0)) for k, m in enumerate(batch.stack_idx[i])
+                  if m >= 0] for i in range(3)]
+    joint_in = seen[0][1:]
+    for i in range(3):
+        assert torch.allclose(joint_in[i], torch.stack(stems[i]).mean(0)[0], atol=1e-6)
+    # the padded slots reach no stem's gradient
+    net.train()
+    out = net(x, torch.tensor([0]), joint=(batch.stack[2:], batch.stack_idx[2:]))
+    out[3].sum().backward()
+    grad = lambda mod: sum(float(p.grad.abs().sum()) for p in mod.parameters() if p.grad is not None)
+    assert grad(net.stems[5]) > 0 and grad(net.stems[1]) == 0

@@ -200,3 +200,13 @@ def test_dad_pretraining_variant_trains_through_nnunet(planned_corpus, tmp_path)
     assert ck["trainer_name"] == trainer and ck["current_epoch"] == 3
     assert np.all(np.isfinite(ck["mm_log"]["train_loss"]))
     assert os.path.isfile(os.path.join(fold, "pretraining_summary", "templates", "template_t1.nii.gz"))
+
+
+def test_joint_view_over_all_modalities_trains_through_nnunet(planned_corpus, tmp_path):
+    trainer = "nnUNetTrainerMMPretrain_cpuAll_3epochs"
+    run_cli(["nnUNetv2_train", str(CORPUS_ID), "3d_tiny", "all", "-tr", trainer, "-p", "mmPretrainPlans",
+             "-device", "cpu"], env={"nnUNet_results": str(tmp_path), "nnUNet_n_proc_DA": "0"})
+    ck = torch.load(os.path.join(_fold_dir(str(tmp_path), trainer), "checkpoint_final.pth"), weights_only=True)
+    assert ck["current_epoch"] == 3 and ck["objective"]["joint_all"] is True
+    assert np.all(np.isfinite(ck["mm_log"]["train_l_joint"])) and np.all(np.isfinite(ck["mm_log"]["val_l_joint"]))
+    assert any(k.startswith("joint_decoder.") for k in ck["network_weights"])

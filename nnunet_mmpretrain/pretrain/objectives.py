@@ -48,6 +48,10 @@ class ObjectiveConfig:
             partner n, each block-masked and template-filled, enter together (their stems
             averaged) and both are rebuilt on their masked voxels, so the encoder learns to
             combine modalities as a downstream multi-channel stem feeds it.
+        joint_all: the joint view takes *every* modality of the case instead of the pair (m, n),
+            each with a block mask of its own, and rebuilds each on its masked voxels (the loader
+            must provide the case's stack of modalities). Downstream the encoder sees all of a
+            case's channels at once; this view trains it on that input.
     """
 
     w_md: float = 10.0
@@ -60,6 +64,7 @@ class ObjectiveConfig:
     gather: bool = False
     positives: str = "views"
     w_joint: float = 0.0
+    joint_all: bool = False
 
     def __post_init__(self):
         if self.positives not in ("views", "subject"):

@@ -5,7 +5,9 @@ Shapes: B = batch, (X, Y, Z) = patch, D = embedding size. A :class:`PretrainBatc
 ``target`` / ``partner`` (B, 1, X, Y, Z) (the modality m to rebuild and another modality n of the
 same case), ``m_idx`` / ``n_idx`` (B,) vocabulary slots (n = -1: the case has a single modality;
 its cross-modal view uses the template), ``starts`` (B, 3) template-grid positions or None
-(position-free templates) and the subject of each sample.
+(position-free templates) and the subject of each sample; for the joint view over all modalities
+(``ObjectiveConfig(joint_all=True)``) also ``stack`` (B, K, X, Y, Z), every modality of the case,
+and ``stack_idx`` (B, K) their vocabulary slots (-1 = padding for cases with fewer than K).
 
 Example::
 
@@ -42,6 +44,8 @@ class PretrainBatch:
     n_idx: torch.Tensor
     starts: Optional[torch.Tensor] = None
     subject_ids: Optional[Sequence] = None
+    stack: Optional[torch.Tensor] = None
+    stack_idx: Optional[torch.Tensor] = None
 
 
 def dad_views(x: torch.Tensor, p: float, jitter: float = 0.1, generator: Optional[torch.Generator] = None
@@ -75,8 +79,9 @@ def brainmvp_forward(network, batch: PretrainBatch, *, objective: ObjectiveConfi
         mask: masking parameters.
         templates: the :class:`~nnunet_mmpretrain.pretrain.templates.ModalityTemplates` (None:
             zeros as the template fill).
-        masks: fixed (mask_md, mask_cmr) (B, 1, X, Y, Z) bool, e.g. for a fixed validation set;
-            drawn from ``generator`` otherwise.
+        masks: fixed (mask_md, mask_cmr) (B, 1, X, Y, Z) bool, e.g. for a fixed validation set,
+            plus the stack's masks (B, K, X, Y, Z) as a third entry with ``joint_all``; drawn from
+            ``generator`` otherwise.
         evaluate: measure the final tasks whatever the schedule (the cross-modal view is filled
             with the partner even during the template warm-up), for comparable monitoring.
         dad_p: probability of :func:`dad_views` on each view (0: off).
@@ -93,7 +98,7 @@ def brainmvp_forward(network, batch: PretrainBatch, *, objective: ObjectiveConfi
         g_dev = generator.device if generator is not None else None
         masks = tuple(block_mask(B, P, mask.block_size, mask.ratio, generator=generator, device=g_dev).to(target.device)
                       for _ in range(2))
-    mask_md, mask_cmr = masks
+    mask_md, mask_cmr = masks[0], masks[1]
     if templates is not None:
         tmpl = templates(batch.m_idx, batch.starts, P, generator=generator).to(target.dtype)
     else:
@@ -109,10 +114,9 @@ def brainmvp_forward(network, batch: PretrainBatch, *, objective: ObjectiveConfi
         inputs = dad_views(inputs, dad_p, generator=generator)
     joint = None
     if objective.w_joint > 0:
-        tmpl_n = templates(batch.n_idx.clamp(min=0), batch.starts, P, generator=generator).to(target.dtype) \
-            if templates is not None else torch.zeros_like(target)
-        joint = (view_md, batch.m_idx, apply_fill(batch.partner, mask_cmr, tmpl_n), batch.n_idx)
-    out = network(inputs, torch.cat([batch.m_idx, batch.m_idx]), joint=joint) if joint is not None \
+        joint = joint_inputs(batch, view_md, mask_md, mask_cmr, templates, objective.joint_all,
+                             stack_mask=masks[2] if len(masks) > 2 else None, mask=mask, generator=generator)
+    out = network(inputs, torch.cat([batch.m_idx, batch.m_idx]), joint=joint[:2]) if joint is not None \
         else network(inputs, torch.cat([batch.m_idx, batch.m_idx]))
     recon, z = out[0], out[2]
     loss, logs = compute(objective, target=target, recon_md=recon[:B], recon_cmr=recon[B:], mask_md=mask_md,
@@ -122,8 +126,7 @@ def brainmvp_forward(network, batch: PretrainBatch, *, objective: ObjectiveConfi
         rep = masked_error_report(r.detach(), target, m, v)
         logs.update({f"{view}_{k}": rep[k] for k in ("masked_mse", "baseline_patch_mean", "baseline_fill")})
     if joint is not None:
-        loss = loss + objective.w_joint * _joint_term(out[3], batch, target, mask_md, mask_cmr, joint, logs,
-                                                      objective.recon_region)
+        loss = loss + objective.w_joint * _joint_term(out[3], joint, logs, objective.recon_region)
         logs["loss"] = float(loss.detach())
     with torch.no_grad():
         zn = torch.nn.functional.normalize(z.detach().float().flatten(1), dim=1)
@@ -131,23 +134,59 @@ def brainmvp_forward(network, batch: PretrainBatch, *, objective: ObjectiveConfi
     return loss, logs, (target, view_md, view_cmr, recon.detach())
 
 
-def _joint_term(recon_joint: torch.Tensor, batch: PretrainBatch, target: torch.Tensor, mask_m: torch.Tensor,
-                mask_n: torch.Tensor, joint: tuple, logs: Dict[str, float], region: str) -> torch.Tensor:
-    """Loss of the joint view: recon_joint (B, V, X, Y, Z) read at m (and at n where the case has
-    a partner) against target / partner on their masked voxels; logs ``l_joint`` and the target's
-    ``joint_masked_mse`` / baselines."""
-    def channel(recon: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:   # (N, V, ...) -> (N, 1, ...) at idx
-        return recon.gather(1, idx.view(-1, 1, 1, 1, 1).expand(-1, 1, *recon.shape[2:]))
+def joint_inputs(batch: PretrainBatch, view_md: torch.Tensor, mask_md: torch.Tensor, mask_cmr: torch.Tensor,
+                 templates, joint_all: bool, stack_mask: Optional[torch.Tensor] = None, mask: MaskSpec = MaskSpec(),
+                 generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, ...]:
+    """Inputs of the joint view: (xs, idx, targets, masks), xs / targets / masks (B, K, X, Y, Z)
+    (masked blocks of each modality hold its template), idx (B, K) vocabulary slots (-1: none).
 
-    rec_m = channel(recon_joint, batch.m_idx)
-    l_m = reconstruction_loss(rec_m, target, mask_m, region)
-    two = batch.n_idx >= 0
-    l_n = torch.zeros((), device=target.device)
-    if bool(two.any()):
-        l_n = reconstruction_loss(channel(recon_joint[two], batch.n_idx[two]), batch.partner[two], mask_n[two], region)
-    term = l_m + l_n
+    ``joint_all=False`` (the pair): K = 2, the target m as in the template view (``mask_md``) and
+    the partner n with the cross-modal view's mask. ``joint_all=True``: every modality of the case
+    (``batch.stack``), each with a block mask of its own (``stack_mask`` or drawn), so a block
+    hidden in one modality is often visible in another and has to be inferred across them."""
+    P = tuple(batch.target.shape[2:])
+
+    def fill(idx: torch.Tensor, starts) -> torch.Tensor:   # idx (N,) -> templates (N, 1, X, Y, Z)
+        if templates is None:
+            return torch.zeros((idx.shape[0], 1) + P, dtype=batch.target.dtype, device=batch.target.device)
+        return templates(idx.clamp(min=0), starts, P, generator=generator).to(batch.target.dtype)
+
+    if not joint_all:
+        xs = torch.cat([view_md, apply_fill(batch.partner, mask_cmr, fill(batch.n_idx, batch.starts))], 1)
+        return (xs, torch.stack([batch.m_idx, batch.n_idx], 1), torch.cat([batch.target, batch.partner], 1),
+                torch.cat([mask_md, mask_cmr], 1))
+    if batch.stack is None or batch.stack_idx is None:
+        raise ValueError("joint_all needs the batch's stack and stack_idx (CorpusPatchLoader(all_modalities=True))")
+    B, K = batch.stack_idx.shape
+    if stack_mask is None:
+        g_dev = generator.device if generator is not None else None
+        stack_mask = block_mask(B * K, P, mask.block_size, mask.ratio, generator=generator,
+                                device=g_dev).to(batch.target.device).view(B, K, *P)
+    starts = batch.starts.repeat_interleave(K, 0) if batch.starts is not None else None
+    tmpl = fill(batch.stack_idx.reshape(-1), starts).view(B, K, *P)
+    return apply_fill(batch.stack, stack_mask, tmpl), batch.stack_idx, batch.stack, stack_mask
+
+
+def _joint_term(recon_joint: torch.Tensor, joint: tuple, logs: Dict[str, float], region: str) -> torch.Tensor:
+    """Loss of the joint view: recon_joint (B, V, X, Y, Z) read at each slot's modality against
+    that modality on its masked voxels, summed over the K slots (each slot over the samples that
+    have a modality there); logs ``l_joint`` and slot 0's ``joint_masked_mse`` / baselines (the
+    target m for the pair)."""
+    xs, idx, targets, masks = joint
+
+    def channel(recon: torch.Tensor, i: torch.Tensor) -> torch.Tensor:   # (N, V, ...) -> (N, 1, ...) at i
+        return recon.gather(1, i.view(-1, 1, 1, 1, 1).expand(-1, 1, *recon.shape[2:]))
+
+    term = torch.zeros((), device=recon_joint.device)
+    for k in range(idx.shape[1]):
+        have = idx[:, k] >= 0
+        if bool(have.any()):
+            term = term + reconstruction_loss(channel(recon_joint[have], idx[have, k]), targets[have, k:k + 1],
+                                              masks[have, k:k + 1], region)
     logs["l_joint"] = float(term.detach())
-    rep = masked_error_report(rec_m.detach(), target, mask_m, joint[0])
+    have = idx[:, 0] >= 0
+    rep = masked_error_report(channel(recon_joint[have], idx[have, 0]).detach(), targets[have, :1], masks[have, :1],
+                              xs[have, :1])
     logs.update({f"joint_{k}": rep[k] for k in ("masked_mse", "baseline_patch_mean", "baseline_fill")})
     return term
 

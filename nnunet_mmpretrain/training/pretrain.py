@@ -167,7 +167,7 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
         ds = self.dataset_class(self.preprocessed_dataset_folder, sorted(keys))
         return CorpusPatchLoader(ds, keys, self.corpus_props, self.batch_size, patch_size=cm.patch_size,
                                  transpose_forward=self.plans_manager.transpose_forward, target_spacing=cm.spacing,
-                                 allow_single=True, seed=seed)
+                                 allow_single=True, seed=seed, all_modalities=self.objective.joint_all)
 
     def get_dataloaders(self):
         tr, val = self.do_split()
@@ -189,7 +189,8 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
     def _step(self, batch, masks=None, evaluate=False):
         t = lambda k: torch.as_tensor(batch[k]).to(self.device, non_blocking=True)
         b = PretrainBatch(t("target"), t("partner"), t("m_idx"), t("n_idx"),
-                          t("starts") if self.atlas_registered else None, list(batch["subject"]))
+                          t("starts") if self.atlas_registered else None, list(batch["subject"]),
+                          *((t("stack"), t("stack_idx")) if "stack" in batch else ()))
         return brainmvp_forward(self.network, b, objective=self.objective, epoch=self.current_epoch,
                                 num_epochs=self.num_epochs, mask=MaskSpec(self.mask_ratio, self.block_size),
                                 templates=self._net().templates if self.template_fill else None, masks=masks,

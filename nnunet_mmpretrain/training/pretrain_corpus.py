@@ -58,13 +58,17 @@ def check_corpus(trainer, props: Dict[str, dict], allow_single: bool) -> bool:
 def fixed_validation_batches(loader, n: int, patch, ratio: float, block_size: int, seed: int
                              ) -> List[Tuple[dict, Tuple[torch.Tensor, torch.Tensor]]]:
     """``n`` batches drawn once (cases, positions, partners from ``loader``'s seeded RNG) with
-    their two block masks, so the validation curve measures the network, not sampling noise."""
+    their two block masks (and the stack's (B, K, X, Y, Z) masks when the loader gives every
+    modality), so the validation curve measures the network, not sampling noise."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(max(1, n)):
         b = loader.generate_train_batch()
         B = b["target"].shape[0]
         masks = tuple(block_mask(B, tuple(patch), block_size, ratio, generator=g) for _ in range(2))
+        if "stack" in b:
+            K = b["stack"].shape[1]
+            masks += (block_mask(B * K, tuple(patch), block_size, ratio, generator=g).view(B, K, *patch),)
         out.append((b, masks))
     return out
 
@@ -85,7 +89,8 @@ def epoch_report(log: Dict[str, List[float]], epoch: int, num_epochs: int, alarm
     rel = relative_error(log)
     lines = [f"train loss {g('train_loss'):.4f} (md {g('train_l_md'):.4f}, cmr {g('train_l_cmr'):.4f}, "
              f"mcl {g('train_l_mcl'):.4f}) | val loss {g('val_loss'):.4f}"]
-    for v, name in (("md", "template view"), ("cmr", "cross-modal view"), ("joint", "joint view (target m)")):
+    views = (("md", "template view"), ("cmr", "cross-modal view"), ("joint", "joint view (its first modality)"))
+    for v, name in views:
         if v == "joint" and not np.isfinite(log.get("val_joint_masked_mse", [float("nan")])[-1]):
             continue                                           # the joint view is off
         m, pm, fl = (g(f"val_{v}_{k}") for k in ("masked_mse", "baseline_patch_mean", "baseline_fill"))

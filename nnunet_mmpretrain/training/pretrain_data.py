@@ -8,7 +8,10 @@ follows from nnU-Net's crop box, the resampling factor and the patch offset.
 
 Batch (numpy): ``target`` / ``partner`` float32 (B, 1, X, Y, Z) (partner zeros where the case has
 a single modality), ``m_idx`` / ``n_idx`` int64 (B,) vocabulary slots (-1: no partner),
-``starts`` int64 (B, 3) grid position of the patch's first voxel, ``subject`` and ``keys`` lists.
+``starts`` int64 (B, 3) grid position of the patch's first voxel, ``subject`` and ``keys`` lists;
+with ``all_modalities=True`` also ``stack`` float32 (B, K, X, Y, Z), every modality of the case at
+the same patch (K = the most modalities any corpus case has; zero padding), and ``stack_idx`` int64
+(B, K) their vocabulary slots (-1 = padding).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ class CorpusPatchLoader(DataLoader):
 
     def __init__(self, dataset, identifiers: Sequence[str], properties: Dict[str, dict], batch_size: int,
                  patch_size: Sequence[int], transpose_forward: Sequence[int], target_spacing: Sequence[float],
-                 allow_single: bool = True, seed: Optional[int] = None):
+                 allow_single: bool = True, seed: Optional[int] = None, all_modalities: bool = False):
         super().__init__(list(identifiers), batch_size, 1, None, True, False, True)
         self.dataset = dataset
         self.identifiers = list(identifiers)
@@ -37,6 +40,7 @@ class CorpusPatchLoader(DataLoader):
         self.tf = list(transpose_forward)
         self.spacing = list(target_spacing)
         self.allow_single = allow_single
+        self.stack_size = max(len(self.props[k]["modalities"]) for k in self.identifiers) if all_modalities else 0
         self._seed = seed
         self._reseed(np.random.default_rng(seed))
         self.offsets = {k: grid_geometry(self.props[k], self.tf, self.spacing)[0] for k in self.identifiers}
@@ -63,6 +67,8 @@ class CorpusPatchLoader(DataLoader):
         target = np.zeros((len(keys), 1) + P, np.float32)
         partner = np.zeros_like(target)
         starts = np.zeros((len(keys), 3), np.int64)
+        stack = np.zeros((len(keys), self.stack_size) + P, np.float32)
+        stack_idx = np.full((len(keys), self.stack_size), -1, np.int64)
         for b, (k, (m, n)) in enumerate(zip(keys, pairs)):
             data = self.dataset.load_case(k)[0]
             shape = np.array(data.shape[1:])
@@ -76,9 +82,15 @@ class CorpusPatchLoader(DataLoader):
             if n is not None:
                 partner[(b, 0) + dst] = data[(ch.index(n),) + src]
             starts[b] = self.offsets[k] + lo - pad
-        return {
+            if self.stack_size:
+                stack[(b, slice(0, len(ch))) + dst] = data[(slice(0, len(ch)),) + src]
+                stack_idx[b, :len(ch)] = [MODALITIES.index(c) for c in ch]
+        out = {
             "target": target, "partner": partner, "starts": starts, "keys": keys,
             "m_idx": np.array([MODALITIES.index(m) for m, _ in pairs], np.int64),
             "n_idx": np.array([MODALITIES.index(n) if n is not None else -1 for _, n in pairs], np.int64),
             "subject": [self.props[k].get("subject", k) for k in keys],
         }
+        if self.stack_size:
+            out.update(stack=stack, stack_idx=stack_idx)
+        return out

@@ -102,21 +102,23 @@ class MMPretrainNetwork(nn.Module):
         """x (B, 1, X, Y, Z) -> (reconstruction (B, 1, X, Y, Z), bottleneck (B, C, x, y, z),
         embedding (B, D) for the contrastive term).
 
-        ``joint=(x_m, m_idx, x_n, n_idx)`` (each x (J, 1, X, Y, Z), idx (J,), n_idx = -1 where a
-        sample has one modality) adds the joint view: both modalities through their own stems,
-        averaged (as the ``modality`` stem strategy sums a case's channels downstream), one pass
-        through the encoder together with ``x``, and a fourth output (J, V, X, Y, Z): one
-        reconstruction per vocabulary modality. Everything goes through this one call so that a
-        DDP wrapper sees every parameter's use."""
+        ``joint=(xs, idx)`` (xs (J, K, X, Y, Z): K modalities of each sample, masked and filled;
+        idx (J, K) their vocabulary slots, -1 = no modality in that slot) adds the joint view: each
+        modality through its own stem, the stem outputs averaged over the sample's modalities (as
+        the ``modality`` stem strategy sums a case's channels downstream), one pass through the
+        encoder together with ``x``, and a fourth output (J, V, X, Y, Z): one reconstruction per
+        vocabulary modality. Everything goes through this one call so that a DDP wrapper sees
+        every parameter's use."""
         stem = self.stem_forward(x, modality_idx)
         if joint is not None:
             if self.joint_decoder is None:
                 raise ValueError("this network was built without the joint view (joint=False)")
-            x_m, m_idx, x_n, n_idx = joint
-            s_m = self.stem_forward(x_m, m_idx)
-            s_n = self.stem_forward(x_n, n_idx.clamp(min=0))
-            two = (n_idx >= 0).view(-1, *([1] * (s_m.dim() - 1)))
-            stem = torch.cat([stem, torch.where(two, 0.5 * (s_m + s_n), s_m)])
+            xs, idx = joint
+            J, K = idx.shape
+            s = self.stem_forward(xs.reshape(J * K, 1, *xs.shape[2:]), idx.reshape(-1).clamp(min=0))
+            s = s.view(J, K, *s.shape[1:])
+            w = (idx >= 0).to(s.dtype).view(J, K, *([1] * (s.dim() - 2)))
+            stem = torch.cat([stem, (s * w).sum(1) / w.sum(1).clamp(min=1.0)])
         out = self.encoder(stem)
         B = x.shape[0]
         single = [o[:B] for o in out] if isinstance(out, (list, tuple)) else out[:B]

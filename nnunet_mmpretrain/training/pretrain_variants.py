@@ -2,6 +2,8 @@
 :class:`~nnunet_mmpretrain.training.pretrain.nnUNetTrainerMMPretrain`."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from nnunet_mmpretrain.pretrain.objectives import ObjectiveConfig
 from nnunet_mmpretrain.training.pretrain import nnUNetTrainerMMPretrain
 from nnunet_mmpretrain.training.pretrain_checkpoint import trainer_settings
@@ -79,6 +81,14 @@ LONG_CPU_SCHEDULE = Schedule(epochs=100, iterations=30, val_iterations=4, save_e
 class nnUNetTrainerMMPretrain_cpuLong(nnUNetTrainerMMPretrain_cpu):
     """The CPU recipe, 3,000 steps (100 epochs x 30 iterations)."""
     schedule = LONG_CPU_SCHEDULE
+
+
+class nnUNetTrainerMMPretrain_cpuAllLong(nnUNetTrainerMMPretrain_cpuLong):
+    """The CPU recipe with the joint view over *every* modality of the case (each block-masked on
+    its own, stems averaged, all rebuilt) instead of the pair; weight 0.5, so that its up to four
+    terms weigh about as much as the pair's two. 3,000 steps. Downstream the encoder sees all of a
+    case's channels at once; the pair view shows it two at most."""
+    objective = replace(CPU_OBJECTIVE, w_joint=0.5, joint_all=True)
 
 
 class nnUNetTrainerMMPretrain_cpuBrainMVPLong(nnUNetTrainerMMPretrain_cpuBrainMVP):
