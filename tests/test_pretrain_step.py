@@ -238,3 +238,47 @@ def test_joint_view_averages_the_stems_of_the_modalities_a_case_has():
     out[3].sum().backward()
     grad = lambda mod: sum(float(p.grad.abs().sum()) for p in mod.parameters() if p.grad is not None)
     assert grad(net.stems[5]) > 0 and grad(net.stems[1]) == 0
+
+
+def test_downstream_joint_stem_feeds_the_encoder_what_the_transferred_stem_will():
+    """joint_stem='downstream': the joint view's stem output for a case's modalities equals the
+    output of the C-channel stem that adapt_stem ('modality') builds from the same stems."""
+    from nnunet_mmpretrain.modalities import MODALITIES
+    from nnunet_mmpretrain.training.pretrain_network import MMPretrainNetwork
+    from nnunet_mmpretrain.transfer.stem import adapt_stem
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    def unet(c):
+        torch.manual_seed(c)
+        return ResidualEncoderUNet(c, 3, [4, 8, 16], torch.nn.Conv3d, 3, [1, 2, 2], [1, 1, 1], 2, [1, 1],
+                                   conv_bias=True, norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"affine": True},
+                                   nonlin=torch.nn.LeakyReLU)
+    net = MMPretrainNetwork(unet(1), (20, 20, 20), [1, 2, 2], proj_dim=0, decoder="hypercolumn", joint=True,
+                            joint_stem="downstream")
+    with torch.no_grad():                       # stems that differ in every parameter
+        for i, st in enumerate(net.stems):
+            for p in st.parameters():
+                p.add_(0.1 * (i + 1) * torch.randn_like(p))
+    mods = ["t2", "flair", "t1"]
+    idx = torch.tensor([[MODALITIES.index(m) for m in mods] + [-1], [MODALITIES.index("t1c"), -1, -1, -1]])
+    xs = torch.randn(2, 4, *P)
+    got = net.joint_stem_forward(xs, idx)
+    down = unet(3)
+    ks = net.key_to_stem
+    bundle = {"key_to_stem": ks, "keys_to_in_proj": list(net.keys_to_in_proj), "modalities_trained": mods,
+              "stems": {m: {f"{ks}.{k}": v.detach() for k, v in net.stems[MODALITIES.index(m)].state_dict().items()}
+                        for m in mods}}
+    target = {k: v for k, v in down.state_dict().items() if k.startswith(ks + ".")}
+    new, _ = adapt_stem(bundle, target, mods, "modality")
+    down.load_state_dict(new, strict=False)
+    with torch.no_grad():
+        want = down.encoder.stem(xs[:1, :3])
+        one = net.stems[MODALITIES.index("t1c")](xs[1:, :1])
+    assert torch.allclose(got[:1], want, atol=1e-5)
+    assert torch.allclose(got[1:], one, atol=1e-6)            # a single modality: its own stem
+    assert all(st.convs[0].conv.weight.shape[1] == 1 for st in net.stems)   # the stems stay as they were
+    got.sum().backward()                                      # every mixed stem learns from the view
+    for m in mods + ["t1c"]:
+        assert float(net.stems[MODALITIES.index(m)].convs[0].conv.weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="joint_stem"):
+        ObjectiveConfig(joint_stem="sum")

@@ -208,5 +208,6 @@ def test_joint_view_over_all_modalities_trains_through_nnunet(planned_corpus, tm
              "-device", "cpu"], env={"nnUNet_results": str(tmp_path), "nnUNet_n_proc_DA": "0"})
     ck = torch.load(os.path.join(_fold_dir(str(tmp_path), trainer), "checkpoint_final.pth"), weights_only=True)
     assert ck["current_epoch"] == 3 and ck["objective"]["joint_all"] is True
+    assert ck["objective"]["joint_stem"] == "downstream"
     assert np.all(np.isfinite(ck["mm_log"]["train_l_joint"])) and np.all(np.isfinite(ck["mm_log"]["val_l_joint"]))
     assert any(k.startswith("joint_decoder.") for k in ck["network_weights"])

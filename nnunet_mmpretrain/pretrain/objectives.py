@@ -52,6 +52,13 @@ class ObjectiveConfig:
             each with a block mask of its own, and rebuilds each on its masked voxels (the loader
             must provide the case's stack of modalities). Downstream the encoder sees all of a
             case's channels at once; this view trains it on that input.
+        joint_stem: how the joint view mixes its modalities: ``'mean'`` (each through its own
+            stem, the stem outputs averaged) or ``'downstream'`` (exactly as the transferred
+            ``modality`` stem mixes a case's channels: the input kernels side by side, divided by
+            the number of modalities, summed *before* the stem's normalisation; the other stem
+            parameters averaged). With ``'downstream'`` two modality stems that learned the same
+            kernel mix their modalities into one channel, which the joint view's reconstruction
+            of each modality penalises.
     """
 
     w_md: float = 10.0
@@ -65,10 +72,13 @@ class ObjectiveConfig:
     positives: str = "views"
     w_joint: float = 0.0
     joint_all: bool = False
+    joint_stem: str = "mean"
 
     def __post_init__(self):
         if self.positives not in ("views", "subject"):
             raise ValueError(f"positives must be 'views' or 'subject', got {self.positives!r}")
+        if self.joint_stem not in ("mean", "downstream"):
+            raise ValueError(f"joint_stem must be 'mean' or 'downstream', got {self.joint_stem!r}")
         if self.recon_region not in ("patch", "masked"):
             raise ValueError(f"recon_region must be 'patch' or 'masked', got {self.recon_region!r}")
         for name in ("mcl_start_fraction", "template_warmup_fraction"):

@@ -124,7 +124,8 @@ class nnUNetTrainerMMPretrain(ShortSchedule, nnUNetTrainer):
         self.network = MMPretrainNetwork(base, grid, cm.network_arch_init_kwargs["strides"], self.proj_dim,
                                          position_free="random", decoder=self.decoder, template_init=init,
                                          template_space=self.template_space,
-                                         joint=self.objective.w_joint > 0).to(self.device)
+                                         joint=self.objective.w_joint > 0,
+                                         joint_stem=self.objective.joint_stem).to(self.device)
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
         if self.is_ddp:
             self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)

@@ -25,6 +25,7 @@ from nnunet_mmpretrain.modalities import MODALITIES
 from nnunet_mmpretrain.pretrain.contrastive import ProjectionHead, pool_features
 from nnunet_mmpretrain.pretrain.heads import HypercolumnDecoder, ReconstructionDecoder
 from nnunet_mmpretrain.pretrain.templates import ModalityTemplates
+from nnunet_mmpretrain.transfer.stem import merged_stem_parameters
 
 
 def _get(module: nn.Module, dotted: str) -> nn.Module:
@@ -42,6 +43,19 @@ def _set(module: nn.Module, dotted: str, new: nn.Module) -> None:
         setattr(parent, last, new)
 
 
+def _with_parameters(module: nn.Module, params: dict) -> nn.Module:
+    """A throwaway copy of ``module`` whose parameters are the given tensors (names as in
+    ``named_parameters``; shapes may differ, gradients flow into the tensors). A copy, because
+    torch.func.functional_call does not restore a module's tied parameters when shapes change."""
+    m = deepcopy(module)
+    for name, t in params.items():
+        owner, _, attr = name.rpartition(".")
+        sub = m.get_submodule(owner) if owner else m
+        delattr(sub, attr)
+        setattr(sub, attr, t)
+    return m
+
+
 class MMPretrainNetwork(nn.Module):
     """Args:
         nnunet_net: the network nnU-Net builds from the plans (1 input channel); only its encoder
@@ -56,12 +70,16 @@ class MMPretrainNetwork(nn.Module):
         template_space: ``'data'`` or ``'minmax'`` (see :class:`ModalityTemplates`).
         joint: also build the joint-view readout (:meth:`forward` with ``joint=``), a second
             hypercolumn readout with one output channel per vocabulary modality.
+        joint_stem: how the joint view mixes modalities (``ObjectiveConfig.joint_stem``):
+            ``'mean'`` averages the stem outputs; ``'downstream'`` runs one stem built from the
+            sample's modality stems by the transfer's ``modality`` rule
+            (:func:`~nnunet_mmpretrain.transfer.stem.merged_stem_parameters`).
     """
 
     def __init__(self, nnunet_net: nn.Module, template_grid: Optional[Sequence[int]],
                  strides: Sequence, proj_dim: int = 128, position_free: str = "random",
                  decoder: str = "skipfree", template_init="zeros", template_space: str = "data",
-                 joint: bool = False):
+                 joint: bool = False, joint_stem: str = "mean"):
         super().__init__()
         self.key_to_encoder: str = nnunet_net.key_to_encoder
         self.key_to_stem: str = nnunet_net.key_to_stem
@@ -76,6 +94,9 @@ class MMPretrainNetwork(nn.Module):
             raise ValueError(f"decoder must be 'skipfree' or 'hypercolumn', got {decoder!r}")
         if joint and decoder != "hypercolumn":
             raise ValueError("the joint view needs decoder='hypercolumn'")
+        if joint_stem not in ("mean", "downstream"):
+            raise ValueError(f"joint_stem must be 'mean' or 'downstream', got {joint_stem!r}")
+        self.joint_stem = joint_stem
         encoder.return_skips = decoder == "hypercolumn"
         self.encoder = encoder
         bottleneck = int(encoder.output_channels[-1])
@@ -98,14 +119,36 @@ class MMPretrainNetwork(nn.Module):
             out[sel] = y
         return out
 
+    def joint_stem_forward(self, xs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """xs (J, K, X, Y, Z), idx (J, K) (the modalities first, -1 after) -> stem features
+        (J, F0, X', Y', Z') of each sample's modalities mixed (``joint_stem``)."""
+        J, K = idx.shape
+        if self.joint_stem == "mean":
+            s = self.stem_forward(xs.reshape(J * K, 1, *xs.shape[2:]), idx.reshape(-1).clamp(min=0))
+            s = s.view(J, K, *s.shape[1:])
+            w = (idx >= 0).to(s.dtype).view(J, K, *([1] * (s.dim() - 2)))
+            return (s * w).sum(1) / w.sum(1).clamp(min=1.0)
+        prefix = self.key_to_stem + "."
+        in_proj = [k[len(prefix):] + ".weight" for k in self.keys_to_in_proj if k.startswith(prefix)] or \
+            [n for n, p in self.stems[0].named_parameters() if n.endswith(".weight") and p.ndim >= 3 and p.shape[1] == 1]
+        out = None
+        for row in torch.unique(idx, dim=0):
+            sel = (idx == row).all(1).nonzero(as_tuple=True)[0]
+            mods = [int(m) for m in row.tolist() if m >= 0]
+            params = merged_stem_parameters([dict(self.stems[m].named_parameters()) for m in mods], in_proj)
+            y = _with_parameters(self.stems[mods[0]], params)(xs[sel, :len(mods)])
+            if out is None:
+                out = y.new_empty((J,) + tuple(y.shape[1:]))
+            out[sel] = y
+        return out
+
     def forward(self, x: torch.Tensor, modality_idx: torch.Tensor, joint=None):
         """x (B, 1, X, Y, Z) -> (reconstruction (B, 1, X, Y, Z), bottleneck (B, C, x, y, z),
         embedding (B, D) for the contrastive term).
 
         ``joint=(xs, idx)`` (xs (J, K, X, Y, Z): K modalities of each sample, masked and filled;
-        idx (J, K) their vocabulary slots, -1 = no modality in that slot) adds the joint view: each
-        modality through its own stem, the stem outputs averaged over the sample's modalities (as
-        the ``modality`` stem strategy sums a case's channels downstream), one pass through the
+        idx (J, K) their vocabulary slots, -1 = no modality in that slot) adds the joint view: the
+        sample's modalities mixed by :meth:`joint_stem_forward`, one pass through the
         encoder together with ``x``, and a fourth output (J, V, X, Y, Z): one reconstruction per
         vocabulary modality. Everything goes through this one call so that a DDP wrapper sees
         every parameter's use."""
@@ -113,12 +156,7 @@ class MMPretrainNetwork(nn.Module):
         if joint is not None:
             if self.joint_decoder is None:
                 raise ValueError("this network was built without the joint view (joint=False)")
-            xs, idx = joint
-            J, K = idx.shape
-            s = self.stem_forward(xs.reshape(J * K, 1, *xs.shape[2:]), idx.reshape(-1).clamp(min=0))
-            s = s.view(J, K, *s.shape[1:])
-            w = (idx >= 0).to(s.dtype).view(J, K, *([1] * (s.dim() - 2)))
-            stem = torch.cat([stem, (s * w).sum(1) / w.sum(1).clamp(min=1.0)])
+            stem = torch.cat([stem, self.joint_stem_forward(*joint)])
         out = self.encoder(stem)
         B = x.shape[0]
         single = [o[:B] for o in out] if isinstance(out, (list, tuple)) else out[:B]

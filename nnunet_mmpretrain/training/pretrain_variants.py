@@ -91,6 +91,15 @@ class nnUNetTrainerMMPretrain_cpuAllLong(nnUNetTrainerMMPretrain_cpuLong):
     objective = replace(CPU_OBJECTIVE, w_joint=0.5, joint_all=True)
 
 
+class nnUNetTrainerMMPretrain_cpuDownstreamStemLong(nnUNetTrainerMMPretrain_cpuAllLong):
+    """The joint view over every modality, mixed exactly as the transferred ``modality`` stem mixes
+    a case's channels (kernels side by side before the stem's normalisation), 3,000 steps. On the
+    multisite corpus the recipe's modality stems learned nearly the same kernel (per-filter cosine
+    0.92-1.00), so downstream the four channels entered the encoder as one; this view penalises
+    that."""
+    objective = replace(CPU_OBJECTIVE, w_joint=0.5, joint_all=True, joint_stem="downstream")
+
+
 class nnUNetTrainerMMPretrain_cpuBrainMVPLong(nnUNetTrainerMMPretrain_cpuBrainMVP):
     """BrainMVP's defaults on the CPU configuration, 3,000 steps."""
     schedule = LONG_CPU_SCHEDULE

@@ -145,6 +145,24 @@ def _mean(stems: Sequence[Mapping[str, torch.Tensor]], key: str, like: torch.Ten
     return torch.stack(vals).mean(0)
 
 
+def merged_stem_parameters(stems: Sequence[Mapping[str, torch.Tensor]], in_proj: Sequence[str]
+                           ) -> Dict[str, torch.Tensor]:
+    """The ``modality`` rule of :func:`adapt_stem` as a differentiable function: the parameters of
+    one stem for K channels carrying the modalities of ``stems`` (K parameter dicts of 1-channel
+    stems, same keys), in that channel order. Each key in ``in_proj`` (the input projection's
+    weight, (F0, 1, *kernel) per stem) becomes the K kernels side by side divided by K,
+    (F0, K, *kernel); every other parameter is the mean over the K stems. Used by the pretraining
+    network's joint view to feed the encoder exactly what the transferred stem will feed it."""
+    K = len(stems)
+    out = {}
+    for k in stems[0]:
+        if k in in_proj:
+            out[k] = torch.cat([s[k] for s in stems], 1) / K
+        else:
+            out[k] = stems[0][k] if K == 1 else torch.stack([s[k] for s in stems]).mean(0)
+    return out
+
+
 def _alias_groups(target_state: Mapping[str, torch.Tensor]) -> List[List[str]]:
     """Keys of the target that share one tensor (same storage, offset, shape)."""
     groups: Dict[tuple, List[str]] = {}

@@ -4,7 +4,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_mmpretrain.classification.trainer import MMClassifierBase
 from nnunet_mmpretrain.training.finetune import PretrainedEncoder
 from nnunet_mmpretrain.training.finetune_augment import AlignedTemplateSubstitution as TemplateSubstitution, DADAugmentation
-from nnunet_mmpretrain.training.pretrain_variants import nnUNetTrainerMMPretrain_cpuAllLong, nnUNetTrainerMMPretrain_dad
+from nnunet_mmpretrain.training.pretrain_variants import nnUNetTrainerMMPretrain_cpuDownstreamStemLong, nnUNetTrainerMMPretrain_dad
 from nnunet_mmpretrain.training.schedules import Schedule, ShortSchedule
 
 SMOKE = Schedule(epochs=2, iterations=4, val_iterations=2)
@@ -52,8 +52,8 @@ class nnUNetTrainerMMClassifier_linearProbe_smoke(nnUNetTrainerMMClassifier_smok
     use_bundle, linear_probe = True, True
 
 
-class nnUNetTrainerMMPretrain_cpuAll_3epochs(nnUNetTrainerMMPretrain_cpuAllLong):
-    """The joint view over every modality of the case, 3 epochs x 3 iterations."""
+class nnUNetTrainerMMPretrain_cpuAll_3epochs(nnUNetTrainerMMPretrain_cpuDownstreamStemLong):
+    """The joint view over every modality of the case through the downstream stem, 3 epochs x 3 iterations."""
     schedule = Schedule(epochs=3, iterations=3, val_iterations=1, save_every=2)
     warmup_epochs = 1
 
