@@ -18,7 +18,6 @@ Two measurements per encoder bundle (and for random encoders of the same topolog
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
@@ -28,18 +27,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from probe_features import build  # noqa: E402
-
-
-def kernel_cosines(bundle: dict) -> dict:
-    """{'a-b': mean over filters of cos(W_a[f], W_b[f])} for the bundle's trained modality stems."""
-    stems = bundle["stems"]
-    mods = [m for m in bundle.get("modalities_trained") or stems if m in stems]
-    in_proj = [f"{k}.weight" for k in bundle.get("keys_to_in_proj") or ()]
-    key = next((k for k in in_proj if k in stems[mods[0]]), None) or \
-        next(k for k, v in stems[mods[0]].items() if k.endswith(".weight") and v.ndim >= 3 and v.shape[1] == 1)
-    w = {m: stems[m][key].float().flatten(1) for m in mods}
-    return {f"{a}-{b}": float(torch.nn.functional.cosine_similarity(w[a], w[b], dim=1).mean())
-            for a, b in itertools.combinations(mods, 2)}
 
 
 @torch.no_grad()
@@ -67,7 +54,7 @@ def main(argv=None) -> int:
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunet_mmpretrain.transfer.bundle import load_bundle
-    from nnunet_mmpretrain.transfer.stem import channel_modalities_from_dataset_json
+    from nnunet_mmpretrain.transfer.stem import channel_modalities_from_dataset_json, stem_kernel_cosines
     cm = PlansManager(os.path.join(a.preprocessed, a.plans + ".json")).get_configuration(a.configuration)
     channels = channel_modalities_from_dataset_json(os.path.join(a.preprocessed, "dataset.json"))
     folder = os.path.join(a.preprocessed, cm.data_identifier)
@@ -83,7 +70,7 @@ def main(argv=None) -> int:
     for name, src in encoders:
         bundle = src if isinstance(src, str) else None
         seed = src if isinstance(src, int) else 0
-        r = {"kernel_cosine": kernel_cosines(load_bundle(bundle)) if bundle else {},
+        r = {"kernel_cosine": stem_kernel_cosines(load_bundle(bundle)) if bundle else {},
              "rank_all_channels": effective_ranks(build(cm, channels, bundle, "modality", seed), xs)}
         for c, m in enumerate(channels):
             r[f"rank_{m}_alone"] = effective_ranks(build(cm, [m], bundle, "modality", seed), [x[:, c:c + 1] for x in xs])

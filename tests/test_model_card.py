@@ -47,8 +47,11 @@ def test_bundle_json_and_model_card_describe_the_run(bundle, pretrained):
     assert meta["axis_order"]["transpose_forward"] == [0, 1, 2] and meta["template_geometry"]
     assert meta["versions"]["nnunetv2"] and meta["command"].startswith("nnUNetv2_mmpretrain_export ")
     assert meta["stem_origin"] == "per-modality"
+    n = len(meta["modality_order"]["trained"])
+    assert len(meta["stem_kernel_cosine"]) == n * (n - 1) // 2 > 0
+    assert all(-1.0 <= v <= 1.0 for v in meta["stem_kernel_cosine"].values())
     card = open(os.path.join(bundle, "MODEL_CARD.md")).read()
-    for s in ("## Corpus", "## Final proxy-task errors", meta["weights_sha256"], c["case_list_sha256"],
+    for s in ("## Modality stems", "## Corpus", "## Final proxy-task errors", meta["weights_sha256"], c["case_list_sha256"],
               "licence", "template_view"):
         assert s in card, s
 
@@ -119,3 +122,23 @@ def test_export_refuses_to_replace_a_folder_that_is_not_a_bundle(pretrained, tmp
     (home / "notes.txt").write_text("mine")
     rc, out, err = _cli(export, [os.path.join(pretrained["fold"], "checkpoint_final.pth"), "-o", str(home)], capsys)
     assert rc == 2 and "holds no bundle" in err and (home / "notes.txt").read_text() == "mine"
+
+
+def test_model_card_warns_when_modality_stems_learned_the_same_filter():
+    """Two stems with the same input kernel: the modality transfer would average their channels."""
+    import torch
+    from nnunet_mmpretrain.transfer.model_card import render_model_card, same_filter_pairs
+    from nnunet_mmpretrain.transfer.stem import stem_kernel_cosines
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 1, 3, 3, 3, generator=g)
+    stems = {"t1": {"s.conv.weight": w}, "t1c": {"s.conv.weight": 2.0 * w},
+             "flair": {"s.conv.weight": torch.randn(8, 1, 3, 3, 3, generator=g)}}
+    bundle = {"stems": stems, "modalities_trained": ["t1", "t1c", "flair"], "keys_to_in_proj": ["s.conv"]}
+    cos = stem_kernel_cosines(bundle)
+    assert cos["t1-t1c"] == pytest.approx(1.0) and abs(cos["t1-flair"]) < 0.5 and abs(cos["t1c-flair"]) < 0.5
+    line = same_filter_pairs({"stem_kernel_cosine": cos})
+    assert "t1-t1c (1.00)" in line and "flair" not in line
+    assert same_filter_pairs({"stem_kernel_cosine": {"t1-flair": cos["t1-flair"]}}) == ""
+    meta = {"stem_kernel_cosine": cos, "weights_file": "w.pt", "weights_sha256": "x", "modality_order":
+            {"stems": ["t1"], "trained": ["t1"], "vocabulary": ["t1"]}}
+    assert "**warning**: the modality stems t1-t1c (1.00)" in render_model_card(meta)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import math
 import os
 import shlex
@@ -23,6 +24,7 @@ from typing import List, Optional
 from nnunet_mmpretrain.io_utils import sha256_file
 from nnunet_mmpretrain.planning.compat import resolved_configuration
 from nnunet_mmpretrain.transfer.bundle_format import BUNDLE_FORMAT, META_FILE
+from nnunet_mmpretrain.transfer.stem import SAME_FILTER_COSINE, stem_kernel_cosines
 
 #: top-level bundle.json keys that --verify requires
 REQUIRED = ("format", "weights_file", "weights_sha256", "files", "corpus", "method", "schedule", "proxy_task",
@@ -30,6 +32,7 @@ REQUIRED = ("format", "weights_file", "weights_sha256", "files", "corpus", "meth
             "command", "license", "stem_origin")
 DEFAULT_LICENSE = "unspecified (set it with nnUNetv2_mmpretrain_export --license)"
 CARD_FILE = "MODEL_CARD.md"
+log = logging.getLogger(__name__)
 
 
 def _json_path(*cands: str) -> Optional[str]:
@@ -162,11 +165,27 @@ def bundle_metadata(bundle: dict, folder: str, weights_file: str, license: Optio
     meta["license"] = license or card.get("license") or DEFAULT_LICENSE
     meta["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta["stem_origin"] = bundle.get("stem_origin", "per-modality")
+    meta["stem_kernel_cosine"] = {k: round(v, 4) for k, v in stem_kernel_cosines(bundle).items()} \
+        if meta["stem_origin"] == "per-modality" else {}
+    same = same_filter_pairs(meta)
+    if same:
+        log.warning("%s: %s", folder, same)
     meta["weights_file"] = os.path.basename(weights_file)
     meta["weights_sha256"] = sha256_file(weights_file)
     meta["files"] = {os.path.relpath(os.path.join(r, f), folder): sha256_file(os.path.join(r, f))
                      for r, _, fs in os.walk(folder) for f in sorted(fs) if f not in (META_FILE, CARD_FILE)}
     return meta
+
+
+def same_filter_pairs(meta: dict) -> str:
+    """A warning line when two trained modality stems learned nearly the same input filter, else ''."""
+    same = {k: v for k, v in (meta.get("stem_kernel_cosine") or {}).items() if v >= SAME_FILTER_COSINE}
+    if not same:
+        return ""
+    return (f"the modality stems {', '.join(f'{k} ({v:.2f})' for k, v in same.items())} learned nearly the same "
+            f"input filter (mean per-filter cosine >= {SAME_FILTER_COSINE}): with the 'modality' stem transfer these "
+            f"channels enter the encoder as (almost) their average. Check a frozen encoder against a random one "
+            f"before relying on it, or try the 'reinit' stem strategy.")
 
 
 def _fmt(x) -> str:
@@ -216,6 +235,12 @@ def render_model_card(meta: dict) -> str:
         lines.append(f"| {v} | {_fmt(r.get('masked_mse'))} | {_fmt(r.get('baseline_patch_mean'))} | "
                      f"{_fmt(r.get('ratio_to_patch_mean'))} | {_fmt(r.get('baseline_fill'))} | "
                      f"{_fmt(r.get('ratio_to_fill'))} |")
+    cos = meta.get("stem_kernel_cosine") or {}
+    if cos:
+        lines += ["", "## Modality stems", "- mean per-filter cosine between the input kernels: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in cos.items())]
+        if same_filter_pairs(meta):
+            lines.append(f"- **warning**: {same_filter_pairs(meta)}")
     ax = meta.get("axis_order") or {}
     lines += ["", "## Plans and geometry",
               f"- plans {_fmt(pf.get('plans_name'))} / {_fmt(pf.get('configuration'))}: spacing "

@@ -145,6 +145,31 @@ def _mean(stems: Sequence[Mapping[str, torch.Tensor]], key: str, like: torch.Ten
     return torch.stack(vals).mean(0)
 
 
+#: mean per-filter cosine from which two modality stems count as nearly the same input filter
+SAME_FILTER_COSINE = 0.9
+
+
+def stem_kernel_cosines(bundle: Mapping) -> Dict[str, float]:
+    """``{'a-b': c}`` for every pair of the bundle's trained modality stems: c = the mean over the
+    stem's F0 filters of the cosine between the two input kernels (``keys_to_in_proj`` weight,
+    (F0, 1, *kernel), one vector per filter). 1.0 = the same filter: the ``modality`` transfer then
+    feeds the encoder (a multiple of) the average of those channels.
+
+    Example: ``stem_kernel_cosines(load_bundle(folder))`` -> ``{'t1-t1c': 0.99, ...}``."""
+    stems = bundle.get("stems") or {}
+    mods = [m for m in bundle.get("modalities_trained") or () if m in stems]
+    if len(mods) < 2:
+        return {}
+    first = stems[mods[0]]
+    key = next((f"{k}.weight" for k in bundle.get("keys_to_in_proj") or () if f"{k}.weight" in first), None) or \
+        next((k for k, v in first.items() if k.endswith(".weight") and v.ndim >= 3 and v.shape[1] == 1), None)
+    if key is None:
+        return {}
+    w = {m: stems[m][key].float().flatten(1) for m in mods}
+    return {f"{a}-{b}": float(torch.nn.functional.cosine_similarity(w[a], w[b], dim=1).mean())
+            for i, a in enumerate(mods) for b in mods[i + 1:]}
+
+
 def merged_stem_parameters(stems: Sequence[Mapping[str, torch.Tensor]], in_proj: Sequence[str]
                            ) -> Dict[str, torch.Tensor]:
     """The ``modality`` rule of :func:`adapt_stem` as a differentiable function: the parameters of
