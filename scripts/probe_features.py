@@ -83,12 +83,19 @@ def sample_voxels(seg: np.ndarray, n: int, rng) -> np.ndarray:
     return np.concatenate(picks)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def encoder_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments every encoder diagnostic takes: a labelled preprocessed dataset, its plans and
+    configuration, and the bundles to compare (random encoders are added by seed)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preprocessed", required=True, help="nnUNet_preprocessed/DatasetXXX_Name of a labelled dataset")
     p.add_argument("--plans", default="mmPretrainPlans")
     p.add_argument("--configuration", required=True)
     p.add_argument("--bundles", nargs="*", default=[])
+    return p
+
+
+def main(argv=None) -> int:
+    p = encoder_arguments(__doc__)
     p.add_argument("--strategies", nargs="+", default=["modality", "reinit"])
     p.add_argument("--random-seeds", nargs="*", type=int, default=[0, 1])
     p.add_argument("--train-cases", type=int, default=12)

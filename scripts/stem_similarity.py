@@ -17,7 +17,6 @@ Two measurements per encoder bundle (and for random encoders of the same topolog
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from probe_features import build  # noqa: E402
+from probe_features import build, encoder_arguments  # noqa: E402
 
 
 @torch.no_grad()
@@ -42,11 +41,7 @@ def effective_ranks(net, inputs) -> list:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preprocessed", required=True, help="nnUNet_preprocessed/DatasetXXX_Name of a labelled dataset")
-    p.add_argument("--plans", default="mmPretrainPlans")
-    p.add_argument("--configuration", required=True)
-    p.add_argument("--bundles", nargs="*", default=[])
+    p = encoder_arguments(__doc__)
     p.add_argument("--random-seeds", nargs="*", type=int, default=[0])
     p.add_argument("--cases", type=int, default=6)
     p.add_argument("--out", default=None, help="JSON file for the figures")
