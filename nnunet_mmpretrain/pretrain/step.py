@@ -64,6 +64,13 @@ def dad_views(x: torch.Tensor, p: float, jitter: float = 0.1, generator: Optiona
     return torch.where(pick, out, x)
 
 
+def _draw_masks(n: int, patch: tuple, mask: MaskSpec, generator: Optional[torch.Generator], device
+                ) -> torch.Tensor:
+    """n block masks (n, 1, X, Y, Z) drawn from ``generator`` (on its device), moved to ``device``."""
+    g_dev = generator.device if generator is not None else None
+    return block_mask(n, patch, mask.block_size, mask.ratio, generator=generator, device=g_dev).to(device)
+
+
 def brainmvp_forward(network, batch: PretrainBatch, *, objective: ObjectiveConfig, epoch: int, num_epochs: int,
                      mask: MaskSpec = MaskSpec(), templates=None, masks: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                      evaluate: bool = False, dad_p: float = 0.0, generator: Optional[torch.Generator] = None
@@ -95,9 +102,7 @@ def brainmvp_forward(network, batch: PretrainBatch, *, objective: ObjectiveConfi
     target = batch.target
     B, P = target.shape[0], tuple(target.shape[2:])
     if masks is None:
-        g_dev = generator.device if generator is not None else None
-        masks = tuple(block_mask(B, P, mask.block_size, mask.ratio, generator=generator, device=g_dev).to(target.device)
-                      for _ in range(2))
+        masks = tuple(_draw_masks(B, P, mask, generator, target.device) for _ in range(2))
     mask_md, mask_cmr = masks[0], masks[1]
     if templates is not None:
         tmpl = templates(batch.m_idx, batch.starts, P, generator=generator).to(target.dtype)
@@ -159,9 +164,7 @@ def joint_inputs(batch: PretrainBatch, view_md: torch.Tensor, mask_md: torch.Ten
         raise ValueError("joint_all needs the batch's stack and stack_idx (CorpusPatchLoader(all_modalities=True))")
     B, K = batch.stack_idx.shape
     if stack_mask is None:
-        g_dev = generator.device if generator is not None else None
-        stack_mask = block_mask(B * K, P, mask.block_size, mask.ratio, generator=generator,
-                                device=g_dev).to(batch.target.device).view(B, K, *P)
+        stack_mask = _draw_masks(B * K, P, mask, generator, batch.target.device).view(B, K, *P)
     starts = batch.starts.repeat_interleave(K, 0) if batch.starts is not None else None
     tmpl = fill(batch.stack_idx.reshape(-1), starts).view(B, K, *P)
     return apply_fill(batch.stack, stack_mask, tmpl), batch.stack_idx, batch.stack, stack_mask

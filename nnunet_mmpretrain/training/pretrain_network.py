@@ -97,6 +97,9 @@ class MMPretrainNetwork(nn.Module):
         if joint_stem not in ("mean", "downstream"):
             raise ValueError(f"joint_stem must be 'mean' or 'downstream', got {joint_stem!r}")
         self.joint_stem = joint_stem
+        prefix = self.key_to_stem + "."   # the stem's input-projection weights, named inside one stem
+        self._in_proj = [k[len(prefix):] + ".weight" for k in self.keys_to_in_proj if k.startswith(prefix)] or \
+            [n for n, p in stem.named_parameters() if n.endswith(".weight") and p.ndim >= 3 and p.shape[1] == 1]
         encoder.return_skips = decoder == "hypercolumn"
         self.encoder = encoder
         bottleneck = int(encoder.output_channels[-1])
@@ -128,14 +131,11 @@ class MMPretrainNetwork(nn.Module):
             s = s.view(J, K, *s.shape[1:])
             w = (idx >= 0).to(s.dtype).view(J, K, *([1] * (s.dim() - 2)))
             return (s * w).sum(1) / w.sum(1).clamp(min=1.0)
-        prefix = self.key_to_stem + "."
-        in_proj = [k[len(prefix):] + ".weight" for k in self.keys_to_in_proj if k.startswith(prefix)] or \
-            [n for n, p in self.stems[0].named_parameters() if n.endswith(".weight") and p.ndim >= 3 and p.shape[1] == 1]
         out = None
         for row in torch.unique(idx, dim=0):
             sel = (idx == row).all(1).nonzero(as_tuple=True)[0]
             mods = [int(m) for m in row.tolist() if m >= 0]
-            params = merged_stem_parameters([dict(self.stems[m].named_parameters()) for m in mods], in_proj)
+            params = merged_stem_parameters([dict(self.stems[m].named_parameters()) for m in mods], self._in_proj)
             y = _with_parameters(self.stems[mods[0]], params)(xs[sel, :len(mods)])
             if out is None:
                 out = y.new_empty((J,) + tuple(y.shape[1:]))
