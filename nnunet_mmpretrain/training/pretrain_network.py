@@ -25,7 +25,7 @@ from nnunet_mmpretrain.modalities import MODALITIES
 from nnunet_mmpretrain.pretrain.contrastive import ProjectionHead, pool_features
 from nnunet_mmpretrain.pretrain.heads import HypercolumnDecoder, ReconstructionDecoder
 from nnunet_mmpretrain.pretrain.templates import ModalityTemplates
-from nnunet_mmpretrain.transfer.stem import merged_stem_parameters
+from nnunet_mmpretrain.transfer.stem import in_proj_weight_keys, merged_stem_parameters
 
 
 def _get(module: nn.Module, dotted: str) -> nn.Module:
@@ -98,8 +98,8 @@ class MMPretrainNetwork(nn.Module):
             raise ValueError(f"joint_stem must be 'mean' or 'downstream', got {joint_stem!r}")
         self.joint_stem = joint_stem
         prefix = self.key_to_stem + "."   # the stem's input-projection weights, named inside one stem
-        self._in_proj = [k[len(prefix):] + ".weight" for k in self.keys_to_in_proj if k.startswith(prefix)] or \
-            [n for n, p in stem.named_parameters() if n.endswith(".weight") and p.ndim >= 3 and p.shape[1] == 1]
+        self._in_proj = in_proj_weight_keys([k[len(prefix):] for k in self.keys_to_in_proj if k.startswith(prefix)],
+                                             dict(stem.named_parameters()))
         encoder.return_skips = decoder == "hypercolumn"
         self.encoder = encoder
         bottleneck = int(encoder.output_channels[-1])

@@ -239,8 +239,9 @@ def render_model_card(meta: dict) -> str:
     if cos:
         lines += ["", "## Modality stems", "- mean per-filter cosine between the input kernels: "
                   + ", ".join(f"{k} {v:.2f}" for k, v in cos.items())]
-        if same_filter_pairs(meta):
-            lines.append(f"- **warning**: {same_filter_pairs(meta)}")
+        warning = same_filter_pairs(meta)
+        if warning:
+            lines.append(f"- **warning**: {warning}")
     ax = meta.get("axis_order") or {}
     lines += ["", "## Plans and geometry",
               f"- plans {_fmt(pf.get('plans_name'))} / {_fmt(pf.get('configuration'))}: spacing "

@@ -145,6 +145,13 @@ def _mean(stems: Sequence[Mapping[str, torch.Tensor]], key: str, like: torch.Ten
     return torch.stack(vals).mean(0)
 
 
+def in_proj_weight_keys(keys_to_in_proj, stem: Mapping[str, torch.Tensor]) -> List[str]:
+    """The input projection's weight keys of one 1-channel stem (``stem``: name -> tensor): those
+    ``keys_to_in_proj`` names (+ ``.weight``) the stem has, else every conv weight taking 1 channel."""
+    listed = [f"{k}.weight" for k in keys_to_in_proj if f"{k}.weight" in stem]
+    return listed or [k for k, v in stem.items() if k.endswith(".weight") and v.ndim >= 3 and v.shape[1] == 1]
+
+
 #: mean per-filter cosine from which two modality stems count as nearly the same input filter
 SAME_FILTER_COSINE = 0.9
 
@@ -160,11 +167,10 @@ def stem_kernel_cosines(bundle: Mapping) -> Dict[str, float]:
     mods = [m for m in bundle.get("modalities_trained") or () if m in stems]
     if len(mods) < 2:
         return {}
-    first = stems[mods[0]]
-    key = next((f"{k}.weight" for k in bundle.get("keys_to_in_proj") or () if f"{k}.weight" in first), None) or \
-        next((k for k, v in first.items() if k.endswith(".weight") and v.ndim >= 3 and v.shape[1] == 1), None)
-    if key is None:
+    keys = in_proj_weight_keys(bundle.get("keys_to_in_proj") or (), stems[mods[0]])
+    if not keys:
         return {}
+    key = keys[0]
     w = {m: stems[m][key].float().flatten(1) for m in mods}
     return {f"{a}-{b}": float(torch.nn.functional.cosine_similarity(w[a], w[b], dim=1).mean())
             for i, a in enumerate(mods) for b in mods[i + 1:]}
